@@ -1,0 +1,40 @@
+"""Shared fixtures: real NIfTI files written with nibabel, and a tiny synthetic cohort."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests pass explicit stores; never the user's server
+
+
+def brain_like(shape=(40, 48, 40), seed=0) -> np.ndarray:
+    """An ellipsoid 'brain' with noise and zero background: enough for preprocessing tests."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    inside = (grid**2).sum(0) < 0.8
+    return (inside * (100 + 10 * rng.standard_normal(shape))).astype(np.float32)
+
+
+def mni_affine(spacing: float = 4.0, shape=(40, 48, 40)) -> np.ndarray:
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -np.array(shape) * spacing / 2
+    return affine
+
+
+@pytest.fixture
+def write_nifti(tmp_path: Path):
+    """write_nifti(name, data=None, affine=None) -> Path of a real .nii.gz written with nibabel."""
+
+    def _write(name: str, data: np.ndarray | None = None, affine: np.ndarray | None = None) -> Path:
+        data = brain_like() if data is None else data
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(data, mni_affine(shape=data.shape[:3]) if affine is None else affine), path)
+        return path
+
+    return _write
