@@ -1,0 +1,50 @@
+"""3D patch embedding for the ViT (Dosovitskiy et al. 2021) as reshape + ``Linear``.
+
+Mathematically identical to ``Conv3d(kernel=stride=p)`` with the weight flattened in (c, p, p, p) order, and about
+1.7x faster on CPU (performance notes section 2).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["PatchEmbed3d"]
+
+
+class PatchEmbed3d(nn.Module):
+    """Cut a (b, c, X, Y, Z) volume into non-overlapping p^3 patches and project them to ``embed_dim``.
+
+    Args:
+        patch_size: p; every spatial size of the input must be divisible by it.
+        in_chans: c.
+        embed_dim: d.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        if patch_size < 1 or in_chans < 1 or embed_dim < 1:
+            raise ValueError(
+                f"patch_size={patch_size}, in_chans={in_chans} and embed_dim={embed_dim} must all be >= 1"
+            )
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.proj = nn.Linear(in_chans * patch_size**3, embed_dim)
+
+    def grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (gx, gy, gz) for a spatial shape (X, Y, Z); ValueError when not divisible by the patch."""
+        p = self.patch_size
+        if len(shape) != 3 or any(s % p or s < p for s in shape):
+            raise ValueError(f"input spatial shape {tuple(shape)} must be 3D and divisible by patch_size={p}")
+        return shape[0] // p, shape[1] // p, shape[2] // p
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        """``x`` (b, c, X, Y, Z) -> (tokens (b, n, d) in C order of the grid, grid (gx, gy, gz))."""
+        if x.dim() != 5 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input (b, {self.in_chans}, X, Y, Z), got shape {tuple(x.shape)}")
+        b, c = x.shape[:2]
+        gx, gy, gz = self.grid(tuple(x.shape[2:]))
+        p = self.patch_size
+        x = x.reshape(b, c, gx, p, gy, p, gz, p)  # (b, c, gx, p, gy, p, gz, p)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (b, gx, gy, gz, c, p, p, p)
+        x = x.reshape(b, gx * gy * gz, c * p**3)  # (b, n, c*p^3)
+        return self.proj(x), (gx, gy, gz)
