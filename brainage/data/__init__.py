@@ -1,0 +1,1 @@
+"""Data: input contract, synthetic cohorts (ICBM152-based) and templates."""

@@ -1,0 +1,161 @@
+"""LightningDataModule: a dataset folder or manifest -> validated, cached, augmented batches.
+
+Every image is validated and preprocessed once in `setup` (in parallel threads); a file that fails is dropped with
+its reason logged, so nothing crashes mid-epoch. Random augmentation runs on the cached tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from monai.transforms import Compose
+from torch.utils.data import DataLoader, Dataset
+
+from brainage.data.inputs import read_inputs
+from brainage.data.splits import split_subjects
+from brainage.data.transforms import Preprocessing
+
+__all__ = ["BrainAgeDataModule", "CachedVolumes", "load_volume"]
+
+log = logging.getLogger(__name__)
+
+
+def load_volume(transform, path: str) -> tuple[torch.Tensor | None, str | None]:
+    """Run the deterministic preprocessing on one file: (tensor (1, X, Y, Z), None) or (None, reason)."""
+    try:
+        return transform({"image": path})["image"], None
+    except Exception as err:  # noqa: BLE001 - any decoder/validation failure becomes a recorded reason
+        cause = err.__cause__ or err
+        return None, f"{path}: {type(cause).__name__}: {cause}"
+
+
+class CachedVolumes(Dataset):
+    """In-memory preprocessed volumes with per-item random augmentation."""
+
+    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor], augmentation) -> None:
+        self.rows, self.images, self.augmentation = rows.reset_index(drop=True), images, augmentation
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows.iloc[index]
+        image = self.augmentation({"image": self.images[index]})["image"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image  # MONAI MetaTensor -> plain tensor
+        sex = {"M": 0.0, "F": 1.0}.get(row["sex"], math.nan)
+        return {
+            "image": image.float(),  # (1, X, Y, Z)
+            "age": torch.tensor(float(row["age"]), dtype=torch.float32),
+            "sex": torch.tensor(sex, dtype=torch.float32),
+            "subject_id": str(row["subject_id"]),
+        }
+
+
+class BrainAgeDataModule(pl.LightningDataModule):
+    """Brain-age data from a BIDS folder, a plain folder or a CSV/TSV manifest.
+
+    Args:
+        root: dataset folder (BIDS with participants.tsv) or manifest CSV/TSV with path, age[, sex, site] columns.
+        spacing: voxel size in mm after resampling.
+        shape: fixed (X, Y, Z) model input grid.
+        augment: random flips/intensity/noise on the training split.
+        batch_size: volumes per batch.
+        num_workers: DataLoader worker processes (0 = main process; the cache makes loading cheap).
+        preprocess_threads: threads that decode and preprocess NIfTI files during setup.
+        val_fraction: share of subjects for validation (checkpoint selection, bias correction).
+        test_fraction: share of subjects held out for `brainage test`.
+        seed: split seed.
+    """
+
+    def __init__(self, root: str, spacing: float = 3.0, shape: tuple[int, int, int] = (56, 64, 56),
+                 augment: bool = True, batch_size: int = 8, num_workers: int = 0, preprocess_threads: int = 2,
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.preprocessing = Preprocessing(spacing=spacing, shape=tuple(shape), augment=augment)
+        self.batch_size, self.num_workers, self.preprocess_threads = batch_size, num_workers, preprocess_threads
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.table: pd.DataFrame | None = None
+        self.dropped: list[dict] = []
+        self.datasets: dict[str, CachedVolumes] = {}
+
+    def prepare_table(self) -> pd.DataFrame:
+        """Read the manifest, drop rows without age, and assign subject-level splits."""
+        if not Path(self.root).exists():
+            raise FileNotFoundError(f"data root {self.root!r} does not exist; expected a BIDS folder or a manifest")
+        table = read_inputs([self.root])
+        self.dropped = list(table.attrs.get("dropped", []))
+        no_age = table["age"].isna()
+        self.dropped += [{"source": self.root, "subject_id": r.subject_id, "path": r.path,
+                          "reason": "no age: needed for training"} for r in table[no_age].itertuples()]
+        table = table[~no_age].reset_index(drop=True)
+        if len(table) < 3:
+            raise ValueError(f"{self.root}: found {len(table)} images with a known age; expected at least 3")
+        table["split"] = split_subjects(table, self.val_fraction, self.test_fraction, self.seed)
+        return table
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        table = self.prepare_table()
+        transform = self.preprocessing.deterministic()
+        with ThreadPoolExecutor(max(1, self.preprocess_threads)) as pool:
+            results = list(pool.map(lambda p: load_volume(transform, p), table["path"]))
+        ok = [image is not None for image, _ in results]
+        for (image, reason), row in zip(results, table.itertuples()):
+            if image is None:
+                self.dropped.append({"source": self.root, "subject_id": row.subject_id, "path": row.path,
+                                     "reason": reason})
+        for item in self.dropped:
+            log.warning("dropped %s (%s): %s", item["subject_id"], item["path"], item["reason"])
+        self.table = table[ok].reset_index(drop=True)
+        self.write_splits()
+        images = [image.as_tensor() for image, _ in results if image is not None]  # drop MONAI metadata
+        for split in ("train", "val", "test"):
+            index = [i for i, s in enumerate(self.table["split"]) if s == split]
+            augmentation = self.preprocessing.augmentation() if split == "train" else Compose([])
+            self.datasets[split] = CachedVolumes(self.table.iloc[index], [images[i] for i in index], augmentation)
+        for split, minimum in (("train", 2), ("val", 2)):
+            if len(self.datasets[split]) < minimum:
+                raise ValueError(f"{self.root}: the {split} split has {len(self.datasets[split])} usable scans; "
+                                 f"expected at least {minimum} (more subjects or a larger {split}_fraction)")
+
+    def write_splits(self) -> None:
+        """Record the split as a manifest (`splits.csv`, plus `test.csv` of the held-out subjects) next to the run,
+        so `brainage predict --input .../test.csv` evaluates on subjects the model never saw."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.global_rank != 0:
+            return
+        folder = Path(trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        columns = ["subject_id", "session", "path", "age", "sex", "site", "split"]
+        for name, rows in (("splits.csv", self.table), ("test.csv", self.table[self.table["split"] == "test"])):
+            rows = rows.assign(path=rows["path"].map(lambda p: str(Path(p).resolve())))[columns]
+            tmp = folder / f".{name}.tmp"
+            rows.to_csv(tmp, index=False)
+            os.replace(tmp, folder / name)
+
+    def train_ages(self) -> torch.Tensor:
+        return torch.tensor(self.datasets["train"].rows["age"].to_numpy(), dtype=torch.float32)
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          drop_last=shuffle and len(self.datasets[split]) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
