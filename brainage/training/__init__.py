@@ -1,0 +1,1 @@
+"""Training: the LightningModule (loss, metrics, schedule), callbacks and the LightningCLI."""
