@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["DEFAULT_TRACKING_URI", "MLflowTracker", "resolve_tracking_uri", "log_text", "log_file", "log_json",
-           "is_tracker", "run_artifacts", "download_artifact"]
+           "is_tracker", "run_artifacts", "download_artifact", "fetch_model", "register_model"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -79,6 +79,41 @@ def run_artifacts(tracking_uri: str, run_id: str) -> list[str]:
         return out
 
     return walk(None)
+
+
+def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
+    """Local path of a brainage checkpoint named by an MLflow URI.
+
+    `runs:/<run_id>` (the run's `checkpoints/best.ckpt`), `runs:/<run_id>/<artifact path>`, or a registered model
+    `models:/<name>/<version>`. Raises ValueError naming the URI when nothing usable is found.
+    """
+    uri_store = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri_store)
+    if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
+        uri = f"{uri.rstrip('/')}/checkpoints/best.ckpt"
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                         dst_path=tempfile.mkdtemp(prefix="brainage-")))
+    except Exception as err:  # noqa: BLE001 - mlflow raises several types for missing runs/models/artifacts
+        raise ValueError(f"model URI {uri!r} could not be fetched from {uri_store}: {err}") from err
+    if local.is_dir():
+        found = sorted(local.rglob("*.ckpt"))
+        if not found:
+            raise ValueError(f"model URI {uri!r} holds no .ckpt file (found {[p.name for p in local.rglob('*')]})")
+        best = [p for p in found if p.name == "best.ckpt"]
+        local = (best or found)[0]
+    return local
+
+
+def register_model(run_id: str, name: str, tracking_uri: str | None = None) -> str:
+    """Register a run's checkpoints in the MLflow model registry; returns the new version."""
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="brainage checkpoint (research use only)")
+    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoints"
+    return str(client.create_model_version(name, source, run_id=run_id).version)
 
 
 def download_artifact(tracking_uri: str, run_id: str, artifact_path: str) -> Path:

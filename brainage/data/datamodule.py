@@ -55,6 +55,7 @@ class CachedVolumes(Dataset):
             "age": torch.tensor(float(row["age"]), dtype=torch.float32),
             "sex": torch.tensor(sex, dtype=torch.float32),
             "subject_id": str(row["subject_id"]),
+            "site": "" if row["site"] is None or row["site"] != row["site"] else str(row["site"]),
         }
 
 
