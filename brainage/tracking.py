@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["DEFAULT_TRACKING_URI", "MLflowTracker", "resolve_tracking_uri", "log_text", "log_file", "log_json",
-           "is_tracker", "run_artifacts", "download_artifact", "fetch_model", "register_model"]
+           "is_tracker", "run_artifacts", "download_artifact", "fetch_model", "register_model",
+           "log_directory"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -103,6 +104,13 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
         best = [p for p in found if p.name == "best.ckpt"]
         local = (best or found)[0]
     return local
+
+
+def log_directory(run_id: str, folder: str | Path, artifact_path: str | None = None,
+                  tracking_uri: str | None = None) -> None:
+    """Attach a folder (e.g. a report) to an existing run as artifacts."""
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    client.log_artifacts(run_id, str(folder), artifact_path)
 
 
 def register_model(run_id: str, name: str, tracking_uri: str | None = None) -> str:
