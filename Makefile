@@ -5,7 +5,7 @@ PY        := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP     := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test browser clean
 
 install: $(STAMP)
 
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash pipelines/demo.sh
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# Headless Chromium for the report screenshot test (Debian package; installed only when missing and root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	      echo "could not install chromium: the report screenshot test will be skipped"; \
+	  else echo "chromium not found: the report screenshot test will be skipped (install chromium to run it)"; fi
 
 clean:
 	rm -rf demo-output mlruns mlflow.db
