@@ -1,7 +1,9 @@
 """LightningDataModule: a dataset folder or manifest -> validated, cached, augmented batches.
 
 Every image is validated and preprocessed once in `setup` (in parallel threads); a file that fails is dropped with
-its reason logged, so nothing crashes mid-epoch. Random augmentation runs on the cached tensors.
+its reason logged, so nothing crashes mid-epoch. Without `cache_dir` the preprocessed tensors are held in memory;
+with it they are written once to a persistent on-disk cache (`brainage.data.cache`) and read per item, so later runs
+skip decoding and the cohort need not fit in RAM. Random augmentation runs on the cached tensors.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,28 +22,28 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
+from brainage.data.cache import VolumeCache, failure_reason, load_volume
 from brainage.data.inputs import read_inputs
 from brainage.data.splits import split_subjects
 from brainage.data.transforms import Preprocessing
 
-__all__ = ["BrainAgeDataModule", "CachedVolumes", "load_volume"]
+__all__ = ["BrainAgeDataModule", "CachedVolumes", "load_volume"]  # load_volume: re-exported for predict
 
 log = logging.getLogger(__name__)
 
 
-def load_volume(transform, path: str) -> tuple[torch.Tensor | None, str | None]:
-    """Run the deterministic preprocessing on one file: (tensor (1, X, Y, Z), None) or (None, reason)."""
+def _ensure(cache: VolumeCache, transform: Callable[[dict], dict], path: str) -> tuple[Path | None, str | None]:
     try:
-        return transform({"image": path})["image"], None
-    except Exception as err:  # noqa: BLE001 - any decoder/validation failure becomes a recorded reason
-        cause = err.__cause__ or err
-        return None, f"{path}: {type(cause).__name__}: {cause}"
+        return cache.ensure(path, transform), None
+    except Exception as err:  # noqa: BLE001 - as in load_volume
+        return None, failure_reason(path, err)
 
 
 class CachedVolumes(Dataset):
-    """In-memory preprocessed volumes with per-item random augmentation."""
+    """Preprocessed volumes (in-memory tensors, or entries of a `VolumeCache` read per item) with per-item random
+    augmentation."""
 
-    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor], augmentation) -> None:
+    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor | Path], augmentation) -> None:
         self.rows, self.images, self.augmentation = rows.reset_index(drop=True), images, augmentation
 
     def __len__(self) -> int:
@@ -47,7 +51,9 @@ class CachedVolumes(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows.iloc[index]
-        image = self.augmentation({"image": self.images[index]})["image"]
+        image = self.images[index]
+        image = VolumeCache.read(image).as_tensor() if isinstance(image, Path) else image  # (1, X, Y, Z)
+        image = self.augmentation({"image": image})["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image  # MONAI MetaTensor -> plain tensor
         sex = {"M": 0.0, "F": 1.0}.get(row["sex"], math.nan)
         return {
@@ -60,10 +66,11 @@ class CachedVolumes(Dataset):
 
 
 class BrainAgeDataModule(pl.LightningDataModule):
-    """Brain-age data from a BIDS folder, a plain folder or a CSV/TSV manifest.
+    """Brain-age data from a BIDS, IXI or OpenBHB folder, a plain folder or a CSV/TSV manifest.
 
     Args:
-        root: dataset folder (BIDS with participants.tsv) or manifest CSV/TSV with path, age[, sex, site] columns.
+        root: dataset folder (BIDS with participants.tsv, IXI with IXI.csv/IXI.xls, OpenBHB with participants.tsv and
+            quasi-raw .npy) or manifest CSV/TSV with path, age[, sex, site] columns.
         spacing: voxel size in mm after resampling.
         shape: fixed (X, Y, Z) model input grid.
         augment: random flips/intensity/noise on the training split.
@@ -71,19 +78,32 @@ class BrainAgeDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (0 = main process; the cache makes loading cheap).
         preprocess_threads: threads that decode and preprocess NIfTI files during setup.
         val_fraction: share of subjects for validation (checkpoint selection, bias correction).
-        test_fraction: share of subjects held out for `brainage test`.
+        test_fraction: share of subjects held out for `brainage test` (ignored with leave_site_out).
         seed: split seed.
+        cache_dir: persistent preprocessed-volume cache shared across runs and processes (None = in memory only).
+        fold: k-fold cross-validation: subjects outside the test split are dealt into `num_folds` stratified folds
+            and fold `fold` is the validation split (None = a single val_fraction split).
+        num_folds: number of folds when `fold` is set.
+        leave_site_out: every subject scanned at this site forms the test split (site generalisation).
+        affine_prob: probability of a small random affine per training volume (0 = off; costly on CPU).
+        bias_field_prob: probability of a random bias field per training volume (0 = off).
     """
 
     def __init__(self, root: str, spacing: float = 3.0, shape: tuple[int, int, int] = (56, 64, 56),
                  augment: bool = True, batch_size: int = 8, num_workers: int = 0, preprocess_threads: int = 2,
-                 val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42) -> None:
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42,
+                 cache_dir: str | None = None, fold: int | None = None, num_folds: int = 5,
+                 leave_site_out: str | None = None, affine_prob: float = 0.0, bias_field_prob: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = root
-        self.preprocessing = Preprocessing(spacing=spacing, shape=tuple(shape), augment=augment)
+        self.preprocessing = Preprocessing(spacing=spacing, shape=tuple(shape), augment=augment,
+                                           affine_prob=affine_prob, bias_field_prob=bias_field_prob)
         self.batch_size, self.num_workers, self.preprocess_threads = batch_size, num_workers, preprocess_threads
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.fold, self.num_folds, self.leave_site_out = fold, num_folds, leave_site_out
+        self.cache_dir = cache_dir
+        self.cache: VolumeCache | None = None  # built in setup (holds a lock: not picklable)
         self.table: pd.DataFrame | None = None
         self.dropped: list[dict] = []
         self.datasets: dict[str, CachedVolumes] = {}
@@ -100,7 +120,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
         table = table[~no_age].reset_index(drop=True)
         if len(table) < 3:
             raise ValueError(f"{self.root}: found {len(table)} images with a known age; expected at least 3")
-        table["split"] = split_subjects(table, self.val_fraction, self.test_fraction, self.seed)
+        table["split"] = split_subjects(table, self.val_fraction, self.test_fraction, self.seed, fold=self.fold,
+                                        num_folds=self.num_folds, leave_site_out=self.leave_site_out)
         return table
 
     def setup(self, stage: str | None = None) -> None:
@@ -108,8 +129,12 @@ class BrainAgeDataModule(pl.LightningDataModule):
             return
         table = self.prepare_table()
         transform = self.preprocessing.deterministic()
+        if self.cache_dir:
+            self.cache = VolumeCache(self.cache_dir, self.preprocessing.cache_config())
+        # (MetaTensor | None, reason) in memory, (entry Path | None, reason) with the cache
+        prepare = partial(load_volume, transform) if self.cache is None else partial(_ensure, self.cache, transform)
         with ThreadPoolExecutor(max(1, self.preprocess_threads)) as pool:
-            results = list(pool.map(lambda p: load_volume(transform, p), table["path"]))
+            results = list(pool.map(prepare, table["path"]))
         ok = [image is not None for image, _ in results]
         for (image, reason), row in zip(results, table.itertuples()):
             if image is None:
@@ -119,7 +144,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
             log.warning("dropped %s (%s): %s", item["subject_id"], item["path"], item["reason"])
         self.table = table[ok].reset_index(drop=True)
         self.write_splits()
-        images = [image.as_tensor() for image, _ in results if image is not None]  # drop MONAI metadata
+        # in memory: drop MONAI metadata; cached: keep the entry paths
+        images = [image if isinstance(image, Path) else image.as_tensor() for image, _ in results if image is not None]
         for split in ("train", "val", "test"):
             index = [i for i, s in enumerate(self.table["split"]) if s == split]
             augmentation = self.preprocessing.augmentation() if split == "train" else Compose([])

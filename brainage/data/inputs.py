@@ -5,23 +5,32 @@ years as float, NaN when unknown; sex "M"/"F" or None; session "" when absent), 
 order. Rows a reader had to drop are listed in `table.attrs["dropped"]` as dicts `{source, subject_id, path, reason}`.
 
 Readers never open the images: validation happens before training and prediction, where a bad file becomes an
-error row instead of a crash.
+error row instead of a crash. Supported layouts (dataset facts from the IXI and OpenBHB releases):
+
+- BIDS: `participants.tsv` + `sub-X[/ses-Y]/anat/*_T1w.nii[.gz]`.
+- IXI (brain-development.org/ixi-dataset): `IXI###-{Guys|HH|IOP}-####-T1.nii.gz` + the demographic sheet `IXI.xls`
+  or its CSV export (`IXI_ID`, `SEX_ID (1=m, 2=f)`, `AGE`); the site comes from the file name.
+- OpenBHB (Dufumier et al., NeuroImage 2022): `*/sub-{id}/ses-1/*_preproc-quasiraw_T1w.npy` + `participants.tsv`.
+- a plain folder of NIfTI files, a CSV/TSV manifest, single files and globs.
 """
 
 from __future__ import annotations
 
 import glob as _glob
+import io
 import math
 import re
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "NIFTI_SUFFIXES", "parse_age", "parse_sex", "read_bids", "read_table", "read_folder",
-           "read_inputs", "is_nifti"]
+__all__ = ["COLUMNS", "NIFTI_SUFFIXES", "IXI_PATTERN", "OPENBHB_GLOB", "parse_age", "parse_sex", "read_bids",
+           "read_ixi", "read_openbhb", "detect_layout", "read_table", "read_folder", "read_inputs", "is_nifti"]
 
 COLUMNS = ["subject_id", "session", "path", "age", "sex", "site"]
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IXI_PATTERN = re.compile(r"^(IXI\d{3})-(Guys|HH|IOP)-(\d{4})-T1\.nii(\.gz)?$")
+OPENBHB_GLOB = "sub-*/ses-*/*_preproc-quasiraw_T1w.npy"
 _MISSING = {"", "n/a", "na", "nan", "none", "null", "-", "?"}
 _SEX = {"m": "M", "male": "M", "1": "M", "f": "F", "female": "F", "2": "F", "w": "F"}
 
@@ -140,6 +149,148 @@ def read_bids(root: str | Path) -> pd.DataFrame:
     return _frame(rows, dropped)
 
 
+def _ixi_sheet(root: Path) -> Path | None:
+    """The IXI demographic sheet in `root`: a CSV/TSV export with an `IXI_ID` column, else `IXI.xls`."""
+    for candidate in sorted(root.glob("*.csv")) + sorted(root.glob("*.tsv")):
+        with open(candidate, encoding="utf-8", errors="replace") as handle:
+            if "IXI_ID" in handle.readline():
+                return candidate
+    xls = sorted(p for p in root.iterdir() if p.suffix.lower() == ".xls")
+    return xls[0] if xls else None
+
+
+def _read_ixi_sheet(sheet: Path) -> pd.DataFrame:
+    if sheet.suffix.lower() == ".xls":
+        try:
+            import xlrd  # noqa: F401 - only needed for the original .xls; the CSV export needs nothing extra
+        except ImportError:
+            raise ValueError(f"{sheet}: reading .xls needs the 'xlrd' package (pip install xlrd); or export the sheet "
+                             "as CSV (File > Save As > CSV) next to the images") from None
+        frame = pd.read_excel(sheet, dtype=str, keep_default_na=False, engine="xlrd")
+    else:
+        text = sheet.read_text(encoding="utf-8", errors="replace")
+        header, _, body = text.partition("\n")
+        # an unquoted "SEX_ID (1=m, 2=f)" header splits at its comma; name it SEX_ID before parsing
+        header = re.sub(r'"?SEX_ID \(1=m, ?2=f\)"?', "SEX_ID", header)
+        sep = "\t" if sheet.suffix.lower() == ".tsv" else ","
+        try:
+            frame = pd.read_csv(io.StringIO(header + "\n" + body), sep=sep, dtype=str, keep_default_na=False)
+        except pd.errors.ParserError as err:
+            raise ValueError(f"{sheet}: cannot read as a {'TSV' if sep == chr(9) else 'CSV'} table ({err})") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    sex = next((c for c in frame.columns if c.upper().startswith("SEX")), None)
+    missing = [name for name, col in (("IXI_ID", "IXI_ID" in frame.columns), ("AGE", "AGE" in frame.columns),
+                                      ("SEX_ID (1=m, 2=f)", sex)) if not col]
+    if missing:
+        raise ValueError(f"{sheet}: no {missing} column(s) (found {list(frame.columns)}); expected the IXI sheet with "
+                         "IXI_ID, SEX_ID (1=m, 2=f) and AGE")
+    return frame.rename(columns={sex: "SEX_ID"})
+
+
+def read_ixi(root: str | Path, sheet: str | Path | None = None) -> pd.DataFrame:
+    """IXI: `IXI###-{Guys|HH|IOP}-####-T1.nii[.gz]` files below `root` plus the demographic sheet.
+
+    The sheet is `sheet`, else a CSV/TSV in `root` with an `IXI_ID` column, else `root/IXI.xls` (needs xlrd).
+    Duplicate IXI_IDs that agree keep the first row with an age (the others are listed as dropped); duplicates
+    with conflicting age or sex are all dropped. Images without a sheet row keep an unknown age; sheet rows without
+    an image are listed as dropped. The site (Guys, HH, IOP) comes from the file name.
+    """
+    root = Path(root)
+    sheet = Path(sheet) if sheet is not None else _ixi_sheet(root)
+    if sheet is None or not sheet.is_file():
+        raise FileNotFoundError(f"{root}: no IXI demographic sheet found (looked for "
+                                f"{sheet or 'a CSV/TSV with an IXI_ID column, or IXI.xls'}); expected IXI.xls or its "
+                                "CSV export")
+    dropped: list[dict] = []
+    records: dict[str, list[tuple[int, dict]]] = {}
+    for index, record in enumerate(_read_ixi_sheet(sheet).to_dict("records")):
+        raw = str(record["IXI_ID"]).strip()
+        source = f"{sheet}:{index + 2}"
+        try:
+            subject = f"IXI{int(float(raw)):03d}"
+        except ValueError:
+            dropped.append({"source": source, "subject_id": raw, "path": "",
+                            "reason": f"IXI_ID {raw!r} is not an integer"})
+            continue
+        parsed = _clean_demographics({"age": record["AGE"], "sex": record["SEX_ID"]}, source, subject, "", dropped)
+        if parsed is not None:
+            records.setdefault(subject, []).append((index + 2, parsed))
+    demographics: dict[str, dict] = {}
+    for subject, entries in records.items():
+        values = {(round(e["age"], 2), e["sex"]) for _, e in entries if not math.isnan(e["age"])}
+        if len({v[0] for v in values}) > 1 or len({v[1] for v in values if v[1]}) > 1:
+            found = ", ".join(f"line {line}: age {e['age']}, sex {e['sex']}" for line, e in entries)
+            dropped.append({"source": str(sheet), "subject_id": subject, "path": "",
+                            "reason": f"IXI_ID listed {len(entries)} times with conflicting values ({found})"})
+            continue
+        keep = next((entry for entry in entries if not math.isnan(entry[1]["age"])), entries[0])
+        demographics[subject] = keep[1]
+        dropped += [{"source": f"{sheet}:{line}", "subject_id": subject, "path": "",
+                     "reason": f"duplicate IXI_ID (kept line {keep[0]})"} for line, _ in entries if line != keep[0]]
+    rows = []
+    for path in sorted(p for p in root.rglob("IXI*-T1.nii*") if IXI_PATTERN.match(p.name)):
+        subject, site = IXI_PATTERN.match(path.name).group(1, 2)
+        record = demographics.get(subject, {"age": math.nan, "sex": None})
+        rows.append(_row(subject, path, "", record["age"], record["sex"], site))
+    imaged = {r["subject_id"] for r in rows}
+    dropped += [{"source": str(sheet), "subject_id": s, "path": "",
+                 "reason": "in the sheet but no IXI*-T1.nii.gz image"} for s in sorted(set(demographics) - imaged)]
+    return _frame(rows, dropped)
+
+
+def read_openbhb(root: str | Path) -> pd.DataFrame:
+    """OpenBHB: `*/sub-{id}/ses-1/*_preproc-quasiraw_T1w.npy` volumes below `root` + `participants.tsv`.
+
+    The participants table is `root/participants.tsv` (else every `participants.tsv` up to two levels down); its
+    `participant_id` may be an integer or `sub-<id>`; the site is `site` (else `siteXacq`). The `.npy` arrays are
+    read by `brainage.data.transforms.LoadVolumed` on the 1 mm MNI grid.
+    """
+    root = Path(root)
+    tables = sorted(root.glob("participants.tsv")) or \
+        sorted(root.glob("*/participants.tsv")) + sorted(root.glob("*/*/participants.tsv"))
+    demographics: dict[str, dict] = {}
+    for tsv in tables:
+        frame = _read_delimited(tsv)
+        frame.columns = [c.strip().lower() for c in frame.columns]
+        if "participant_id" not in frame.columns:
+            raise ValueError(f"{tsv}: no 'participant_id' column (found {list(frame.columns)})")
+        for record in frame.to_dict("records"):
+            pid = str(record["participant_id"]).strip().removeprefix("sub-")
+            pid = pid[:-2] if pid.endswith(".0") else pid
+            demographics.setdefault(f"sub-{pid}", record | {"source": str(tsv)})
+    rows, dropped = [], []
+    for path in sorted(root.rglob("*_preproc-quasiraw_T1w.npy")):
+        subject = next((part for part in reversed(path.parts[:-1]) if part.startswith("sub-")), _stem(path))
+        session = path.parent.name if path.parent.name.startswith("ses-") else ""
+        record = demographics.get(subject, {})
+        parsed = _clean_demographics(record, record.get("source", str(root)), subject, str(path), dropped)
+        if parsed is not None:
+            site = str(record.get("site") or record.get("sitexacq") or "") or None
+            rows.append(_row(subject, path, session, parsed["age"], parsed["sex"], site))
+    seen = {r["subject_id"] for r in rows} | {d["subject_id"] for d in dropped}
+    dropped += [{"source": demographics[s]["source"], "subject_id": s, "path": "",
+                 "reason": "listed in participants.tsv but no */sub-*/ses-*/*_preproc-quasiraw_T1w.npy image"}
+                for s in sorted(set(demographics) - seen)]
+    return _frame(rows, dropped)
+
+
+def detect_layout(root: str | Path) -> str:
+    """"ixi", "openbhb", "bids" or "folder" for a dataset folder (see the module docstring)."""
+    root = Path(root)
+    ixi_images = any(IXI_PATTERN.match(p.name) for pattern in ("IXI*-T1.nii*", "*/IXI*-T1.nii*")
+                     for p in root.glob(pattern))
+    if ixi_images and _ixi_sheet(root) is not None:
+        return "ixi"
+    if any(next(root.glob(prefix + OPENBHB_GLOB), None) for prefix in ("", "*/", "*/*/")):
+        return "openbhb"
+    if (root / "participants.tsv").exists() or any(root.glob("sub-*/anat")) or any(root.glob("sub-*/ses-*")):
+        return "bids"
+    return "folder"
+
+
+_READERS = {"ixi": read_ixi, "openbhb": read_openbhb, "bids": read_bids}
+
+
 def read_table(path: str | Path, *, path_column: str = "path", subject_column: str = "subject_id",
                age_column: str = "age", sex_column: str = "sex", site_column: str = "site",
                session_column: str = "session") -> pd.DataFrame:
@@ -170,7 +321,7 @@ def read_folder(root: str | Path) -> pd.DataFrame:
 
 
 def read_inputs(inputs: list[str] | str) -> pd.DataFrame:
-    """Dispatch each input to its reader: BIDS folder, plain folder, CSV/TSV manifest, NIfTI file or glob.
+    """Dispatch each input to its reader: IXI, OpenBHB or BIDS folder, plain folder, CSV/TSV manifest, file or glob.
 
     Inputs that match nothing become rows with their path, so that prediction reports them as missing files.
     """
@@ -178,8 +329,7 @@ def read_inputs(inputs: list[str] | str) -> pd.DataFrame:
     for item in [inputs] if isinstance(inputs, str) else inputs:
         path = Path(item)
         if path.is_dir():
-            bids = (path / "participants.tsv").exists() or any(path.glob("sub-*/anat")) or any(path.glob("sub-*/ses-*"))
-            tables.append(read_bids(path) if bids else read_folder(path))
+            tables.append(_READERS.get(detect_layout(path), read_folder)(path))
         elif path.suffix.lower() in {".csv", ".tsv"} and path.exists():
             tables.append(read_table(path))
         elif re.search(r"[*?\[]", item):

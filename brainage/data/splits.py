@@ -1,6 +1,9 @@
 """Subject-level train/val/test splits, stratified by age bin (and site when known), reproducible by seed.
 
 All sessions of one subject always land in the same split, so no subject leaks between training and evaluation.
+Variants: stratified k-fold cross-validation over the non-test subjects (fold k is the validation split, the test
+split stays fixed across folds), and leave-site-out (one site is the test split, as in site-generalisation studies
+such as OpenBHB's internal/external test split, Dufumier et al. 2022).
 """
 
 from __future__ import annotations
@@ -12,15 +15,23 @@ __all__ = ["split_subjects"]
 
 
 def split_subjects(table: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-                   age_bins: int = 5) -> pd.Series:
+                   age_bins: int = 5, fold: int | None = None, num_folds: int = 5,
+                   leave_site_out: str | None = None) -> pd.Series:
     """Return a Series aligned with `table` whose values are "train", "val" or "test".
 
     Subjects are grouped into strata (age quantile bin x site) and shuffled within them with `seed`; the splits are
     taken at evenly spaced positions of that order, so each gets its share of every stratum.
+
+    Args:
+        fold: when set, the non-test subjects are dealt round-robin along that order into `num_folds` folds
+            (stratified, sizes differ by at most one) and fold `fold` is "val"; `val_fraction` is then unused.
+        leave_site_out: every subject with a scan at this site is "test" (`test_fraction` is then unused).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must be in [0, 1) and "
                          "their sum below 1")
+    if fold is not None and not (num_folds >= 2 and 0 <= fold < num_folds):
+        raise ValueError(f"fold={fold}, num_folds={num_folds}: expected num_folds >= 2 and 0 <= fold < num_folds")
     subjects = table.groupby("subject_id", sort=True).agg(age=("age", "mean"), site=("site", "first"))
     ages = subjects["age"].fillna(subjects["age"].median() if subjects["age"].notna().any() else 0.0)
     bins = pd.qcut(ages.rank(method="first"), q=min(age_bins, max(len(subjects), 1)), labels=False)
@@ -30,11 +41,23 @@ def split_subjects(table: pd.DataFrame, val_fraction: float = 0.15, test_fractio
     # order (systematic sampling): every split samples every stratum, and the totals are exact
     order = sorted(subjects.index, key=lambda sid: (strata[sid], rng.random()))
     n = len(order)
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
     labels = np.array(["train"] * n, dtype=object)
-    labels[_spread(n, n_test)] = "test"
+    if leave_site_out is None:
+        labels[_spread(n, round(n * test_fraction))] = "test"
+    else:
+        sites = table["site"].fillna("").astype(str)
+        held = set(table.loc[sites == str(leave_site_out), "subject_id"])
+        if not held:
+            raise ValueError(f"leave_site_out={leave_site_out!r}: no scans from that site; found sites "
+                             f"{sorted(set(sites) - {''})}")
+        if len(held) == n:
+            raise ValueError(f"leave_site_out={leave_site_out!r}: every subject is from that site; nothing to train on")
+        labels[[i for i, sid in enumerate(order) if sid in held]] = "test"
     rest = np.flatnonzero(labels == "train")
-    labels[rest[_spread(len(rest), n_val)]] = "val"
+    if fold is None:
+        labels[rest[_spread(len(rest), round(n * val_fraction))]] = "val"
+    else:
+        labels[rest[np.arange(len(rest)) % num_folds == fold]] = "val"
     assignment = dict(zip(order, labels))
     return table["subject_id"].map(assignment).rename("split")
 

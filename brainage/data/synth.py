@@ -13,9 +13,21 @@ Age effects (ground truth named with :func:`brainage.attribution.atlas.load_defa
 - white-matter change: WM intensity drifts towards GM (lower GM/WM contrast; Salat et al. 2009) and a few
   periventricular hypointense lesions appear and grow after 50 y.
 
+Lifespan curves behind these choices (adult range; the planted forms are in ``AGE_EFFECT_FORMS``):
+- ventricles: lateral-ventricle volume is nearly flat in young adulthood and grows roughly exponentially from about
+  40 y, several-fold by 80 y (Bethlehem et al. 2022, Nature 604:525; Fjell et al. 2013, Neurobiol Aging 34:2239).
+  Planted here as exponential growth from 20 y (x2 per 40 y), a simpler curve with the same late acceleration in
+  absolute volume;
+- grey matter: cortical GM volume peaks in childhood and then declines close to linearly (~0.2-0.5 %/y) through
+  adulthood (Bethlehem et al. 2022; Fjell & Walhovd 2010, Rev Neurosci 21:187); planted as linear thinning;
+- hippocampus: slow decline, accelerating after ~60 y (Fraser et al. 2015); white matter: volume peaks ~30-40 y,
+  then T1 GM/WM contrast falls (Salat et al. 2009, NeuroImage 48:21) and hyperintensity/lesion load rises.
+
 Nuisance: smooth random deformation (DCT basis, a few mm), small rigid misregistration, sex/head-size scaling, a
-smooth multiplicative bias field (DCT, as in SPM's bias model), and per-site gamma, intensity scale, blur and Rician
-noise. Each subject's random stream is ``SeedSequence([seed, index])``, so results do not depend on the worker count.
+smooth multiplicative bias field (DCT, as in SPM's bias model), and per-site gamma, intensity scale, blur, slice
+thickness (site C acquires 5 mm slices along z, as in 2D clinical protocols: a Gaussian slice profile, sampling every
+5 mm and linear interpolation back to the grid) and Rician noise. Each subject's random stream is
+``SeedSequence([seed, index])``, so results do not depend on the worker count.
 
 Outputs are for research and software testing only, not for diagnosis.
 """
@@ -50,6 +62,7 @@ __all__ = [
     "main",
     "site_params",
     "synthesize_cohort",
+    "thick_slices",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,7 +122,8 @@ AGE_EFFECT_FORMS = {
 # --- sites ------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SiteParams:
-    """Acquisition differences of one site: T1 -> ``scale * T1**gamma``, Gaussian blur, Rician noise, bias field."""
+    """Acquisition differences of one site: T1 -> ``scale * T1**gamma``, Gaussian blur, slice thickness along z,
+    Rician noise, bias field."""
 
     name: str
     gamma: float
@@ -117,13 +131,14 @@ class SiteParams:
     blur_sigma_mm: float
     noise_sigma: float  # relative to white matter
     bias_strength: float  # std of the DCT bias coefficients (log scale)
+    slice_mm: float = 0.0  # through-plane (z) slice thickness and spacing; 0 = isotropic acquisition
 
 
 _SITE_TABLE = (
-    (1.00, 1.00, 0.0, 0.020, 0.08),
-    (0.80, 0.85, 0.8, 0.040, 0.12),
-    (1.25, 1.20, 0.0, 0.012, 0.18),
-    (0.90, 0.95, 1.2, 0.050, 0.10),
+    (1.00, 1.00, 0.0, 0.020, 0.08, 0.0),
+    (0.80, 0.85, 0.8, 0.040, 0.12, 0.0),
+    (1.25, 1.20, 0.0, 0.012, 0.18, 5.0),
+    (0.90, 0.95, 1.2, 0.050, 0.10, 0.0),
 )
 
 
@@ -132,13 +147,33 @@ def site_params(k: int) -> SiteParams:
     if k < 0:
         raise ValueError(f"site index must be >= 0, got {k}")
     if k < len(_SITE_TABLE):
-        gamma, scale, blur, noise, bias = _SITE_TABLE[k]
+        gamma, scale, blur, noise, bias, slice_mm = _SITE_TABLE[k]
     else:
         r = np.random.default_rng(np.random.SeedSequence([k]))
         gamma, scale = float(r.uniform(0.8, 1.25)), float(r.uniform(0.8, 1.2))
         blur, noise, bias = float(r.choice([0.0, 0.8, 1.2])), float(r.uniform(0.01, 0.05)), float(r.uniform(0.05, 0.2))
+        slice_mm = float(r.choice([0.0, 0.0, 4.0]))
     name = "site-" + (chr(ord("A") + k) if k < 26 else f"{k:03d}")
-    return SiteParams(name, round(gamma, 4), round(scale, 4), blur, round(noise, 4), round(bias, 4))
+    return SiteParams(name, round(gamma, 4), round(scale, 4), blur, round(noise, 4), round(bias, 4), slice_mm)
+
+
+def _linear_z(volume: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Sample (X, Y, Z) at fractional z `positions` (m,) by linear interpolation -> (X, Y, m)."""
+    lo = np.clip(np.floor(positions).astype(int), 0, volume.shape[2] - 1)
+    hi = np.minimum(lo + 1, volume.shape[2] - 1)
+    w = (positions - lo).astype(np.float32)
+    return volume[:, :, lo] * (1 - w) + volume[:, :, hi] * w
+
+
+def thick_slices(img: np.ndarray, slice_mm: float, spacing: float) -> np.ndarray:
+    """Simulate a 2D acquisition with `slice_mm` slices along z on an isotropic `spacing` grid: Gaussian slice profile
+    (FWHM = slice_mm), samples every slice_mm, linear interpolation back to the grid. (X, Y, Z) -> (X, Y, Z)."""
+    step = float(slice_mm) / float(spacing)
+    if step <= 1.0:
+        return img
+    blurred = ndi.gaussian_filter1d(img, sigma=step / 2.355, axis=2)
+    acquired = _linear_z(blurred, np.arange(0.0, img.shape[2] - 1 + 1e-6, step))  # (X, Y, m)
+    return _linear_z(acquired, np.arange(img.shape[2]) / step).astype(img.dtype)  # (X, Y, Z)
 
 
 # --- subject-independent precomputation -------------------------------------------------------------------------------
@@ -399,6 +434,8 @@ def _render_subject(ctx: _Context, spec: SubjectSpec, seed: int, nuisance: bool)
     img = np.float32(_WM_TARGET * site.scale) * np.power(np.clip(img / 0.87, 0.0, None), np.float32(site.gamma))
     if nuisance and site.blur_sigma_mm > 0:
         img = ndi.gaussian_filter(img, site.blur_sigma_mm / float(ctx.affine[0, 0]))
+    if nuisance and site.slice_mm > 0:
+        img = thick_slices(img, site.slice_mm, float(ctx.affine[0, 0]))
     if nuisance:
         sigma = np.float32(site.noise_sigma * _WM_TARGET * site.scale)
         n_vox = int(mask.sum())

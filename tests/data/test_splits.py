@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from brainage.data.splits import split_subjects
 
@@ -42,3 +43,36 @@ def test_tiny_cohort_still_gets_every_split():
     table = _table(n_subjects=4, sessions=1)
     split = split_subjects(table, 0.25, 0.25, seed=0)
     assert sorted(split) == ["test", "train", "train", "val"]
+
+
+def test_k_fold_partitions_non_test_subjects_and_keeps_test_fixed():
+    table = _table(n_subjects=53, sessions=2)
+    splits = [split_subjects(table, 0.2, 0.2, seed=5, fold=k, num_folds=5) for k in range(5)]
+    tests = [set(table.loc[s == "test", "subject_id"]) for s in splits]
+    assert all(t == tests[0] for t in tests) and len(tests[0]) == round(53 * 0.2)
+    vals = [set(table.loc[s == "val", "subject_id"]) for s in splits]
+    assert set().union(*vals) == set(table["subject_id"]) - tests[0]  # every non-test subject validates once
+    assert sum(len(v) for v in vals) == len(set().union(*vals))  # ... and only once
+    assert max(len(v) for v in vals) - min(len(v) for v in vals) <= 1
+    for split in splits:
+        assert (table.assign(split=split).groupby("subject_id")["split"].nunique() == 1).all()
+    ages = [table.loc[s == "val", "age"].median() for s in splits]
+    assert max(ages) - min(ages) < 15  # stratified by age
+
+
+def test_leave_site_out_is_the_test_split():
+    table = _table(n_subjects=30, sessions=2)
+    split = split_subjects(table, 0.2, 0.2, seed=0, leave_site_out="site-1")
+    assert set(table.loc[split == "test", "site"]) == {"site-1"}
+    assert "site-1" not in set(table.loc[split != "test", "site"])
+    assert (table.assign(split=split).groupby("subject_id")["split"].nunique() == 1).all()
+    combined = split_subjects(table, seed=0, leave_site_out="site-1", fold=2, num_folds=4)
+    assert combined[split == "test"].eq("test").all() and (combined == "val").any()
+
+
+def test_split_options_are_checked_naming_values():
+    table = _table(n_subjects=10, sessions=1)
+    with pytest.raises(ValueError, match="'site-9'.*site-0"):
+        split_subjects(table, leave_site_out="site-9")
+    with pytest.raises(ValueError, match="fold=5, num_folds=5"):
+        split_subjects(table, fold=5, num_folds=5)

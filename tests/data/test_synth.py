@@ -138,6 +138,14 @@ def test_sites_differ_in_contrast_and_noise(tmp_path):
         noise[site] = np.median(np.abs(diff - np.median(diff))) / level[site]
     assert level["site-B"] < level["site-A"] < level["site-C"]  # scale 0.85 / 1.0 / 1.2
     assert noise["site-B"] > noise["site-C"]  # sigma 0.04 vs 0.012 of WM
+    smooth = {}  # z detail / x detail: site C acquires 5 mm slices along z
+    for site, pid in table["participant_id"].items():
+        data = _image(root, pid).get_fdata()
+        inner = ndi.binary_erosion(data > 0, iterations=3)
+        dz = np.abs(np.diff(data, axis=2))[inner[:, :, 1:] & inner[:, :, :-1]].mean()
+        dx = np.abs(np.diff(data, axis=0))[inner[1:] & inner[:-1]].mean()
+        smooth[site] = dz / dx
+    assert smooth["site-C"] < 0.8 * min(smooth["site-A"], smooth["site-B"])
     params = [synth.site_params(k) for k in range(6)]
     assert len({(p.gamma, p.noise_sigma) for p in params}) == 6 and params[5].name == "site-F"
 
@@ -154,3 +162,15 @@ def test_cli_help_and_errors(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert synth.main(["--n", "1", "--out", str(tmp_path / "ok"), "--spacing", "4", "--workers", "1"]) == 0
     assert (tmp_path / "ok" / "sub-0001" / "anat" / "sub-0001_T1w.nii.gz").is_file()
+
+
+def test_thick_slices_keep_constants_and_smooth_only_along_z():
+    constant = np.full((6, 5, 30), 7.0, np.float32)
+    np.testing.assert_allclose(synth.thick_slices(constant, 5.0, 1.0), constant, rtol=1e-6)
+    z = np.arange(40, dtype=np.float32)
+    stripes = np.broadcast_to(np.sin(2 * np.pi * z / 4.0), (4, 3, 40)).copy()  # 4 mm period < 5 mm slices
+    out = synth.thick_slices(stripes, 5.0, 1.0)
+    assert out.shape == stripes.shape and np.abs(out[..., 5:-5]).max() < 0.3 * np.abs(stripes).max()
+    ramp = np.broadcast_to(z, (4, 3, 40)).copy()  # linear along z survives linear interpolation (away from edges)
+    np.testing.assert_allclose(synth.thick_slices(ramp, 5.0, 1.0)[..., 10:-10], ramp[..., 10:-10], atol=1e-3)
+    assert synth.thick_slices(stripes, 2.0, 2.0) is stripes  # not thicker than the grid: unchanged

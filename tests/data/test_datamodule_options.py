@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainage.data.datamodule import BrainAgeDataModule
+
+
+def _cohort(tmp_path, write_nifti, n=8):
+    from conftest import brain_like
+
+    rows = ["participant_id\tage\tsex\tsite"]
+    for i in range(n):
+        write_nifti(f"ds/sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", brain_like(seed=i))
+        rows.append(f"sub-{i:02d}\t{20 + 7 * i}\t{'MF'[i % 2]}\tS{i % 2}")
+    (tmp_path / "ds" / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return str(tmp_path / "ds")
+
+
+def test_datamodule_cache_dir_second_setup_decodes_nothing(tmp_path, write_nifti):
+    root = _cohort(tmp_path, write_nifti)
+    kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, batch_size=2, val_fraction=0.25, test_fraction=0.25)
+    first = BrainAgeDataModule(root, cache_dir=str(tmp_path / "cache"), **kwargs)
+    first.setup("fit")
+    assert (first.cache.hits, first.cache.misses) == (0, 8)
+    second = BrainAgeDataModule(root, cache_dir=str(tmp_path / "cache"), **kwargs)
+    second.setup("fit")
+    assert (second.cache.hits, second.cache.misses) == (8, 0)
+    assert all(isinstance(image, Path) for image in second.datasets["train"].images)  # read per item, not held in RAM
+    memory = BrainAgeDataModule(root, **kwargs)
+    memory.setup("fit")
+    cached_batch, memory_batch = next(iter(second.val_dataloader())), next(iter(memory.val_dataloader()))
+    assert type(cached_batch["image"]) is torch.Tensor and cached_batch["image"].dtype == torch.float32
+    assert tuple(cached_batch["image"].shape) == (2, 1, 16, 16, 16)
+    assert cached_batch["subject_id"] == memory_batch["subject_id"]
+    torch.testing.assert_close(cached_batch["image"], memory_batch["image"], atol=2e-2, rtol=1e-3)
+    assert second.train_ages().shape == (len(second.datasets["train"]),)
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_datamodule_folds_and_leave_site_out(tmp_path, write_nifti, fold):
+    root = _cohort(tmp_path, write_nifti)
+    kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, preprocess_threads=1)
+    dm = BrainAgeDataModule(root, fold=fold, num_folds=2, leave_site_out="S1", **kwargs)
+    table = dm.prepare_table()
+    assert set(table.loc[table["split"] == "test", "site"]) == {"S1"}
+    assert set(table.loc[table["split"] != "test", "site"]) == {"S0"}
+    assert (table["split"] == "val").sum() == 2
