@@ -13,6 +13,8 @@ __all__ = ["main"]
 
 # command -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("brainage.prepare.command",
+                "raw T1 -> N4, skull strip, affine to ICBM152, MNI grid + QC manifest (needs brainage[prepare])"),
     "synth": ("brainage.data.synth", "write a synthetic T1 cohort in MNI space (BIDS layout, ground truth)"),
     "fit": ("brainage.training.cli", "train a model from a YAML config (LightningCLI)"),
     "validate": ("brainage.training.cli", "evaluate a checkpoint on the validation split (LightningCLI)"),
