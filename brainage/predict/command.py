@@ -1,0 +1,171 @@
+"""`brainage predict`: batch brain-age prediction over NIfTI files into one CSV that never loses a row.
+
+Exit codes: 0 = every row ok; 1 = at least one row has status=error (all rows are still written); 2 = usage error,
+no inputs, or the model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from brainage.data.inputs import read_inputs
+from brainage.predict.model import LoadedModel, ModelLoadError, load_model
+from brainage.predict.output import (
+    OUTPUT_COLUMNS,
+    Journal,
+    assemble,
+    journal_path,
+    read_journals,
+    record,
+    remove_journals,
+    row_key,
+    summarise,
+    write_csv_atomic,
+)
+from brainage.predict.stream import available_cpus, default_workers, predict_iter
+
+__all__ = ["build_parser", "main", "run_settings"]
+
+log = logging.getLogger("brainage.predict")
+
+EPILOG = """examples:
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/heldout \\
+                   --output predictions.csv
+  brainage predict --model best.ckpt --input scans/ --output out.csv            # folder, recursive
+  brainage predict --model best.ckpt --input 'scans/**/*_T1w.nii.gz' --output out.csv
+  brainage predict --model best.ckpt --input manifest.csv --output out.csv      # CSV with a 'path' column
+  brainage predict --model best.ckpt --input bids/ --output out.csv --tta --save-routing routing/
+  brainage predict --model runs:/<run_id> --input scans/ --output out.csv       # best.ckpt of an MLflow run
+  brainage predict --model models:/brainage/3 --tracking-uri sqlite:///mlflow.db --input scans/ --output out.csv
+  brainage predict --model best.ckpt --input scans/ --output out.csv --devices 2 --accelerator gpu   # DDP
+
+models: a .ckpt written by `brainage fit`, runs:/<run_id>[/artifact path] or models:/<name>/<version> (MLflow store
+from --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Loaded with torch.load(weights_only=True);
+anything that is not a brainage checkpoint is refused, and the card's input contract must match its preprocessing.
+
+output columns (one row per input, in input order):
+  subject_id, session, path; age (when known); predicted_age; corrected_age (the model's age-bias correction,
+  = predicted_age when the model has none); brain_age_gap = predicted_age - age; corrected_gap = corrected_age - age;
+  uncertainty (std over flip TTA, with --tta); status (ok | error); error (the reason).
+
+interrupted runs: finished batches are journaled in OUTPUT.partial (fsynced). Rerun the same command to skip the
+files already done; the CSV is written atomically at the end and is the same as an uninterrupted run's.
+
+exit codes: 0 all rows ok; 1 some rows failed (they are still written, with status=error); 2 usage error, no inputs
+or unusable model.
+Research use only, not for diagnosis.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainage predict", description="Predict brain age for T1w NIfTI scans.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="brainage .ckpt, runs:/<run_id>[/path] or models:/<name>/<version>")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store for runs:/ and models:/ "
+                             "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="folder, BIDS dataset, CSV/TSV manifest, file or glob")
+    parser.add_argument("--output", required=True, type=Path, help="predictions CSV to write (atomically)")
+    parser.add_argument("--tta", action="store_true",
+                        help="flip test-time augmentation: mean of the scan and its left-right mirror; "
+                             "uncertainty = their std")
+    parser.add_argument("--save-routing", type=Path, default=None, metavar="DIR",
+                        help="save per-scan MoE routing maps (.npz) here, for `brainage report`")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="single-process device (default: cuda if available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decode worker processes per device (default: min(4, CPUs - 1); 0 = no workers)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the predicting process (default: CPUs left after the decode workers)")
+    parser.add_argument("--devices", default="1",
+                        help="Lightning devices; more than 1 (or --num-nodes > 1) runs DDP with one process each")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for DDP (cpu, gpu, auto)")
+    parser.add_argument("--num-nodes", type=int, default=1, help="nodes for DDP (run the command on every node)")
+    parser.add_argument("--verbose", action="store_true", help="progress bar and every failed file")
+    return parser
+
+
+def _devices(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def run_settings(args: argparse.Namespace, model: LoadedModel) -> dict:
+    """What makes journal rows reusable: the same model (spec and creation time) and the same row-changing options."""
+    return {"model": str(args.model), "model_created": model.card.get("created"), "tta": args.tta,
+            "save_routing": None if args.save_routing is None else str(args.save_routing)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.batch_size, args.num_nodes, args.threads or 1) < 1 or (args.workers is not None and args.workers < 0):
+        parser.error(f"--batch-size ({args.batch_size}), --num-nodes ({args.num_nodes}) and --threads "
+                     f"({args.threads}) must be >= 1 and --workers ({args.workers}) >= 0")
+    workers = default_workers() if args.workers is None else args.workers
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or max(1, available_cpus() - workers))  # decode workers run one thread each
+    try:
+        return _run(args, workers)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, workers: int) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    progress = sys.stderr.isatty() or args.verbose
+    distributed = _devices(args.devices) != 1 or args.num_nodes > 1
+    try:
+        model = load_model(args.model, "cpu" if distributed else args.device, args.tracking_uri)
+        table = read_inputs(args.input)
+    except (ModelLoadError, ValueError) as err:
+        print(f"brainage predict: {err}", file=sys.stderr)
+        return 2
+    if table.empty:
+        print(f"brainage predict: no NIfTI files found in {args.input}", file=sys.stderr)
+        return 2
+    settings = run_settings(args, model)
+    keys = [row_key(row) for row in table.to_dict("records")]
+    start = time.perf_counter()
+    if distributed:
+        from brainage.predict.distributed import predict_distributed  # Lightning only when scaling out
+
+        if not predict_distributed(model, table, args.output, settings, accelerator=args.accelerator,
+                                   devices=_devices(args.devices), num_nodes=args.num_nodes,
+                                   batch_size=args.batch_size, num_workers=workers, tta=args.tta,
+                                   routing_dir=args.save_routing, progress=progress):
+            return 0  # ranks > 0: rank 0 merges and reports
+    else:
+        done = read_journals(args.output, settings)
+        todo = [i for i, key in enumerate(keys) if key not in done]
+        if done:
+            log.warning("resuming: %d of %d inputs already done (journal %s)", len(keys) - len(todo), len(keys),
+                        journal_path(args.output))
+        with Journal(journal_path(args.output), settings) as journal:
+            batch = []
+            for result in predict_iter(model, table, return_routing=args.save_routing is not None,
+                                       batch_size=args.batch_size, num_workers=workers, progress=progress,
+                                       tta=args.tta, indices=todo):
+                batch.append(result)
+                if result.error:
+                    log.info("error: %s", result.error)
+                if len(batch) == args.batch_size:
+                    record(journal, batch, args.save_routing, model.preprocessing.shape)
+                    batch = []
+            record(journal, batch, args.save_routing, model.preprocessing.shape)
+    rows = assemble(keys, read_journals(args.output, settings))
+    write_csv_atomic(rows, args.output, OUTPUT_COLUMNS)
+    remove_journals(args.output)
+    elapsed = time.perf_counter() - start
+    for line in summarise(rows, model.card):
+        print(line)
+    print(f"predictions: {args.output} ({len(rows)} rows, {elapsed:.1f} s)")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -1,0 +1,134 @@
+"""Safe model loading for prediction: a checkpoint file, an MLflow run (`runs:/<id>`) or a registered model
+(`models:/<name>/<version>`), read with `torch.load(weights_only=True)` only.
+
+A file that is not a brainage checkpoint is refused with a clear error, never unpickled. The model card's input
+contract (spacing, shape, orientation, normalisation) is checked against the preprocessing the checkpoint will run,
+so a model is never fed inputs it was not trained on.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from brainage.data.transforms import Preprocessing
+from brainage.model import build_net
+from brainage.training.card import CHECKPOINT_FORMAT
+
+__all__ = [
+    "MODEL_URI_SCHEMES",
+    "LoadedModel",
+    "ModelLoadError",
+    "check_input_contract",
+    "load_model",
+    "resolve_model_path",
+]
+
+MODEL_URI_SCHEMES = ("runs:/", "models:/")
+_CONTRACT_KEYS = ("orientation", "spacing_mm", "shape", "normalisation")
+
+
+class ModelLoadError(ValueError):
+    """The model file is missing, unsafe, inconsistent or not a brainage checkpoint."""
+
+
+@dataclass
+class LoadedModel:
+    """A brain-age net ready for inference, with the preprocessing and card it was trained with."""
+
+    net: nn.Module
+    preprocessing: Preprocessing
+    card: dict
+    target_mean: float
+    target_std: float
+    device: torch.device
+
+    @property
+    def transform(self) -> Callable[[dict], dict]:
+        return self.preprocessing.deterministic()
+
+    @property
+    def num_experts(self) -> int:
+        moe = self.net.init_args.get("moe") or {}
+        return int(moe.get("num_experts", 0)) if self.net.init_args.get("mlp", "moe") == "moe" else 0
+
+    @property
+    def bias_correction(self) -> dict | None:
+        return self.card.get("bias_correction") or None
+
+    def to_years(self, pred: torch.Tensor) -> torch.Tensor:
+        return pred.float() * self.target_std + self.target_mean
+
+
+def resolve_model_path(spec: str | Path, tracking_uri: str | None = None) -> Path:
+    """Local checkpoint path of a file path or an MLflow `runs:/` / `models:/` URI (downloaded)."""
+    text = str(spec)
+    if text.startswith(MODEL_URI_SCHEMES):
+        from brainage.tracking import fetch_model  # mlflow is imported only when a URI is used
+
+        try:
+            return fetch_model(text, tracking_uri)
+        except ValueError as err:
+            raise ModelLoadError(str(err)) from err
+    path = Path(text)
+    if not path.is_file():
+        raise ModelLoadError(f"model {text!r} not found; expected a brainage .ckpt file, runs:/<run_id>[/path] or "
+                             f"models:/<name>/<version>")
+    return path
+
+
+def check_input_contract(card: dict, preprocessing: Preprocessing, net_init_args: dict, source: str) -> None:
+    """Raise ModelLoadError when the card's input contract disagrees with the preprocessing or the net's input size."""
+    contract = card.get("input_contract")
+    if not isinstance(contract, dict):
+        raise ModelLoadError(f"{source}: the model card has no input_contract (found {type(contract).__name__}); "
+                             f"expected a dict with {list(_CONTRACT_KEYS)}")
+    expected = preprocessing.contract()
+    wrong = [f"{key}: card says {contract.get(key)!r}, preprocessing does {expected[key]!r}"
+             for key in _CONTRACT_KEYS if contract.get(key) != expected[key]]
+    img_size = net_init_args.get("img_size")
+    if img_size is not None and [int(s) for s in img_size] != expected["shape"]:
+        wrong.append(f"net img_size: {list(img_size)}, preprocessing shape {expected['shape']}")
+    if wrong:
+        raise ModelLoadError(f"{source}: the model card's input contract does not match the checkpoint's "
+                             f"preprocessing ({'; '.join(wrong)}); refusing to predict with inputs the model was not "
+                             f"trained on")
+
+
+def load_model(spec: str | Path, device: str = "cpu", tracking_uri: str | None = None) -> LoadedModel:
+    """Load a brainage model safely from a `.ckpt` path, `runs:/<run_id>[/path]` or `models:/<name>/<version>`.
+
+    `tracking_uri` (MLflow URIs only): explicit store, else `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`.
+    """
+    path = resolve_model_path(spec, tracking_uri)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}: cannot be read as a weights-only checkpoint ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); brainage never unpickles arbitrary "
+                             f"objects") from err
+    meta = checkpoint.get("brainage") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ModelLoadError(f"{path}: not a brainage checkpoint (found keys {found}); expected a 'brainage' entry "
+                             f"with format {CHECKPOINT_FORMAT!r}")
+    try:
+        pre = meta["preprocessing"]
+        preprocessing = Preprocessing(spacing=pre["spacing"], shape=tuple(pre["shape"]), augment=False)
+        check_input_contract(meta["card"], preprocessing, meta["net"]["init_args"], str(spec))
+        net = build_net(meta["net"]["name"], meta["net"]["init_args"])
+        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(state)
+        target_mean, target_std = float(meta["target"]["mean"]), float(meta["target"]["std"])
+    except ModelLoadError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"{path}: brainage checkpoint is incomplete or inconsistent ({type(err).__name__}: "
+                             f"{err})") from err
+    target = torch.device(device)
+    return LoadedModel(net.eval().to(target), preprocessing, meta["card"], target_mean, target_std, target)

@@ -1,0 +1,13 @@
+"""Fixtures for predict tests (helpers in predict_fixtures.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from predict_fixtures import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.ckpt")
