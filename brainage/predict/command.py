@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from brainage.data.inputs import read_inputs
+from brainage.prepare.manifest import read_prepared_inputs
 from brainage.predict.model import LoadedModel, ModelLoadError, load_model
 from brainage.predict.output import (
     OUTPUT_COLUMNS,
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Lightning devices; more than 1 (or --num-nodes > 1) runs DDP with one process each")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for DDP (cpu, gpu, auto)")
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes for DDP (run the command on every node)")
+    parser.add_argument("--include-failed", action="store_true",
+                        help="also predict scans that `brainage prepare` flagged in its manifest (qc_status=fail)")
     parser.add_argument("--verbose", action="store_true", help="progress bar and every failed file")
     return parser
 
@@ -125,12 +127,14 @@ def _run(args: argparse.Namespace, workers: int) -> int:
     distributed = _devices(args.devices) != 1 or args.num_nodes > 1
     try:
         model = load_model(args.model, "cpu" if distributed else args.device, args.tracking_uri)
-        table = read_inputs(args.input)
+        table = read_prepared_inputs(args.input, include_failed=args.include_failed)
     except (ModelLoadError, ValueError) as err:
         print(f"brainage predict: {err}", file=sys.stderr)
         return 2
+    for item in table.attrs.get("dropped", []):
+        print(f"skipped {item['subject_id']} ({item['path']}): {item['reason']}", file=sys.stderr)
     if table.empty:
-        print(f"brainage predict: no NIfTI files found in {args.input}", file=sys.stderr)
+        print(f"brainage predict: no usable NIfTI files found in {args.input}", file=sys.stderr)
         return 2
     settings = run_settings(args, model)
     keys = [row_key(row) for row in table.to_dict("records")]
