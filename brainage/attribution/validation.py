@@ -20,6 +20,7 @@ class GroundTruth:
     regions: tuple[str, ...]  # names of the regions carrying the planted age effect
     null_regions: tuple[str, ...]  # regions left untouched by the generator
     indirect_regions: tuple[str, ...] = ()  # not planted but displaced by the planted effects
+    effects: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (effect name, its regions), e.g. ventricle enlargement
 
 
 def _names(entries: object, path: Path, key: str) -> tuple[str, ...]:
@@ -45,7 +46,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
 
     The planted regions are under ``signal_regions`` (``brainage synth``: ``{name: label}``) or ``regions``; each of
     ``signal_regions``/``regions``, ``null_regions`` and ``indirect_regions`` may be a ``{name: label}`` object, a list
-    of names or a list of ``{"name": ...}`` objects.
+    of names or a list of ``{"name": ...}`` objects; optional ``effects`` is a list of ``{"name", "regions"}``.
     """
     path = Path(path)
     if not path.is_file():
@@ -55,8 +56,13 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     if key is None:
         found = list(data)[:10] if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: expected a JSON object with 'signal_regions' or 'regions', found {found}")
+    effects = data.get("effects") or []
+    if not isinstance(effects, list) or not all(isinstance(e, dict) and "regions" in e for e in effects):
+        raise ValueError(f"{path}: 'effects' should be a list of objects with 'name' and 'regions'")
     return GroundTruth(path, _names(data[key], path, key), _names(data.get("null_regions"), path, "null_regions"),
-                       _names(data.get("indirect_regions"), path, "indirect_regions"))
+                       _names(data.get("indirect_regions"), path, "indirect_regions"),
+                       tuple((str(e.get("name", f"effect {i}")), _names(e["regions"], path, "effects"))
+                             for i, e in enumerate(effects)))
 
 
 def find_ground_truth(inputs: Sequence[str]) -> Path | None:

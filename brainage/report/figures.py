@@ -22,7 +22,7 @@ from nilearn.datasets import load_mni152_brain_mask  # noqa: E402
 
 from brainage.attribution.atlas import resample_labels  # noqa: E402
 
-__all__ = ["png_bytes", "brain_mask", "stat_map_png", "expert_map_png", "prediction_scatter_png"]
+__all__ = ["png_bytes", "brain_mask", "stat_map_png", "expert_map_png", "prediction_scatter_png", "group_png"]
 
 CUTS_MM = (-24, -8, 8, 24, 40)  # axial slices through ventricles, deep grey matter and cortex
 
@@ -92,4 +92,36 @@ def prediction_scatter_png(age: Sequence[float], predicted: Sequence[float], tit
              title=title)
     axis.legend(loc="upper left", fontsize=8, frameon=False)
     axis.set_aspect("equal")
+    return png_bytes(figure)
+
+
+def group_png(bag: dict[str, Sequence[float]], share: dict[str, Sequence[float]], title: str = "") -> bytes:
+    """Cohort comparison: brain-age gap per group (points and mean) and stacked expert shares per group.
+
+    Args:
+        bag: group -> brain-age gaps (years) of its scans with a known age.
+        share: group -> share of atlas voxels per expert (e,), summing to 1.
+    """
+    groups = list(share)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.0), gridspec_kw={"width_ratios": [1, 1.3]})
+    for i, group in enumerate(groups):
+        values = np.asarray(bag.get(group, []), dtype=float)
+        if len(values):
+            jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+            left.scatter(i + jitter, values, s=12, alpha=0.6, color="#3b6ea8", edgecolor="none")
+            left.hlines(values.mean(), i - 0.3, i + 0.3, color="#d64519", lw=2)
+    left.axhline(0, color="#888888", lw=1, ls="--")
+    left.set(xticks=range(len(groups)), ylabel="brain-age gap (years)", title="BAG per group (bar: mean)")
+    left.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
+    num_experts = len(next(iter(share.values()))) if share else 0
+    colours = plt.get_cmap("tab10" if num_experts <= 10 else "tab20", max(num_experts, 1))
+    bottom = np.zeros(len(groups))
+    for e in range(num_experts):
+        heights = np.array([share[g][e] for g in groups], dtype=float)
+        right.bar(range(len(groups)), heights, bottom=bottom, color=colours(e), label=f"expert {e}")
+        bottom += heights
+    right.set(xticks=range(len(groups)), ylim=(0, 1), ylabel="share of atlas voxels (top-1)", title=title)
+    right.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
+    right.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    figure.tight_layout()
     return png_bytes(figure)
