@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["DEFAULT_TRACKING_URI", "MLflowTracker", "resolve_tracking_uri", "log_text", "log_file", "log_json",
            "is_tracker", "run_artifacts", "download_artifact", "fetch_model", "register_model",
-           "log_directory"]
+           "log_directory", "latest_runs"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -128,3 +128,22 @@ def download_artifact(tracking_uri: str, run_id: str, artifact_path: str) -> Pat
     """Fetch one artifact of a run into a temporary folder and return its local path."""
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     return Path(client.download_artifacts(run_id, artifact_path, tempfile.mkdtemp(prefix="brainage-")))
+
+
+def latest_runs(experiment_name: str, tracking_uri: str | None = None) -> dict[str, dict]:
+    """The newest finished run of each run name in an experiment: {run_name: {run_id, metrics, params,
+    seconds}} (seconds = wall time from start to end), for tables such as pipelines/compare.sh's."""
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise ValueError(f"MLflow experiment {experiment_name!r} not found in {resolve_tracking_uri(tracking_uri)}")
+    out: dict[str, dict] = {}
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"]):
+        name = run.info.run_name
+        if name in out:
+            continue
+        seconds = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else float("nan")
+        out[name] = {"run_id": run.info.run_id, "metrics": dict(run.data.metrics), "params": dict(run.data.params),
+                     "seconds": seconds}
+    return out

@@ -26,6 +26,12 @@ def mni_affine(spacing: float = 4.0, shape=(40, 48, 40)) -> np.ndarray:
     return affine
 
 
+@pytest.fixture(name="brain_like")
+def brain_like_fixture():
+    """The `brain_like(shape, seed)` volume factory, for tests that write their own files."""
+    return brain_like
+
+
 @pytest.fixture
 def write_nifti(tmp_path: Path):
     """write_nifti(name, data=None, affine=None) -> Path of a real .nii.gz written with nibabel."""

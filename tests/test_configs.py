@@ -16,14 +16,21 @@ BASE = ["configs/trainer/cpu.yaml", "configs/model/vit_ermoe_tiny.yaml", "config
 
 
 def _layers(config: Path) -> list[str]:
-    """A full experiment stands alone; a layer is combined with the base layers it does not replace."""
-    if config.parent == Path("configs") or config.parts[1] == "experiment":
+    """A top-level config stands alone; an experiment gets the base layers for the sections (model, data) it does
+    not set, as pipelines/compare.sh layers a model on configs/experiment/compare.yaml; a layer is combined with the
+    base layers of the other kinds."""
+    if config.parent == Path("configs"):
         return [str(config)]
+    if config.parts[1] == "experiment":
+        raw = yaml.safe_load((ROOT / config).read_text())
+        return [b for b in BASE if Path(b).parts[1] not in raw] + [str(config)]
     return [b for b in BASE if Path(b).parts[1] != config.parts[1]] + [str(config)]
 
 
 def test_configs_found():
     assert Path("configs/demo.yaml") in CONFIGS and len(CONFIGS) >= 8
+    for kind in ("model", "data", "trainer", "logger", "experiment"):
+        assert any(c.parts[1] == kind for c in CONFIGS), kind
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -42,3 +49,37 @@ def test_config_instantiates(config, monkeypatch, tmp_path):
     if "data" in raw:
         assert list(cli.datamodule.preprocessing.shape) == raw["data"]["shape"]
     assert cli.trainer is not None
+
+
+def test_command_line_overrides_any_value(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cli = BrainAgeCLI(args=["--config", "configs/demo.yaml", "--trainer.max_epochs", "3", "--model.lr", "0.0002",
+                            "--model.net.init_args.moe.top_k", "1", "--data.batch_size", "5"], run=False)
+    assert cli.trainer.max_epochs == 3 and cli.model.hparams.lr == 0.0002 and cli.datamodule.batch_size == 5
+    assert cli.model.net.init_args["moe"]["top_k"] == 1
+
+
+def test_print_config_shows_the_resolved_layers(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(SystemExit) as exit_:
+        BrainAgeCLI(args=["fit", "--config", "configs/experiment/compare.yaml", "--config", "configs/model/sfcn.yaml",
+                          "--trainer.max_epochs", "7", "--print_config"])
+    assert exit_.value.code == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["trainer"]["max_epochs"] == 7 and resolved["trainer"]["deterministic"] is True
+    assert resolved["model"]["net"]["class_path"] == "brainage.model.SFCN"
+    assert resolved["data"]["shape"] == [56, 64, 56]
+
+
+def test_sfcn_config_runs_on_the_3mm_grid(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cli = BrainAgeCLI(args=["--config", "configs/experiment/compare.yaml", "--config", "configs/model/sfcn.yaml"],
+                      run=False)
+    net = cli.model.net.eval()
+    shape = cli.datamodule.preprocessing.shape
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, *shape))
+    assert out.pred.shape == (2,) and torch.isfinite(out.pred).all()

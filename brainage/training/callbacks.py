@@ -1,20 +1,26 @@
-"""Callbacks: ERMoE routing diagnostics per epoch, and the end-of-fit export to the model card and MLflow."""
+"""Callbacks: ERMoE routing diagnostics and throughput per epoch; at the end of fit the bias correction, model card
+and MLflow export."""
 
 from __future__ import annotations
 
-import json
+import copy
 import os
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader
 
 from brainage import tracking
 from brainage.model.diagnostics import collect_diagnostics
+from brainage.training.bias import fit_bias_correction
+from brainage.training.card import update_card, write_card_json
 
-__all__ = ["RoutingDiagnostics", "FitSummary", "TrackedConfig"]
+__all__ = ["RoutingDiagnostics", "FitSummary", "TrackedConfig", "Throughput", "validation_predictions"]
 
 
 class RoutingDiagnostics(pl.Callback):
@@ -40,29 +46,111 @@ class RoutingDiagnostics(pl.Callback):
                                batch_size=batch["image"].shape[0], rank_zero_only=True)
 
 
+class Throughput(pl.Callback):
+    """Log training throughput per epoch: `perf/volumes_per_s` (all ranks) and `perf/data_wait_fraction`, the share
+    of step time spent waiting for the dataloader (time from one batch's end to the next batch's start).
+
+    On GPU each step is synchronised before it is timed, so the numbers are true wall time.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = self.compute = 0.0
+        self.volumes = 0
+        self._last_end: float | None = None
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+        self._last_end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+        if self._last_end is not None:
+            self.wait += self._start - self._last_end
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self._last_end = time.perf_counter()
+        self.compute += self._last_end - self._start
+        self.volumes += int(batch["image"].shape[0]) * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = self.wait + self.compute
+        if total > 0 and self.volumes:
+            pl_module.log_dict({"perf/volumes_per_s": self.volumes / total,
+                                "perf/data_wait_fraction": self.wait / total},
+                               on_step=False, on_epoch=True, rank_zero_only=True)
+
+
 class FitSummary(pl.Callback):
-    """At the end of fit: write the best checkpoint's model card next to it and log card + checkpoint to MLflow."""
+    """At the end of fit, on rank 0: fit the age-bias correction, write the model card, log both to MLflow.
+
+    The correction (de Lange & Cole 2020) is fitted on the validation split's predictions made with the BEST
+    checkpoint's weights (never on the test split), stored in `best.ckpt` (rewritten atomically, still
+    weights_only-loadable) and in `best.card.json`, and logged to MLflow (`bias_correction/slope|intercept`).
+
+    Args:
+        min_slope: refuse a correction whose fitted slope is at or below this (the model has not learned age).
+    """
+
+    def __init__(self, min_slope: float = 0.05) -> None:
+        self.min_slope = min_slope
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best or not Path(best).exists():
             return
-        card = torch.load(best, map_location="cpu", weights_only=True)["brainage"]["card"]
-        card_path = Path(best).with_suffix(".card.json")
-        tmp = card_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(card, indent=2))
-        os.replace(tmp, card_path)
+        dm = trainer.datamodule
+        note = None
+        try:
+            age, predicted = validation_predictions(pl_module.net, best, dm.datasets["val"], dm.batch_size,
+                                                    pl_module.device)
+            correction = fit_bias_correction(age, predicted, fit_on=f"validation split, n={len(age)}, best "
+                                                                    f"checkpoint {Path(best).name}",
+                                             min_slope=self.min_slope)
+        except ValueError as err:  # too few validation subjects or predictions that do not follow age
+            correction, note = None, f"not fitted: {err}"
+            print(f"bias correction {note}")
+        card = update_card(best, best, bias_correction=correction, bias_correction_note=note)
+        pl_module.bias_correction = correction
+        card_path = write_card_json(card, Path(best).with_suffix(".card.json"))
         if tracking.is_tracker(trainer.logger):
             tracking.log_file(trainer.logger, best, "checkpoints")
             tracking.log_file(trainer.logger, card_path, "model")
+            if correction:
+                trainer.logger.log_metrics({"bias_correction/slope": correction["slope"],
+                                            "bias_correction/intercept": correction["intercept"]})
         val = card["validation_metrics"]
         print(f"best checkpoint: {best}")
         print(f"model card:      {card_path}")
         if "val/mae" in val:
             print(f"validation MAE:  {val['val/mae']:.2f} years")
+        if correction:
+            print(f"bias correction: pred = {correction['slope']:.3f} * age + {correction['intercept']:.2f} "
+                  f"(fitted on {correction['fit_on']})")
         if tracking.is_tracker(trainer.logger):
             print(f"MLflow run:      {trainer.logger.run_url()}")
+
+
+def validation_predictions(net: torch.nn.Module, checkpoint: str | Path, dataset, batch_size: int,
+                           device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(ages, predicted ages) of every sample of `dataset` with the weights of `checkpoint`, on one process."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    net = copy.deepcopy(net).to(device).eval()  # the live module keeps its weights (Lightning's convention)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    mean, std = ckpt["brainage"]["target"]["mean"], ckpt["brainage"]["target"]["std"]
+    ages, predicted = [], []
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            out = net(batch["image"].to(device), sex=batch["sex"].to(device))
+            predicted.append(out.pred.float().cpu() * std + mean)  # (b,) years
+            ages.append(batch["age"])
+    return torch.cat(ages).double().numpy(), torch.cat(predicted).double().numpy()
 
 
 class TrackedConfig(SaveConfigCallback):

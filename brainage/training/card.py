@@ -7,14 +7,18 @@ can read it: no pickled code is ever executed when a model is loaded.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import os
 import platform
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
 import brainage
 
-__all__ = ["CHECKPOINT_FORMAT", "INTENDED_USE", "checkpoint_metadata", "package_versions"]
+__all__ = ["CHECKPOINT_FORMAT", "INTENDED_USE", "checkpoint_metadata", "package_versions", "update_card",
+           "write_card_json"]
 
 CHECKPOINT_FORMAT = "brainage-checkpoint/1"
 INTENDED_USE = ("Research use only, not for diagnosis. Predicts brain age in years from a skull-stripped T1w MRI "
@@ -51,3 +55,31 @@ def checkpoint_metadata(net: torch.nn.Module, preprocessing: dict, contract: dic
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+def update_card(source: str | Path, target: str | Path, **entries) -> dict:
+    """Copy a checkpoint from source to target with `card` entries replaced; atomic, stays weights_only-loadable.
+
+    Returns the new card. Entries must be plain Python types (dict, list, str, float, int, bool, None).
+    """
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint.get("brainage"), dict):
+        raise ValueError(f"{source}: not a brainage checkpoint (no 'brainage' entry)")
+    card = checkpoint["brainage"]["card"]
+    card.update(entries)
+    card["modified"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, target)
+    return card
+
+
+def write_card_json(card: dict, path: str | Path) -> Path:
+    """Write the model card as JSON, atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, path)
+    return path

@@ -1,5 +1,9 @@
 """BrainAgeModule: an injected brain-age net trained on age in years, with field-standard metrics.
 
+Metrics (brainage.training.metrics): MAE, RMSE, Pearson r, R^2, mean BAG and r(BAG, age) per stage, per site when
+sites are known, and bias-corrected (de Lange & Cole 2020) when the checkpoint holds a correction; gathered over all
+ranks under DDP.
+
 The target is standardised with the training cohort's mean and std (stored in the checkpoint). Loss: L1 by
 default (MSE, Huber configurable) plus the net's own auxiliary loss (Switch balance or the optional ERMoE
 orthogonality regulariser; zero for plain ERMoE, which needs no balancing loss, arXiv 2511.10971). ERMoE bases are
@@ -9,25 +13,23 @@ re-orthonormalised by QR retraction after every optimizer step, outside `forward
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, PearsonCorrCoef, R2Score
+from torch.utils.data import RandomSampler
 
 from brainage.model import orthonormalize_
 from brainage.training.card import checkpoint_metadata
+from brainage.training.metrics import BrainAgeMetrics
 
 __all__ = ["BrainAgeModule"]
 
 _LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss}
-
-
-def _metrics(prefix: str) -> MetricCollection:
-    return MetricCollection({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False),
-                             "r": PearsonCorrCoef(), "r2": R2Score()}, prefix=prefix)
+STAGES = ("train", "val", "test")
 
 
 class BrainAgeModule(pl.LightningModule):
@@ -55,8 +57,13 @@ class BrainAgeModule(pl.LightningModule):
         self.net = net
         self.register_buffer("age_mean", torch.tensor(50.0))
         self.register_buffer("age_std", torch.tensor(20.0))
+        self.bias_correction: dict | None = None  # set at the end of fit or from a loaded checkpoint
+        self._subject_code: dict[str, int] = {}
+        self._make_metrics(sites=(), deduplicate=False)
+
+    def _make_metrics(self, sites, deduplicate: bool) -> None:
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the "_metrics" suffix
-        self.metrics = nn.ModuleDict({f"{s}_metrics": _metrics(f"{s}/") for s in ("train", "val", "test")})
+        self.metrics = nn.ModuleDict({f"{s}_metrics": BrainAgeMetrics(sites, deduplicate) for s in STAGES})
 
     # -- data-dependent set-up ------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -65,6 +72,11 @@ class BrainAgeModule(pl.LightningModule):
             ages = dm.train_ages()
             self.age_mean.fill_(float(ages.mean()))
             self.age_std.fill_(float(ages.std()) if len(ages) > 1 and float(ages.std()) > 0 else 1.0)
+        if dm is not None and getattr(dm, "table", None) is not None:
+            # the same vocabularies on every rank: all ranks read the same table
+            self._subject_code = {s: i for i, s in enumerate(sorted(dm.table["subject_id"].astype(str).unique()))}
+            sites = [str(s) for s in dm.table["site"].dropna().unique()]
+            self._make_metrics(sites, deduplicate=self.trainer.world_size > 1)
         img_size = getattr(self.net, "init_args", {}).get("img_size")
         if dm is not None and img_size is not None and tuple(img_size) != tuple(dm.preprocessing.shape):
             raise ValueError(f"model img_size={tuple(img_size)} does not match data shape="
@@ -81,18 +93,60 @@ class BrainAgeModule(pl.LightningModule):
         loss = _LOSSES[self.hparams.loss](out.pred.float(), target)
         total = loss + self.hparams.aux_loss_weight * out.aux_loss
         predicted = out.pred.detach().float() * self.age_std + self.age_mean  # (b,) years
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(predicted, batch["age"])
+        keys = torch.tensor([self._subject_code.get(str(s), -1) for s in batch.get("subject_id", [])] or
+                            [-1] * predicted.shape[0], device=predicted.device)  # (b,)
+        self.metrics[f"{stage}_metrics"].update(predicted, batch["age"], batch.get("site", ()), keys)
         batch_size = batch["age"].shape[0]
         self.log(f"{stage}/loss", total, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
                  sync_dist=stage != "train", prog_bar=stage == "train")
         if stage == "train":
             self.log("train/aux_loss", out.aux_loss, on_step=False, on_epoch=True, batch_size=batch_size)
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=stage == "val")
         return total
+
+    def _log_metrics(self, stage: str) -> None:
+        """Compute the stage's metrics over all samples of all ranks (torchmetrics syncs the states) and log them."""
+        metric = self.metrics[f"{stage}_metrics"]
+        metric.correction = self.bias_correction if stage != "train" else None
+        values = metric.compute()
+        metric.reset()
+        values = {f"{stage}/{k}": v for k, v in values.items() if not math.isnan(v)}
+        mae = values.pop(f"{stage}/mae", None)
+        self.log_dict(values, on_step=False, on_epoch=True)
+        if mae is not None:
+            self.log(f"{stage}/mae", mae, on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
+
+    # -- exact resume: every random draw of an epoch is a function of (seed, epoch) --------------------------------
+    def _epoch_seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + 1000 * self.current_epoch
+
+    def on_train_epoch_start(self) -> None:
+        # the shuffle (single process; DDP's DistributedSampler is already seeded per epoch) and the augmentation;
+        # both are drawn lazily, after this hook, in a fresh and in a resumed run alike
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        if isinstance(sampler, RandomSampler):
+            sampler.generator = torch.Generator().manual_seed(self._epoch_seed())
+        dm = getattr(self.trainer, "datamodule", None)
+        augmentation = getattr(getattr(dm, "datasets", {}).get("train"), "augmentation", None)
+        if hasattr(augmentation, "set_random_state"):
+            augmentation.set_random_state(seed=self._epoch_seed() % 2**32)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # the model's own randomness (dropout, drop-path, router noise) after the loader has drawn its seeds;
+        # one stream per rank
+        if batch_idx == 0:
+            torch.manual_seed(self._epoch_seed() + 1 + self.global_rank)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         orthonormalize_(self.net)  # QR retraction of every ERMoE basis after the optimizer step
@@ -135,4 +189,9 @@ class BrainAgeModule(pl.LightningModule):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         checkpoint["brainage"] = checkpoint_metadata(
             self.net, dm.preprocessing.to_dict(), dm.preprocessing.contract(), float(self.age_mean),
-            float(self.age_std), cohort, metrics, bias_correction=None)
+            float(self.age_std), cohort, metrics, bias_correction=self.bias_correction)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """`brainage validate|test --ckpt_path` then also reports bias-corrected metrics."""
+        card = (checkpoint.get("brainage") or {}).get("card") or {}
+        self.bias_correction = card.get("bias_correction")

@@ -8,9 +8,7 @@ import torch
 from brainage.data.datamodule import BrainAgeDataModule
 
 
-def _cohort(tmp_path, write_nifti, n=8):
-    from conftest import brain_like
-
+def _cohort(tmp_path, write_nifti, brain_like, n=8):
     rows = ["participant_id\tage\tsex\tsite"]
     for i in range(n):
         write_nifti(f"ds/sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", brain_like(seed=i))
@@ -19,8 +17,8 @@ def _cohort(tmp_path, write_nifti, n=8):
     return str(tmp_path / "ds")
 
 
-def test_datamodule_cache_dir_second_setup_decodes_nothing(tmp_path, write_nifti):
-    root = _cohort(tmp_path, write_nifti)
+def test_datamodule_cache_dir_second_setup_decodes_nothing(tmp_path, write_nifti, brain_like):
+    root = _cohort(tmp_path, write_nifti, brain_like)
     kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, batch_size=2, val_fraction=0.25, test_fraction=0.25)
     first = BrainAgeDataModule(root, cache_dir=str(tmp_path / "cache"), **kwargs)
     first.setup("fit")
@@ -40,8 +38,8 @@ def test_datamodule_cache_dir_second_setup_decodes_nothing(tmp_path, write_nifti
 
 
 @pytest.mark.parametrize("fold", [0, 1])
-def test_datamodule_folds_and_leave_site_out(tmp_path, write_nifti, fold):
-    root = _cohort(tmp_path, write_nifti)
+def test_datamodule_folds_and_leave_site_out(tmp_path, write_nifti, brain_like, fold):
+    root = _cohort(tmp_path, write_nifti, brain_like)
     kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, preprocess_threads=1)
     dm = BrainAgeDataModule(root, fold=fold, num_folds=2, leave_site_out="S1", **kwargs)
     table = dm.prepare_table()

@@ -42,9 +42,7 @@ def test_hit_skips_decoding_and_matches_fresh_preprocessing(tmp_path, write_nift
     assert counting.calls == 1
 
 
-def test_content_change_invalidates(tmp_path, write_nifti):
-    from conftest import brain_like
-
+def test_content_change_invalidates(tmp_path, write_nifti, brain_like):
     path = write_nifti("a.nii.gz")
     cache, counting = VolumeCache(tmp_path / "cache", PRE.cache_config()), CountingTransform()
     before = cache.load(path, counting)

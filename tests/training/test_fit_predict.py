@@ -8,46 +8,23 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-import yaml
 
-from brainage.data.synth import synthesize_cohort
 from brainage.predict import load_model, main as predict_main
 from brainage.training.cli import BrainAgeCLI
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--model.net.init_args.img_size", "[24, 32, 24]", "--model.net.init_args.embed_dim", "32",
-    "--model.net.init_args.depth", "2", "--model.net.init_args.num_heads", "2",
-    "--model.net.init_args.moe.num_experts", "4", "--model.net.init_args.moe.top_k", "2",
-    "--data.spacing", "6.0", "--data.shape", "[24, 32, 24]", "--data.batch_size", "2",
-    "--data.val_fraction", "0.34", "--data.test_fraction", "0.17", "--data.augment", "false",
-    "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-]
+from training_fixtures import fit_args
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cohort")
-    synthesize_cohort(out, n=6, seed=7, spacing=3.0, workers=1)
-    return out
+def cohort(cohort12) -> Path:
+    return cohort12
 
 
 @pytest.fixture(scope="module")
 def fitted(cohort, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
-    callbacks = run_dir / "callbacks.yaml"
-    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(run_dir / "checkpoints"), "filename": "best", "monitor": "val/mae",
-                       "mode": "min", "save_last": True}},
-        {"class_path": "brainage.training.callbacks.RoutingDiagnostics"},
-        {"class_path": "brainage.training.callbacks.FitSummary"}]}}))
-    args = ["fit", "--config", str(ROOT / "configs/demo.yaml"), "--config", str(callbacks), *TINY,
-            "--data.root", str(cohort),
-            "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.tracking_uri", uri,
-            "--trainer.logger.init_args.experiment_name", "e2e"]
-    cli = BrainAgeCLI(args=args)
+    cli = BrainAgeCLI(args=["fit", *fit_args(cohort, run_dir, uri, epochs=2),
+                            "--trainer.logger.init_args.experiment_name", "e2e"])
     return run_dir, uri, cli
 
 
@@ -59,9 +36,10 @@ def test_fit_writes_checkpoint_card_and_split_manifests(fitted):
     assert meta["net"]["name"] == "BrainAgeViT"
     assert meta["preprocessing"]["shape"] == [24, 32, 24]
     assert "not for diagnosis" in meta["card"]["intended_use"]
-    assert meta["card"]["training_cohort"]["n_train"] == 3
+    assert meta["card"]["training_cohort"]["n_train"] == 6
     splits = list(csv.DictReader(open(run_dir / "splits.csv")))
-    assert sorted(r["split"] for r in splits) == ["test", "train", "train", "train", "val", "val"]
+    assert sorted(r["split"] for r in splits) == ["test"] * 2 + ["train"] * 6 + ["val"] * 4
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
 def test_mlflow_run_holds_params_metrics_config_and_checkpoint(fitted):
@@ -72,8 +50,10 @@ def test_mlflow_run_holds_params_metrics_config_and_checkpoint(fitted):
     assert float(run.data.params["lr"]) == pytest.approx(1e-3)
     history = client.get_metric_history(run.info.run_id, "val/mae")
     assert len(history) == 2  # one per epoch
-    for key in ("val/rmse", "val/r", "train/mae", "moe/layer0/load_cv", "moe/layer0/coherence_max"):
+    for key in ("val/rmse", "val/r", "val/r2", "val/bag_mean", "val/r_bag_age", "val/n", "train/mae",
+                "perf/volumes_per_s", "moe/layer0/load_cv", "moe/layer0/coherence_max"):
         assert key in run.data.metrics, key
+    assert 0 <= run.data.metrics["perf/data_wait_fraction"] < 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "model"} <= artifacts
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(run_dir))
@@ -89,9 +69,9 @@ def test_predict_rows_and_error_rows(fitted, cohort, tmp_path):
                          str(tmp_path / "missing.nii.gz"), "--output", str(out), "--workers", "0"])
     rows = list(csv.DictReader(open(out)))
     assert code == 1
-    assert len(rows) == 8
+    assert len(rows) == 14
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) == 6 and all(r["predicted_age"] and r["age"] and r["brain_age_gap"] for r in ok)
+    assert len(ok) == 12 and all(r["predicted_age"] and r["age"] and r["brain_age_gap"] for r in ok)
     errors = {r["subject_id"]: r["error"] for r in rows if r["status"] == "error"}
     assert "bad.nii.gz" in errors["bad"] and "not found" in errors["missing"]
 
