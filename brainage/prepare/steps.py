@@ -63,17 +63,26 @@ def n4_correct(image: sitk.Image) -> sitk.Image:
 
 @functools.lru_cache(maxsize=1)
 def _deepbet_model():
-    import torch
     from deepbet import BrainExtraction
 
-    torch.set_num_threads(1)  # reproducible CPU kernels; parallelism comes from worker processes
     return BrainExtraction(no_gpu=True)
 
 
 def skull_strip_deepbet(image: sitk.Image) -> sitk.Image:
-    """``image`` with voxels outside the deepbet brain mask set to 0."""
+    """``image`` with voxels outside the deepbet brain mask set to 0.
+
+    deepbet runs with one torch thread (reproducible CPU kernels; parallelism comes from worker processes); the
+    caller's thread count is restored afterwards.
+    """
+    import torch
+
     data, affine = from_sitk(image)
-    _, mask, _ = _deepbet_model().run(nib.Nifti1Image(data, affine))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, mask, _ = _deepbet_model().run(nib.Nifti1Image(data, affine))
+    finally:
+        torch.set_num_threads(threads)
     keep = np.asarray(mask.dataobj) > 0
     return to_sitk(np.where(keep, data, 0.0).astype(np.float32), affine)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from brainage.training.cli import BrainAgeCLI
@@ -35,14 +36,23 @@ def _args(cohort: Path, run_dir: Path) -> list[str]:
             "--trainer.deterministic", "true", "--seed_everything", "123"]
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(cohort12, tmp_path):
+@pytest.fixture
+def two_threads():
+    """Same torch thread count in this process and in the killed subprocess: float reductions then match."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield {"OMP_NUM_THREADS": "2"}
+    torch.set_num_threads(before)
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(cohort12, tmp_path, two_threads):
     straight = BrainAgeCLI(args=["fit", *_args(cohort12, tmp_path / "straight")])
     assert straight.trainer.current_epoch == 2
 
     killed_dir = tmp_path / "killed"
     (tmp_path / "helpers").mkdir()
     (tmp_path / "helpers" / "exit_after.py").write_text(KILLER)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "helpers")}
+    env = {**os.environ, **two_threads, "PYTHONPATH": str(tmp_path / "helpers")}
     brainage = Path(sys.executable).parent / "brainage"
     proc = subprocess.run([str(brainage), "fit", *_args(cohort12, killed_dir), "--trainer.callbacks+",
                            "exit_after.ExitMidEpoch"], env=env, capture_output=True, text=True, timeout=300)
