@@ -8,9 +8,14 @@ Design:
   trilinearly to its grid.
 - Pre-norm blocks ``x + attn(norm(x))``, ``x + mlp(norm(x))`` with SDPA attention and stochastic depth (linearly
   increasing to ``drop_path``).
-- ``pool="cls"`` prepends a CLS token; ``pool="mean"`` averages the patch tokens. Final LayerNorm, then a linear
-  regression head. With ``use_sex`` the sex covariate (0/1, NaN = unknown -> 0.5) is concatenated to the pooled
-  features before the head.
+- Read-out after the final LayerNorm: ``pool="grid"`` (default) projects each patch token to ``head_dim`` features
+  and flattens them over the token grid, so the linear head has one weight per position (a position-aware read-out,
+  as in the fully connected heads of CNN brain-age models); ``pool="mean"`` averages the patch tokens; ``pool="cls"``
+  prepends a CLS token. Brain-age signal is local (ventricles, hippocampi, cortex): on the 280-subject demo cohort
+  mean, CLS and attention pooling all stayed at the predict-the-mean plateau for 10 epochs, while the grid read-out
+  reached a validation MAE of half the baseline within 5 (README, "Model"). ``grid`` fixes the input grid to
+  ``img_size``; ``mean``/``cls`` accept other shapes. With ``use_sex`` the sex covariate (0/1, NaN = unknown -> 0.5)
+  is concatenated to the pooled features before the head.
 - MoE blocks (``moe_layers``): "all", "none", "every_N" (blocks N-1, 2N-1, ...: every N-th block counting from 1),
   "last_N", "last_half", or an explicit list of block indices. Equal active size: each expert's hidden width is
   ``mlp_ratio * embed_dim / top_k``.
@@ -120,7 +125,8 @@ class BrainAgeViT(nn.Module):
         mlp: "dense" (every block dense) or "moe" (blocks in ``moe_layers`` get an MoE slot).
         moe: MoE configuration (None -> ``MoEConfig()``; ignored for mlp="dense").
         moe_layers: "all", "none", "every_N", "last_N", "last_half" or a list of block indices.
-        pool: "cls" or "mean".
+        pool: "grid" (position-aware read-out, default), "mean" or "cls".
+        head_dim: features per token for ``pool="grid"`` (the head sees ``n * head_dim`` features).
         use_sex: concatenate the sex covariate to the pooled features.
         dropout: dropout in attention and MLPs.
         drop_path: maximum stochastic-depth rate (linear over blocks).
@@ -143,7 +149,8 @@ class BrainAgeViT(nn.Module):
         mlp: Literal["dense", "moe"] = "moe",
         moe: MoEConfig | None = None,
         moe_layers: str | list[int] = "all",
-        pool: Literal["cls", "mean"] = "mean",
+        pool: Literal["grid", "mean", "cls"] = "grid",
+        head_dim: int = 4,
         use_sex: bool = False,
         dropout: float = 0.0,
         drop_path: float = 0.0,
@@ -151,13 +158,15 @@ class BrainAgeViT(nn.Module):
         super().__init__()
         self.init_args: dict[str, Any] = to_jsonable(
             dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-                 num_heads=num_heads, mlp_ratio=mlp_ratio, mlp=mlp, moe=moe, moe_layers=moe_layers, pool=pool,
+                 num_heads=num_heads, mlp_ratio=mlp_ratio, mlp=mlp, moe=moe, moe_layers=moe_layers, pool=pool, head_dim=head_dim,
                  use_sex=use_sex, dropout=dropout, drop_path=drop_path)
         )  # fmt: skip
         if mlp not in ("dense", "moe"):
             raise ValueError(f"mlp={mlp!r} must be 'dense' or 'moe'")
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"pool={pool!r} must be 'cls' or 'mean'")
+        if pool not in ("grid", "mean", "cls"):
+            raise ValueError(f"pool={pool!r} must be 'grid', 'mean' or 'cls'")
+        if head_dim < 1:
+            raise ValueError(f"head_dim={head_dim} must be >= 1")
         if depth < 1:
             raise ValueError(f"depth={depth} must be >= 1")
         if embed_dim % num_heads:
@@ -179,8 +188,10 @@ class BrainAgeViT(nn.Module):
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim)
+        self.token_proj = nn.Linear(embed_dim, head_dim) if pool == "grid" else None  # (b, n, d) -> (b, n, head_dim)
         self.use_sex = use_sex
-        self.head = nn.Linear(embed_dim + int(use_sex), 1)
+        features = n * head_dim if pool == "grid" else embed_dim
+        self.head = nn.Linear(features + int(use_sex), 1)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -217,8 +228,12 @@ class BrainAgeViT(nn.Module):
     def forward_features(
         self, x: Tensor, return_routing: bool = False
     ) -> tuple[Tensor, Tensor, list[LayerRouting] | None]:
-        """``x`` (b, c, X, Y, Z) -> (pooled (b, d), aux_loss, routing per MoE block or None)."""
+        """``x`` (b, c, X, Y, Z) -> (pooled (b, f), aux_loss, routing per MoE block or None); f = d, or n*head_dim
+        for ``pool="grid"``."""
         tokens, grid = self.patch_embed(x)  # (b, n, d)
+        if self.token_proj is not None and grid != self.grid:
+            raise ValueError(f"pool='grid' reads the fixed token grid {self.grid} of img_size; got an input of shape "
+                             f"{tuple(x.shape[2:])} (grid {grid}); use pool='mean' for other shapes")
         tokens = tokens + self._pos_embed(grid)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (b, 1+n, d)
@@ -234,13 +249,16 @@ class BrainAgeViT(nn.Module):
                     LayerRouting(i, r.expert_index[:, skip:], r.gates[:, skip:], r.probs[:, skip:], grid)
                 )
         tokens = self.norm(tokens)
-        pooled = tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1)  # (b, d)
+        if self.token_proj is not None:
+            pooled = self.token_proj(tokens).flatten(1)  # (b, n, head_dim) -> (b, n*head_dim)
+        else:
+            pooled = tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1)  # (b, d)
         return pooled, aux, routing
 
     def forward_head(self, pooled: Tensor, sex: Tensor | None = None) -> Tensor:
-        """(b, d) pooled features (+ sex) -> (b,) prediction."""
+        """(b, f) pooled features (+ sex) -> (b,) prediction."""
         if self.use_sex:
-            pooled = torch.cat([pooled, sex_covariate(sex, pooled.shape[0], pooled)], dim=1)  # (b, d+1)
+            pooled = torch.cat([pooled, sex_covariate(sex, pooled.shape[0], pooled)], dim=1)  # (b, f+1)
         return self.head(pooled).squeeze(1)  # (b, 1) -> (b,)
 
     def forward(self, x: Tensor, sex: Tensor | None = None, return_routing: bool = False) -> ModelOutput:

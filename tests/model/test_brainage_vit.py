@@ -30,7 +30,8 @@ def test_patch_embed_equals_conv3d() -> None:
 
 @pytest.mark.parametrize(
     ("img_size", "patch", "pool", "mlp"),
-    [((16, 16, 16), 8, "mean", "moe"), ((24, 16, 8), 8, "cls", "moe"), ((12, 8, 8), 4, "mean", "dense")],
+    [((16, 16, 16), 8, "mean", "moe"), ((24, 16, 8), 8, "cls", "moe"), ((12, 8, 8), 4, "mean", "dense"),
+     ((16, 24, 8), 8, "grid", "moe")],
 )
 def test_vit_shapes_and_routing(img_size: tuple, patch: int, pool: str, mlp: str) -> None:
     torch.manual_seed(1)
@@ -52,11 +53,15 @@ def test_vit_shapes_and_routing(img_size: tuple, patch: int, pool: str, mlp: str
 
 
 def test_other_input_shape_divisible_by_patch_works_and_bad_shape_raises() -> None:
-    net = BrainAgeViT(img_size=(16, 16, 16), patch_size=8, **TINY)
+    net = BrainAgeViT(img_size=(16, 16, 16), patch_size=8, pool="mean", **TINY)
     out = net(torch.randn(1, 1, 24, 16, 8), return_routing=True)
     assert out.pred.shape == (1,) and out.routing[0].grid == (3, 2, 1)
     with pytest.raises(ValueError, match=r"\(20, 16, 16\)"):
         net(torch.randn(1, 1, 20, 16, 16))
+    grid_net = BrainAgeViT(img_size=(16, 16, 16), patch_size=8, pool="grid", **TINY)  # one head weight per position
+    assert grid_net.head.in_features == 2 * 2 * 2 * 4
+    with pytest.raises(ValueError, match=r"fixed token grid \(2, 2, 2\).*\(24, 16, 8\)"):
+        grid_net(torch.randn(1, 1, 24, 16, 8))
     with pytest.raises(ValueError, match=r"\(18, 16, 16\)"):
         BrainAgeViT(img_size=(18, 16, 16), patch_size=8, **TINY)
 
