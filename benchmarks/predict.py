@@ -29,7 +29,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from brainage.data.transforms import Preprocessing
+from brainage.data.preprocessing import Preprocessing
 from brainage.model import build_net
 from brainage.predict import load_model, predict_iter
 from brainage.predict.stream import available_cpus
@@ -61,7 +61,7 @@ def demo_checkpoint(path: Path) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     net_cfg, data_cfg = config["model"]["net"], config["data"]
     net = build_net(net_cfg["class_path"].rsplit(".", 1)[1], net_cfg["init_args"])
-    pre = Preprocessing(spacing=data_cfg["spacing"], shape=tuple(data_cfg["shape"]), augment=False)
+    pre = Preprocessing(data_cfg["preprocessing"], augment=False)
     meta = checkpoint_metadata(net, pre.to_dict(), pre.contract(), 50.0, 15.0, {"age_mean": 50.0}, {}, None)
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "brainage": meta}, path)
     return path

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from brainage.data.preprocessing import Preprocessing
 from brainage.training.cli import BrainAgeCLI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +47,12 @@ def test_config_instantiates(config, monkeypatch, tmp_path):
     if "model" in raw:
         expected = raw["model"]["net"]["class_path"].rsplit(".", 1)[1]
         assert type(net).__name__ == expected
-    if "data" in raw:
-        assert list(cli.datamodule.preprocessing.shape) == raw["data"]["shape"]
+    if "data" in raw:  # the declared chain is the one built; its crop is the model's grid
+        assert cli.datamodule.preprocessing == Preprocessing(raw["data"]["preprocessing"], raw["data"]["augmentation"])
+        crop = [e for e in raw["data"]["preprocessing"] if e["class_path"].endswith(".ResizeWithPadOrCropd")]
+        assert list(cli.datamodule.preprocessing.shape) == crop[0]["init_args"]["spatial_size"]
+    if "data" in raw and "model" in raw:
+        assert tuple(net.init_args["img_size"]) == cli.datamodule.preprocessing.shape
     assert cli.trainer is not None
 
 
@@ -70,7 +75,7 @@ def test_print_config_shows_the_resolved_layers(monkeypatch, tmp_path, capsys):
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["trainer"]["max_epochs"] == 7 and resolved["trainer"]["deterministic"] is True
     assert resolved["model"]["net"]["class_path"] == "brainage.model.SFCN"
-    assert resolved["data"]["shape"] == [56, 64, 56]
+    assert Preprocessing(resolved["data"]["preprocessing"]).shape == (56, 64, 56)
 
 
 def test_sfcn_config_runs_on_the_3mm_grid(monkeypatch, tmp_path):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from brainage.data.cache import load_volume
 from brainage.data.inputs import detect_layout, read_inputs
-from brainage.data.transforms import Preprocessing
+from brainage.data.preprocessing import Preprocessing
 
 __all__ = ["main", "summarize", "validate_images"]
 

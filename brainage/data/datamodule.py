@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from brainage.data.cache import VolumeCache, failure_reason, load_volume
 from brainage.data.inputs import read_inputs
 from brainage.data.splits import split_subjects
-from brainage.data.transforms import Preprocessing
+from brainage.data.preprocessing import Preprocessing
 
 __all__ = ["BrainAgeDataModule", "CachedVolumes", "load_volume"]  # load_volume: re-exported for predict
 
@@ -71,9 +71,15 @@ class BrainAgeDataModule(pl.LightningDataModule):
     Args:
         root: dataset folder (BIDS with participants.tsv, IXI with IXI.csv/IXI.xls, OpenBHB with participants.tsv and
             quasi-raw .npy) or manifest CSV/TSV with path, age[, sex, site] columns.
-        spacing: voxel size in mm after resampling.
-        shape: fixed (X, Y, Z) model input grid.
-        augment: random flips/intensity/noise on the training split.
+        preprocessing: the deterministic chain, MONAI dictionary transforms as [{class_path, init_args}] (LoadVolumed
+            -> ValidateT1d -> ... Orientationd(RAS) -> Spacingd -> normalisation -> ResizeWithPadOrCropd; see
+            `brainage.data.preprocessing`); cached, stored in the checkpoint and rebuilt by predict. None = the
+            default chain at 3 mm, 56 x 64 x 56.
+        augmentation: random transforms on the cached training tensors, same format (None = flips, intensity
+            scale/shift, noise). RandAffined / RandBiasFieldd belong here (a warp costs ~1 vol/s per CPU core).
+        spacing: shorthand: sets the chain's Spacingd pixdim to this isotropic voxel size in mm (None = as declared).
+        shape: shorthand: sets the chain's ResizeWithPadOrCropd spatial_size (None = as declared).
+        augment: False turns the augmentation chain off.
         batch_size: volumes per batch.
         num_workers: DataLoader worker processes (0 = main process; the cache makes loading cheap).
         preprocess_threads: threads that decode and preprocess NIfTI files during setup.
@@ -85,20 +91,19 @@ class BrainAgeDataModule(pl.LightningDataModule):
             and fold `fold` is the validation split (None = a single val_fraction split).
         num_folds: number of folds when `fold` is set.
         leave_site_out: every subject scanned at this site forms the test split (site generalisation).
-        affine_prob: probability of a small random affine per training volume (0 = off; costly on CPU).
-        bias_field_prob: probability of a random bias field per training volume (0 = off).
     """
 
-    def __init__(self, root: str, spacing: float = 3.0, shape: tuple[int, int, int] = (56, 64, 56),
+    def __init__(self, root: str, preprocessing: list[dict] | None = None, augmentation: list[dict] | None = None,
+                 spacing: float | None = None, shape: tuple[int, int, int] | None = None,
                  augment: bool = True, batch_size: int = 8, num_workers: int = 0, preprocess_threads: int = 2,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42,
                  cache_dir: str | None = None, fold: int | None = None, num_folds: int = 5,
-                 leave_site_out: str | None = None, affine_prob: float = 0.0, bias_field_prob: float = 0.0) -> None:
+                 leave_site_out: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = root
-        self.preprocessing = Preprocessing(spacing=spacing, shape=tuple(shape), augment=augment,
-                                           affine_prob=affine_prob, bias_field_prob=bias_field_prob)
+        self.preprocessing = Preprocessing(preprocessing, augmentation, spacing=spacing,
+                                           shape=None if shape is None else tuple(shape), augment=augment)
         self.batch_size, self.num_workers, self.preprocess_threads = batch_size, num_workers, preprocess_threads
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.fold, self.num_folds, self.leave_site_out = fold, num_folds, leave_site_out

@@ -1,9 +1,11 @@
 """Safe model loading for prediction: a checkpoint file, an MLflow run (`runs:/<id>`) or a registered model
 (`models:/<name>/<version>`), read with `torch.load(weights_only=True)` only.
 
-A file that is not a brainage checkpoint is refused with a clear error, never unpickled. The model card's input
-contract (spacing, shape, orientation, normalisation) is checked against the preprocessing the checkpoint will run,
-so a model is never fed inputs it was not trained on.
+A file that is not a brainage checkpoint is refused with a clear error, never unpickled. The deterministic
+preprocessing chain stored in the checkpoint is rebuilt through the allow-list of `brainage.data.preprocessing`
+(MONAI and brainage dictionary transforms, plain arguments), so the exact chain of training runs and a tampered
+spec is refused before anything is built. The model card's input contract (spacing, shape, orientation,
+normalisation) is checked against that chain, so a model is never fed inputs it was not trained on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brainage.data.transforms import Preprocessing
+from brainage.data.preprocessing import Preprocessing, PreprocessingError
 from brainage.model import build_net
 from brainage.training.card import CHECKPOINT_FORMAT
 
@@ -118,8 +120,12 @@ def load_model(spec: str | Path, device: str = "cpu", tracking_uri: str | None =
         raise ModelLoadError(f"{path}: not a brainage checkpoint (found keys {found}); expected a 'brainage' entry "
                              f"with format {CHECKPOINT_FORMAT!r}")
     try:
-        pre = meta["preprocessing"]
-        preprocessing = Preprocessing(spacing=pre["spacing"], shape=tuple(pre["shape"]), augment=False)
+        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    except PreprocessingError as err:
+        raise ModelLoadError(f"{path}: the checkpoint's preprocessing spec is refused: {err}") from err
+    except KeyError as err:
+        raise ModelLoadError(f"{path}: brainage checkpoint has no preprocessing entry ({err})") from err
+    try:
         check_input_contract(meta["card"], preprocessing, meta["net"]["init_args"], str(spec))
         net = build_net(meta["net"]["name"], meta["net"]["init_args"])
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from brainage.data.inputs import detect_layout, read_inputs, read_ixi, read_openbhb
-from brainage.data.transforms import MNI_1MM_AFFINE, ImageError, LoadVolumed, Preprocessing
+from brainage.data.preprocessing import Preprocessing
+from brainage.data.transforms import MNI_1MM_AFFINE, ImageError, LoadVolumed
 
 IXI_SHEET = (
     "IXI_ID,\"SEX_ID (1=m, 2=f)\",HEIGHT,WEIGHT,DOB,AGE\n"  # Excel quotes the comma; unquoted also works

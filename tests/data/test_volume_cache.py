@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from brainage.data.cache import VolumeCache, file_digest, load_volume
-from brainage.data.transforms import Preprocessing
+from brainage.data.preprocessing import Preprocessing
 
 PRE = Preprocessing(spacing=8.0, shape=(16, 16, 16), augment=False)
 
@@ -62,7 +62,8 @@ def test_config_change_invalidates(tmp_path, write_nifti):
     b.load(path, counting_other)
     assert counting_other.calls == 1 and a.folder != b.folder
     # augmentation settings do not change the cached (deterministic) output: same key
-    augmented = Preprocessing(spacing=8.0, shape=(16, 16, 16), bias_field_prob=0.5)
+    augmented = Preprocessing(spacing=8.0, shape=(16, 16, 16), augmentation=[
+        {"class_path": "monai.transforms.RandBiasFieldd", "init_args": {"prob": 0.5}}])
     c = VolumeCache(tmp_path / "cache", augmented.cache_config())
     assert c.folder == a.folder
 

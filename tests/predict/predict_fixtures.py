@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from brainage.data.transforms import Preprocessing
+from brainage.data.preprocessing import Preprocessing
 from brainage.model import BrainAgeViT, MoEConfig
 from brainage.training.card import checkpoint_metadata
 
@@ -20,13 +20,15 @@ SPACING = 4.0
 
 
 def save_checkpoint(path: Path, bias_correction: dict | None = None, seed: int = 0, contract: dict | None = None,
-                    embed_dim: int = 16) -> Path:
-    """A Lightning-like checkpoint {"state_dict": {"net." + k: v}, "brainage": meta} of a random-init tiny ViT."""
+                    embed_dim: int = 16, preprocessing: dict | None = None) -> Path:
+    """A Lightning-like checkpoint {"state_dict": {"net." + k: v}, "brainage": meta} of a random-init tiny ViT;
+    `preprocessing` replaces the stored preprocessing entry (the contract stays that of the default chain)."""
     torch.manual_seed(seed)
     net = BrainAgeViT(img_size=GRID, patch_size=8, embed_dim=embed_dim, depth=1, num_heads=2,
                       moe=MoEConfig(num_experts=4, top_k=2))
     pre = Preprocessing(spacing=SPACING, shape=GRID, augment=False)
-    meta = checkpoint_metadata(net, pre.to_dict(), pre.contract() if contract is None else contract, 50.0, 10.0,
+    meta = checkpoint_metadata(net, pre.to_dict() if preprocessing is None else preprocessing,
+                               pre.contract() if contract is None else contract, 50.0, 10.0,
                                {"age_mean": 50.0, "n_train": 3}, {}, bias_correction)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "brainage": meta}, path)

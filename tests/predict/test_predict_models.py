@@ -6,8 +6,10 @@ from __future__ import annotations
 import mlflow
 import pytest
 import torch
-from predict_fixtures import read_rows, save_checkpoint, write_scans
+from predict_fixtures import GRID, SPACING, read_rows, save_checkpoint, write_scans
 
+from brainage.data.datamodule import BrainAgeDataModule
+from brainage.data.preprocessing import Preprocessing, default_deterministic
 from brainage.predict import ModelLoadError, load_model, main
 from brainage.tracking import register_model
 
@@ -58,6 +60,55 @@ def test_unknown_run_or_model_is_a_clear_error(store):
         load_model("runs:/0123456789abcdef", tracking_uri=uri)
 
 
+def test_predict_rebuilds_the_exact_chain_of_the_checkpoint(tmp_path):
+    """A non-default chain declared for training (robust percentile scaling, extra smoothing) is what predict runs:
+    the same tensor as the datamodule's deterministic output for the same file, not the default chain."""
+    chain = [*default_deterministic(SPACING, GRID)[:5],
+             {"class_path": "monai.transforms.GaussianSmoothd", "init_args": {"sigma": 1.0}},
+             {"class_path": "monai.transforms.ScaleIntensityRangePercentilesd",
+              "init_args": {"lower": 1, "upper": 99, "b_min": 0.0, "b_max": 1.0, "clip": True}},
+             *default_deterministic(SPACING, GRID)[6:]]
+    data = BrainAgeDataModule(str(tmp_path), preprocessing=chain, augment=True)
+    pre = data.preprocessing
+    ckpt = save_checkpoint(tmp_path / "custom.ckpt", contract=pre.contract(), preprocessing=pre.to_dict())
+    model = load_model(ckpt)
+    assert model.preprocessing == Preprocessing(chain, augment=False)
+    assert model.preprocessing.augmentation().transforms == ()  # predict never augments
+    (scan,) = write_scans(tmp_path / "scans", 1)
+    expected = pre.deterministic()({"image": str(scan)})["image"]
+    got = model.transform({"image": str(scan)})["image"]
+    torch.testing.assert_close(got.as_tensor(), expected.as_tensor(), atol=0, rtol=0)
+    default = Preprocessing(spacing=SPACING, shape=GRID).deterministic()({"image": str(scan)})["image"]
+    assert not torch.allclose(got.as_tensor(), default.as_tensor(), atol=1e-2)  # the chain mattered
+    assert float(got.min()) >= 0 and float(got.max()) <= 1  # percentile-scaled, clipped
+
+
+@pytest.mark.parametrize("class_path", ["os.system", "builtins.eval", "monai.transforms.Lambdad"])
+def test_checkpoint_with_a_disallowed_transform_is_refused_before_anything_runs(tmp_path, class_path):
+    marker = tmp_path / "pwned"
+    stored = Preprocessing(spacing=SPACING, shape=GRID, augment=False).to_dict()
+    stored["deterministic"].insert(2, {"class_path": class_path,
+                                       "init_args": {"command": f"touch {marker}", "func": f"touch {marker}"}})
+    ckpt = save_checkpoint(tmp_path / "evil.ckpt", preprocessing=stored)
+    with pytest.raises(ModelLoadError, match="preprocessing spec is refused.*not allowed|refused: .*refused"):
+        load_model(ckpt)
+    assert not marker.exists()
+
+
+def test_checkpoint_with_an_incomplete_chain_is_refused(tmp_path):
+    stored = Preprocessing(spacing=SPACING, shape=GRID, augment=False).to_dict()
+    stored["deterministic"] = [e for e in stored["deterministic"] if not e["class_path"].endswith("Spacingd")]
+    with pytest.raises(ModelLoadError, match="no resampling in the chain"):
+        load_model(save_checkpoint(tmp_path / "nospacing.ckpt", preprocessing=stored))
+
+
+def test_checkpoint_of_the_old_format_gets_the_default_chain(tmp_path):
+    """Checkpoints written before chains were stored hold only the grid (and the old augmentation knobs)."""
+    old = {"spacing": SPACING, "shape": list(GRID), "augment": True, "affine_prob": 0.0, "bias_field_prob": 0.0}
+    model = load_model(save_checkpoint(tmp_path / "old.ckpt", preprocessing=old))
+    assert model.preprocessing == Preprocessing(spacing=SPACING, shape=GRID, augment=False)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("spacing_mm", 2.0, "spacing_mm: card says 2.0, preprocessing does 4.0"),
     ("shape", [32, 32, 32], "shape: card says"),
@@ -65,8 +116,6 @@ def test_unknown_run_or_model_is_a_clear_error(store):
     ("normalisation", "min-max", "normalisation"),
 ])
 def test_contract_mismatch_is_refused(tmp_path, key, value, message):
-    from brainage.data.transforms import Preprocessing
-
     contract = Preprocessing(spacing=4.0, shape=(16, 16, 16)).contract() | {key: value}
     bad = save_checkpoint(tmp_path / "bad.ckpt", contract=contract)
     with pytest.raises(ModelLoadError, match="input contract does not match") as err:

@@ -20,7 +20,7 @@ from matplotlib import image as mpimg
 from brainage.attribution.routing_io import routing_filename, save_routing
 from brainage.data.inputs import read_inputs
 from brainage.data.synth import synthesize_cohort
-from brainage.data.transforms import Preprocessing
+from brainage.data.preprocessing import Preprocessing
 from brainage.model import BrainAgeViT, MoEConfig
 from brainage.predict import load_model, predict_iter
 from brainage.report.command import _run_id, main

@@ -42,6 +42,19 @@ def test_fit_writes_checkpoint_card_and_split_manifests(fitted):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
+def test_predict_runs_the_chain_the_datamodule_trained_with(fitted):
+    """The checkpoint stores the declared deterministic chain; predict rebuilds it, giving the same tensor."""
+    run_dir, _, cli = fitted
+    trained = cli.datamodule.preprocessing
+    meta = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["brainage"]
+    assert meta["preprocessing"]["deterministic"] == trained.spec
+    model = load_model(run_dir / "checkpoints" / "best.ckpt")
+    assert model.preprocessing.spec == trained.spec and model.preprocessing.augmentation_spec == []
+    scan = str(cli.datamodule.table["path"].iloc[0])
+    torch.testing.assert_close(model.transform({"image": scan})["image"].as_tensor(),
+                               trained.deterministic()({"image": scan})["image"].as_tensor(), atol=0, rtol=0)
+
+
 def test_mlflow_run_holds_params_metrics_config_and_checkpoint(fitted):
     run_dir, uri, cli = fitted
     client = mlflow.MlflowClient(tracking_uri=uri)
