@@ -182,8 +182,8 @@ class AxisAlignedSpacingd(MapTransform):
                 return self.reference(data)
             dst, xform, out_shape = plan
             values = axis_aligned_resample(img.as_tensor(), xform, out_shape)  # (C, X', Y', Z') float32
-            d[key] = MetaTensor(values, affine=torch.as_tensor(dst, dtype=torch.float64),
-                                meta=copy.copy(img.meta))
+            meta = {k: v for k, v in img.meta.items() if k != "affine"}  # the new affine replaces it
+            d[key] = MetaTensor(values, affine=torch.as_tensor(dst, dtype=torch.float64), meta=meta)
         return d
 
 
