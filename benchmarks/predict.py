@@ -14,8 +14,9 @@ does not depend on the weights). For each configuration it measures
 - model only: forward passes over the preprocessed tensors already in memory (1 and all torch threads);
 - end to end: `brainage.predict.predict_iter` over the files, decoding in DataLoader workers (one torch thread
   each) while the main process runs the model, for a few workers:threads settings.
-Each figure is the median of `--repeats` timed passes after a warm-up (page cache warm). Ratios divide by the best
-model-only figure. The last printed line is one JSON object for the production configuration (or the only one run):
+Each model-only and end-to-end figure is the median of `--repeats` passes timed in interleaved rounds (every case
+once per round, after one warm-up each; page cache warm), so load changes on a shared machine hit all cases alike.
+Ratios divide by the best model-only figure. The last printed line is one JSON object for the production configuration (or the only one run):
 `end_to_end_vs_model_only` (best end-to-end / best model-only scans/s; target >= 0.7), `scans_per_s` (best end to
 end) and `config`; with `--config all` the demo figures are added under `demo`.
 """
@@ -100,14 +101,23 @@ def random_checkpoint(cfg: BenchConfig, path: Path) -> Path:
     return path
 
 
-def median_time(fn: Callable[[], None], repeats: int, warmup: Callable[[], None] | None = None) -> float:
-    (warmup or fn)()
-    times = []
+def interleaved_medians(cases: list[tuple[int, Callable[[], None], Callable[[], None]]], repeats: int) -> list[float]:
+    """Median seconds of each (torch threads, fn, warm-up) case, timed in interleaved rounds.
+
+    One warm-up each, then `repeats` rounds that time every case once, so a change in the machine's load (it is
+    shared) hits all cases alike instead of whichever happened to run then.
+    """
+    for threads, _, warmup in cases:
+        torch.set_num_threads(threads)
+        warmup()
+    times: list[list[float]] = [[] for _ in cases]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, (threads, fn, _) in enumerate(cases):
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def run_config(cfg: BenchConfig, n: int, batch_size: int, repeats: int, settings: list[str], cpus: int) -> dict:
@@ -129,34 +139,31 @@ def run_config(cfg: BenchConfig, n: int, batch_size: int, repeats: int, settings
             rows.append((f"decode + preprocess only, {label}", 0, 1, n / (time.perf_counter() - start)))
         sex = torch.full((batch_size,), float("nan"))
 
-        def model_only(images: list[torch.Tensor] = images, stop: int = n) -> None:
+        def model_only(stop: int = n) -> None:
             with torch.inference_mode():
                 for i in range(0, stop, batch_size):
                     batch = torch.stack(images[i:i + batch_size])  # (b, 1, X, Y, Z)
                     model.net(batch, sex=sex[: len(batch)])
 
-        first = len(rows)
+        def end_to_end(workers: int, part: pd.DataFrame = table) -> None:
+            results = list(predict_iter(model, part, batch_size=batch_size, num_workers=workers))
+            if any(r.error for r in results):
+                raise RuntimeError(next(r.error for r in results if r.error))
+
+        cases, labels = [], []
         for count in dict.fromkeys([1, cpus]):
-            torch.set_num_threads(count)
-            rate = n / median_time(model_only, repeats, warmup=lambda: model_only(stop=batch_size))
-            rows.append(("model only (preloaded tensors)", "-", count, rate))
-        model_rate = max(r[3] for r in rows[first:])
-        images.clear()  # end to end starts from the files
-        first = len(rows)
+            cases.append((count, model_only, lambda: model_only(batch_size)))
+            labels.append(("model only (preloaded tensors)", "-", count))
         for setting in settings:
             workers, main_threads = (int(v) for v in setting.split(":"))
-            torch.set_num_threads(main_threads)
-
-            def end_to_end(workers: int = workers, part: pd.DataFrame = table) -> None:
-                results = list(predict_iter(model, part, batch_size=batch_size, num_workers=workers))
-                if any(r.error for r in results):
-                    raise RuntimeError(next(r.error for r in results if r.error))
-
             warm = table.iloc[: batch_size * max(1, workers)]
-            rows.append(("end to end (.nii.gz, predict_iter)", workers, main_threads,
-                         n / median_time(end_to_end, repeats, warmup=lambda w=workers: end_to_end(w, warm))))
+            cases.append((main_threads, lambda w=workers: end_to_end(w), lambda w=workers, p=warm: end_to_end(w, p)))
+            labels.append(("end to end (.nii.gz, predict_iter)", workers, main_threads))
+        seconds = interleaved_medians(cases, repeats)
         torch.set_num_threads(threads)
-        best = max(rows[first:], key=lambda r: r[3])
+        rows += [(*label, n / t) for label, t in zip(labels, seconds)]
+        model_rate = max(r[3] for r in rows if r[0].startswith("model only"))
+        best = max((r for r in rows if r[0].startswith("end to end")), key=lambda r: r[3])
         net = model.net.init_args
     return {"rows": rows, "model_rate": model_rate, "best": best, "n": n, "batch_size": batch_size,
             "out_shape": model.preprocessing.shape, "out_spacing": model.preprocessing.spacing,
