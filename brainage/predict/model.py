@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from brainage.data.fastpath import accelerate
 from brainage.data.preprocessing import Preprocessing, PreprocessingError
 from brainage.model import build_net
 from brainage.training.card import CHECKPOINT_FORMAT
@@ -52,7 +53,8 @@ class LoadedModel:
 
     @property
     def transform(self) -> Callable[[dict], dict]:
-        return self.preprocessing.deterministic()
+        """The preprocessing's deterministic chain with faster equivalent steps (`brainage.data.fastpath`)."""
+        return accelerate(self.preprocessing.deterministic())
 
     @property
     def num_experts(self) -> int:
