@@ -1,0 +1,70 @@
+"""Ground-truth validation of the attribution report on a trained model (issue: reports a neuroscientist can trust).
+
+The demo pipeline itself (`make demo`'s cohort and config): `brainage synth` writes 400 subjects with planted age
+effects (ground_truth.json), the demo's ERMoE ViT (configs/demo.yaml) is trained on them with LightningCLI, and
+`brainage report` runs occlusion on held-out subjects. The occlusion ranking must put the planted regions at the top
+at twice chance or better (precision@k, k = the number of planted regions), and expert-region mutual information
+must clearly exceed its label-shuffled baseline. This is the slowest test of the suite (about 6 min on 2 cores).
+Measured: precision@16 = 0.56 on this configuration. It is not robust to the cohort: a 240-subject cohort written at
+3 mm (seed 5, 24 epochs, val MAE 6.9 y) gave 0.19, the model there reading the deep regions the ventricle warp
+displaces (README, known limits).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from brainage.attribution.validation import load_ground_truth, precision_at_k
+from brainage.data.synth import synthesize_cohort
+from brainage.report.command import main as report_main
+from brainage.training.cli import BrainAgeCLI
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBJECTS, SEED, SPACING, EPOCHS = 400, 1, 2.0, 30  # pipelines/demo.sh and configs/demo.yaml
+PRECISION_BOUND = 0.375  # 6 of 16 planted regions in the top 16; chance = 16 / 85 = 0.19
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("gt")
+    cohort = work / "cohort"
+    synthesize_cohort(cohort, n=SUBJECTS, seed=SEED, spacing=SPACING, workers=os.cpu_count() or 1)
+    callbacks = work / "callbacks.yaml"
+    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(work / "checkpoints"), "filename": "best", "monitor": "val/mae", "mode": "min",
+                       "enable_version_counter": False}}]}}))
+    BrainAgeCLI(args=["fit", "--config", str(ROOT / "configs/demo.yaml"), "--config", str(callbacks),
+                      "--data.root", str(cohort), "--trainer.max_epochs", str(EPOCHS),
+                      "--trainer.default_root_dir", str(work), "--trainer.enable_progress_bar", "false",
+                      "--trainer.enable_model_summary", "false",
+                      "--trainer.logger.init_args.tracking_uri", f"sqlite:///{work / 'mlflow.db'}"])
+    report = work / "report"
+    code = report_main(["--model", str(work / "checkpoints" / "best.ckpt"), "--input", str(work / "test.csv"),
+                        "--out", str(report), "--ground-truth", str(cohort / "ground_truth.json"),
+                        "--occlusion-subjects", "16", "--shuffles", "100", "--subject-figures", "0"])
+    assert code == 0
+    return cohort, report
+
+
+def test_occlusion_ranks_planted_regions_first(trained):
+    cohort, report = trained
+    truth = load_ground_truth(cohort / "ground_truth.json")
+    ranking = pd.read_csv(report / "tables" / "occlusion_sensitivity.csv").sort_values("rank")
+    precision = precision_at_k(ranking["region"], truth.regions)
+    chance = len(truth.regions) / len(ranking)
+    assert precision >= PRECISION_BOUND, f"precision@{len(truth.regions)} = {precision:.2f} (chance {chance:.2f})"
+    html = (report / "index.html").read_text()
+    assert f"precision@{len(truth.regions)}" in html  # the report states the same number
+
+
+def test_expert_region_mutual_information_beats_shuffled_labels(trained):
+    _, report = trained
+    mi = pd.read_csv(report / "tables" / "mutual_information.csv")
+    assert len(mi) == 4  # one row per MoE layer of the demo net
+    assert (mi["ratio"] > 3).all() and (mi["p_value"] < 0.05).all(), mi.to_string()
