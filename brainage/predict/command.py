@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="decode worker processes per device (default: min(4, CPUs - 1); 0 = no workers)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the predicting process (default: CPUs left after the decode workers)")
+                        help="torch threads of the predicting process (default: all CPUs; decode workers take under 10 %% of the "
+                             "time with the 1.5 mm model, see benchmarks/predict.py)")
     parser.add_argument("--devices", default="1",
                         help="Lightning devices; more than 1 (or --num-nodes > 1) runs DDP with one process each")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for DDP (cpu, gpu, auto)")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"({args.threads}) must be >= 1 and --workers ({args.workers}) >= 0")
     workers = default_workers() if args.workers is None else args.workers
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or max(1, available_cpus() - workers))  # decode workers run one thread each
+    torch.set_num_threads(args.threads or available_cpus())  # decode workers run one thread each, mostly idle
     try:
         return _run(args, workers)
     finally:
