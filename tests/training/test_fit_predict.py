@@ -87,14 +87,3 @@ def test_predict_rows_and_error_rows(fitted, cohort, tmp_path):
     assert len(ok) == 12 and all(r["predicted_age"] and r["age"] and r["brain_age_gap"] for r in ok)
     errors = {r["subject_id"]: r["error"] for r in rows if r["status"] == "error"}
     assert "bad.nii.gz" in errors["bad"] and "not found" in errors["missing"]
-
-
-def test_predict_refuses_non_brainage_and_pickled_files(tmp_path):
-    plain = tmp_path / "plain.ckpt"
-    torch.save({"state_dict": {}}, plain)
-    with pytest.raises(ValueError, match="not a brainage checkpoint"):
-        load_model(plain)
-    evil = tmp_path / "evil.ckpt"
-    torch.save({"brainage": object()}, evil)
-    with pytest.raises(ValueError, match="never unpickles"):
-        load_model(evil)
