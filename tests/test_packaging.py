@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -55,5 +58,10 @@ def test_mlflow_imported_in_one_module_only():
 
 
 def test_report_rendering_imports_no_torch():
-    for path in (ROOT / "brainage/report/render.py", ROOT / "brainage/report/figures.py"):
+    for name in ("render", "figures", "sections", "analysis", "write", "progress", "settings"):
+        path = ROOT / "brainage" / "report" / f"{name}.py"
         assert "torch" not in _imports(path), path
+    code = "import sys, brainage.report.sections, brainage.report.write; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert loaded.stdout.strip() == "False"  # not even through other modules: only collect runs the model

@@ -12,6 +12,7 @@ Letter legend: e experts, r atlas regions, (X, Y, Z) model-grid voxels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,9 +23,11 @@ from brainage.attribution.mapping import patch_shape, token_grid_to_voxels
 from brainage.attribution.occlusion import effect_table, rank_sensitivity
 from brainage.attribution.stats import MutualInformationTest, enrichment, shuffled_mutual_information
 from brainage.attribution.validation import GroundTruth, precision_at_k
-from brainage.report.collect import GROUP_COLUMN, Collected, OcclusionRun
 from brainage.report.progress import StageProgress
-from brainage.report.settings import ReportSettings
+from brainage.report.settings import GROUP_COLUMN, ReportSettings
+
+if TYPE_CHECKING:  # collect runs the model (torch); analysis and render import neither
+    from brainage.report.collect import Collected, OcclusionRun
 
 __all__ = ["LayerResult", "CohortSummary", "RegionResult", "ValidationResult", "GroupResult", "SubjectView",
            "Provenance", "ReportResult", "analyse", "region_volume"]

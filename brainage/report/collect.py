@@ -36,13 +36,10 @@ from brainage.data.inputs import read_inputs
 from brainage.model.routing import LayerRouting
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
 from brainage.report.progress import StageProgress
-from brainage.report.settings import ReportSettings
+from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
-__all__ = ["GROUP_COLUMN", "ReportInputs", "SavedScan", "OcclusionRun", "Collected", "read_report_inputs",
+__all__ = ["ReportInputs", "SavedScan", "OcclusionRun", "Collected", "read_report_inputs",
            "read_saved_routing", "collect"]
-
-GROUP_COLUMN = "group"  # the --group-by values in the predictions table
-
 
 @dataclass(frozen=True)
 class ReportInputs:

@@ -5,8 +5,8 @@ to embed; no torch. nilearn (Abraham et al. 2014) draws stat maps over its bundl
 matplotlib runs on the non-interactive Agg backend.
 
 Our choices for readability (issue 14):
-- Expert colours come from qualitative palettes (tab10 up to 10 experts, then tab20 with its dark half first), the
-  same colour for an expert in every figure.
+- Expert colours come from qualitative palettes (tab10 without its grey plus three of Kelly's contrast colours up to
+  12 experts, then tab20 without greys, dark half first), the same colour for an expert in every figure.
 - Expert maps are compact grids of axial slices drawn on the model grid over the template: an expert's share of scans
   sets the opacity of its colour, so voxels it never gets stay transparent (grey anatomy), never black.
 - Signed maps use a diverging map that is white, not black, at zero (``RdBu_r``: red positive, blue negative).
@@ -53,12 +53,16 @@ def plain(label: object) -> str:
     return str(label).replace("$", r"\$")
 
 
+# tab10 without its grey (invisible over the grey template), then yellow, navy and maroon (Kelly's contrast set)
+PALETTE = (*[c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7], "#ffe119", "#000075", "#800000")
+
+
 def expert_colours(num_experts: int) -> list[tuple[float, float, float]]:
     """One distinguishable RGB colour per expert (qualitative palettes; see the module docstring)."""
-    if num_experts <= 10:
-        return [to_rgb(c) for c in plt.get_cmap("tab10").colors[:num_experts]]
-    if num_experts <= 20:
-        tab20 = plt.get_cmap("tab20").colors
+    if num_experts <= len(PALETTE):
+        return [to_rgb(c) for c in PALETTE[:num_experts]]
+    tab20 = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]  # no greys
+    if num_experts <= len(tab20):
         return [to_rgb(c) for c in (*tab20[0::2], *tab20[1::2])[:num_experts]]  # dark half first
     return [plt.get_cmap("hsv")(i / num_experts)[:3] for i in range(num_experts)]
 
@@ -95,8 +99,8 @@ def stat_map_png(
     vmax = float(np.nanmax(np.abs(volume))) if vmax is None else vmax
     figure = plt.figure(figsize=(9, 2.2))
     plotting.plot_stat_map(
-        _image(volume, affine), display_mode="z", cut_coords=CUTS_MM, title=plain(title), vmax=vmax or 1.0, cmap=cmap,
-        threshold=threshold, symmetric_cbar=symmetric, colorbar=True, figure=figure, draw_cross=False,
+        _image(volume, affine), display_mode="z", cut_coords=CUTS_MM, title=plain(title) or None, vmax=vmax or 1.0,
+        cmap=cmap, threshold=threshold, symmetric_cbar=symmetric, colorbar=True, figure=figure, draw_cross=False,
         black_bg=False, annotate=True,
     )
     return png_bytes(figure)
@@ -109,8 +113,8 @@ def expert_map_png(expert: np.ndarray, affine: np.ndarray, num_experts: int, tit
     colours = ListedColormap(palette)
     figure = plt.figure(figsize=(9, 2.2))
     display = plotting.plot_anat(  # default background: nilearn's bundled MNI152 template
-        display_mode="z", cut_coords=CUTS_MM, title=plain(title), figure=figure, draw_cross=False, annotate=True,
-        black_bg=False, colorbar=False,
+        display_mode="z", cut_coords=CUTS_MM, title=plain(title) or None, figure=figure, draw_cross=False,
+        annotate=True, black_bg=False, colorbar=False,
     )
     display.add_overlay(_image(expert + 1.0, affine), cmap=colours, vmin=0.5, vmax=num_experts + 0.5, transparency=0.55,
                         threshold=0.5, interpolation="nearest")
@@ -140,7 +144,9 @@ def _overlay(colour: Sequence[float], opacity: np.ndarray) -> np.ndarray:
 
 
 def _panel(axis: plt.Axes, background: np.ndarray, overlay: np.ndarray | None, title: str = "") -> None:
-    axis.imshow(background, cmap="gray", vmin=0.0, vmax=1.0, origin="lower", interpolation="nearest")
+    """Template in mid greys (never black; NaN = outside the brain, white) under an RGBA overlay."""
+    grey = plt.get_cmap("gray").with_extremes(bad="white")
+    axis.imshow(background, cmap=grey, vmin=-0.6, vmax=1.25, origin="lower", interpolation="nearest")
     if overlay is not None:
         axis.imshow(overlay, origin="lower", interpolation="nearest")
     axis.set_axis_off()
@@ -168,9 +174,9 @@ def expert_grid_png(
     layers = sorted(frequency)
     num_experts = frequency[layers[0]].shape[-1]
     colours = expert_colours(num_experts)
-    base = _axial(np.where(mask, background, 0.0), affine, z_mm)  # (Y, X)
+    base = _axial(np.where(mask, background, np.nan), affine, z_mm)  # (Y, X)
     inside = _axial(mask, affine, z_mm)
-    size = 1.15
+    size = 1.25
     figure, axes = plt.subplots(len(layers), num_experts, figsize=(size * num_experts + 0.6, size * len(layers) + 0.5),
                                 squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.12})
     for row, layer in enumerate(layers):
@@ -191,9 +197,10 @@ def dominant_expert_png(
     where all scans agree and fading to the grey template as they disagree (opacity = that expert's share)."""
     layers = sorted(frequency)
     colours = np.asarray(expert_colours(frequency[layers[0]].shape[-1]))  # (e, 3)
-    size = 1.3
-    figure, axes = plt.subplots(len(layers), len(cuts_mm), figsize=(size * len(cuts_mm) + 0.6, size * len(layers) + 0.7),
-                                squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.12})
+    size = 1.8
+    figsize = (size * len(cuts_mm) + 0.6, size * len(layers) + 0.7)
+    figure, axes = plt.subplots(len(layers), len(cuts_mm), figsize=figsize, squeeze=False,
+                                gridspec_kw={"wspace": 0.02, "hspace": 0.12})
     for row, layer in enumerate(layers):
         for col, z in enumerate(cuts_mm):
             plane = _axial(frequency[layer], affine, z)  # (Y, X, e)
@@ -201,7 +208,7 @@ def dominant_expert_png(
             rgba = np.zeros((*plane.shape[:2], 4), dtype=np.float32)
             rgba[..., :3] = colours[plane.argmax(axis=-1)]
             rgba[..., 3] = np.where(inside, plane.max(axis=-1), 0.0) * 0.9
-            _panel(axes[row, col], _axial(np.where(mask, background, 0.0), affine, z), rgba,
+            _panel(axes[row, col], _axial(np.where(mask, background, np.nan), affine, z), rgba,
                    f"z = {z:+.0f} mm" if row == 0 else "")
         axes[row, 0].text(-0.08, 0.5, f"layer {layer}", transform=axes[row, 0].transAxes, rotation=90, va="center",
                           ha="right", fontsize=8)

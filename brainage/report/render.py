@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["DISCLAIMER", "Markup", "text", "strong", "heading", "paragraph", "figure", "table", "details", "bullet_list",
-           "row", "note", "page", "write_html", "format_p_value", "format_interval"]
+__all__ = ["DISCLAIMER", "Markup", "text", "strong", "heading", "paragraph", "figure", "table", "details",
+           "bullet_list", "row", "note", "page", "write_html", "format_p_value", "format_interval"]
 
 DISCLAIMER = (
     "Research use only. Brain-age predictions and expert-region attributions are not validated for clinical use and "

@@ -37,6 +37,9 @@ Section = tuple[str, list]
 CONTROL_EFFECT = "null regions (control)"  # the effect row of the regions no effect was planted in
 SIGNIFICANT_P = 0.05
 TOP_REGIONS = 10  # rows per sign in the region tables
+MAP_THRESHOLD = 0.05  # regions within this fraction of the largest |contribution| stay uncoloured on the map
+EFFECT_COLUMNS = {"age_contribution": "contribution (y)", "sd": "sd over scans (y)",
+                  "share_positive": "share of scans predicted younger when occluded"}
 
 
 class Canvas:
@@ -69,16 +72,17 @@ def region_display(table: pd.DataFrame) -> pd.DataFrame:
     if "hemisphere" in table.columns:
         shown["hemisphere"] = table["hemisphere"].astype(str)
     shown["voxels"] = table["n_voxels" if "n_voxels" in table.columns else "voxels"].astype(int)
-    shown["contribution (y)"] = table["contribution" if "contribution" in table.columns else "age_contribution"]
+    value = table["contribution" if "contribution" in table.columns else "age_contribution"]
+    shown["contribution (y)"] = value.round(3)
     if {"ci_low", "ci_high"} <= set(table.columns):
         shown["95% interval"] = [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])]
     if {"rank_low", "rank_high"} <= set(table.columns):
         shown["rank interval"] = [R.format_interval(lo, hi, integer=True)
                                   for lo, hi in zip(table["rank_low"], table["rank_high"])]
     if "null_corrected" in table.columns:
-        shown["null-corrected (y)"] = table["null_corrected"]
+        shown["null-corrected (y)"] = table["null_corrected"].round(3)
     if "sd_delta" in table.columns:
-        shown["sd over scans (y)"] = table["sd_delta"]
+        shown["sd over scans (y)"] = table["sd_delta"].round(3)
     if "method" in table.columns:
         shown["method"] = table["method"].astype(str)
     return shown.reset_index(drop=True)
@@ -119,7 +123,7 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
     if result.regions is not None:
         positive, negative = both_signs(region_display(result.regions.table), n=3)
         blocks.append(R.paragraph(
-            R.text("Regions that drive the predicted age (occlusion, "), R.text(result.regions.described), "): ",
+            "Regions that drive the predicted age (occlusion; see 'Regions that drive the predicted age'): ",
             R.strong("older-looking"), f" (replacing them lowers the prediction): {_region_list(positive)}; ",
             R.strong("younger-looking"), f" (replacing them raises it): {_region_list(negative)}.", cls="lead"))
         control = _control(result.regions)
@@ -132,7 +136,7 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
         blocks.append(R.paragraph("Occlusion was not run (--no-occlusion): the report does not rank regions by their "
                                   "effect on the predicted age."))
     special, layers = _specialising(result.layers), result.layers
-    ratios = ", ".join(f"layer {r.layer} x{r.mi.ratio:.1f} (p {R.format_p_value(r.mi.p_value, len(r.mi.shuffled))})"
+    ratios = ", ".join(f"layer {r.layer} ×{r.mi.ratio:.1f} (p {R.format_p_value(r.mi.p_value, len(r.mi.shuffled))})"
                        for r in layers)
     blocks.append(R.paragraph(
         R.strong("Expert specialisation: "),
@@ -156,7 +160,7 @@ HOW_TO_READ = [
     "voxel to the expert (transparent: none, full colour: all).",
     "Mutual information (bits) measures how much knowing the region tells you about the expert. It is compared with "
     "a baseline that shuffles the experts within each scan; a ratio well above 1 means the experts specialise "
-    "anatomically. A permutation p-value shown as '< 1/201' means no shuffle (of 200) reached the observed value.",
+    "anatomically. A permutation p-value shown as '< 1/(shuffles + 1)' means no shuffle reached the observed value.",
     "Regional age contribution (occlusion): each region is replaced by the average of the youngest scans and the "
     "change in predicted age is recorded. Positive (red): the region as it is makes the scan look older. Negative "
     "(blue): replacing it raises the predicted age, so the region pulls the prediction younger. Intervals, where "
@@ -208,12 +212,15 @@ def regions(result: ReportResult, canvas: Canvas) -> Section | None:
         R.text(result.regions.described), "). Contribution = predicted age minus the prediction with the region "
         "replaced, averaged over scans: how many years the region's difference from the reference adds. Regions are "
         "ranked by it (rank 1 = most positive).")]
-    figure = stat_map_png(result.regions.volume, result.affine, "age contribution (years)", threshold=1e-6,
-                          cmap="RdBu_r", symmetric=True)
+    largest = float(np.abs(result.regions.volume).max())
+    threshold = MAP_THRESHOLD * largest
+    figure = stat_map_png(result.regions.volume, result.affine, "", threshold=max(threshold, 1e-6), cmap="RdBu_r",
+                          symmetric=True)
     blocks.append(R.figure(figure, "Age contribution per atlas region (occlusion, years). Red: replacing the region "
                                    "lowers the predicted age, so the region makes the scan look older. Blue: "
                                    "replacing it raises the predicted age, so the region pulls the prediction "
-                                   "younger than the reference would. White: near zero; grey: no region."))
+                                   f"younger than the reference would. Uncoloured: within ±{threshold:.2g} y "
+                                   f"({100 * MAP_THRESHOLD:.0f}% of the largest value) or no region."))
     blocks.append(R.row(
         R.heading(f"Largest positive contributions (older-looking, {len(positive)})", 4)
         + R.table(positive, diverging=[value]),
@@ -273,14 +280,15 @@ def experts(result: ReportResult, canvas: Canvas) -> Section:
                  R.table(layer.top1[["region", "voxels", *fractions]], heat=fractions, scroll=True),
                  R.paragraph("Region x expert table (gate-weighted top-k, row fractions)"),
                  R.table(layer.gated[["region", "voxels", *fractions]], heat=fractions, scroll=True)]
-        blocks.append(R.details(f"MoE layer {layer.layer}: experts and region x expert tables", R.Markup("".join(body))))
+        summary = f"MoE layer {layer.layer}: experts and region x expert tables"
+        blocks.append(R.details(summary, R.Markup("".join(body))))
     return "Expert specialisation", blocks
 
 
 def _effects_blocks(regions: RegionResult) -> list:
     blocks = [R.paragraph("All regions of one planted effect occluded together (does the model read the effect at "
                           "all, however its signal is split over regions?):"),
-              R.table(regions.effects, diverging=["age_contribution"])]
+              R.table(regions.effects.rename(columns=EFFECT_COLUMNS), diverging=[EFFECT_COLUMNS["age_contribution"]])]
     control = _control(regions)
     if control is not None:
         planted = regions.effects[~regions.effects["effect"].isin([CONTROL_EFFECT, "regions displaced by the warps"])]
@@ -293,10 +301,11 @@ def _effects_blocks(regions: RegionResult) -> list:
         blocks.append(R.note(
             f"The control row ({CONTROL_EFFECT}: {int(control['regions'])} regions, {int(control['voxels'])} voxels, "
             f"where the generator planted nothing) contributes {_years(value)}, {compare}; "
-            f"{100 * float(control['share_positive']):.0f}% of the scans predict younger with it occluded. A control "
-            "far from zero does not mean the null regions age: replacing many voxels by the young reference changes "
-            "the whole scan's intensity profile, and per-scan z-scoring spreads every regional change into all "
-            "voxels (see 'How to read this report'). Planted effects are read against this row."))
+            f"{100 * float(control['share_positive']):.0f}% of the scans predict younger with it occluded. Where "
+            "nothing was planted, a value far from zero can come from the occlusion itself (many voxels replaced by "
+            "the young reference at once) or from per-scan z-scoring, which spreads every regional change into all "
+            "voxels (see 'How to read this report'); this report does not separate the two. Read the planted effects "
+            "against this row, not against zero."))
     return blocks
 
 
@@ -321,10 +330,6 @@ def validation(result: ReportResult, canvas: Canvas) -> Section | None:
                                   "attribution is wrong. The table below tells which."))
     if result.regions is not None and result.regions.effects is not None:
         blocks += _effects_blocks(result.regions)
-    for r in result.layers:
-        blocks.append(R.paragraph(f"Layer {r.layer}: expert-region MI {r.mi.observed:.4f} bits vs shuffled "
-                                  f"{r.mi.shuffled_mean:.4f} ± {r.mi.shuffled_std:.4f} bits (×{r.mi.ratio:.1f}, "
-                                  f"p {R.format_p_value(r.mi.p_value, len(r.mi.shuffled))})."))
     return "Validation against ground truth", blocks
 
 
@@ -357,7 +362,7 @@ def subjects(result: ReportResult, canvas: Canvas) -> Section:
         shown = np.where(mask, view.expert_map, -1)
         age = "unknown" if math.isnan(view.age) else f"{view.age:.1f}"
         blocks.append(R.heading(f"{view.title}: predicted age {view.predicted_age:.1f} (true {age})", 4))
-        blocks.append(R.figure(expert_map_png(shown, view.affine, result.num_experts, f"layer {view.layer}"),
+        blocks.append(R.figure(expert_map_png(shown, view.affine, result.num_experts, ""),
                                f"Top-1 expert per voxel, MoE layer {view.layer}."))
         blocks.append(R.details("Dominant expert per region", R.table(view.dominant, heat=["share"], scroll=True)))
     return "Subjects", blocks

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["ReportSettings", "run_id_of"]
+__all__ = ["GROUP_COLUMN", "ReportSettings", "run_id_of"]
+
+GROUP_COLUMN = "group"  # the --group-by values in the predictions table
 
 
 def run_id_of(model: str | None) -> str | None:

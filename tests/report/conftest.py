@@ -17,9 +17,9 @@ from brainage.attribution.validation import GroundTruth
 from brainage.model.routing import LayerRouting
 from brainage.predict import OUTPUT_COLUMNS
 from brainage.report.analysis import ReportResult, analyse
-from brainage.report.collect import GROUP_COLUMN, Collected, OcclusionRun, ReportInputs
+from brainage.report.collect import Collected, OcclusionRun, ReportInputs
 from brainage.report.progress import StageProgress
-from brainage.report.settings import ReportSettings
+from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
 SHAPE, SPACING, GRID = (16, 20, 16), 9.0, (4, 5, 4)  # 144 x 180 x 144 mm around MNI's origin, 4^3-voxel tokens
 NUM_EXPERTS, SUBJECTS, SHUFFLES = 3, 5, 20
