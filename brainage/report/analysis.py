@@ -194,15 +194,16 @@ def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResul
     k = len(truth.regions)
     if regions is None or not k:
         return ValidationResult(truth, missing, None, k, float("nan"))
-    ranked = regions.table
-    by_abs = ranked.sort_values("rank_abs")["region"]
-    rows = [{"ranking": "age contribution (primary)", "planted": precision_at_k(ranked["region"], truth.regions)},
-            {"ranking": "mean |age change|", "planted": precision_at_k(by_abs, truth.regions)}]
-    if truth.indirect_regions:
-        lenient = {*truth.regions, *truth.indirect_regions}
-        rows[0]["planted or displaced"] = precision_at_k(ranked["region"], lenient, k)
-        rows[1]["planted or displaced"] = precision_at_k(by_abs, lenient, k)
-    return ValidationResult(truth, missing, pd.DataFrame(rows), k, k / len(ranked))
+    table = regions.table
+    name = "region" if "region" in table.columns else "name"
+    rankings = {"age contribution (primary)": table.sort_values("rank", kind="stable")[name]}
+    if "rank_abs" in table.columns:  # the occlusion ranking's secondary order
+        rankings["mean |age change|"] = table.sort_values("rank_abs", kind="stable")[name]
+    lenient = {*truth.regions, *truth.indirect_regions}
+    rows = [{"ranking": label, "planted": precision_at_k(ranked, truth.regions),
+             **({"planted or displaced": precision_at_k(ranked, lenient, k)} if truth.indirect_regions else {})}
+            for label, ranked in rankings.items()]
+    return ValidationResult(truth, missing, pd.DataFrame(rows), k, k / len(table))
 
 
 def _groups(collected: Collected, column: str) -> GroupResult:

@@ -149,15 +149,24 @@ def _panel(axis: plt.Axes, background: np.ndarray, overlay: np.ndarray | None, t
     axis.imshow(background, cmap=grey, vmin=-0.6, vmax=1.25, origin="lower", interpolation="nearest")
     if overlay is not None:
         axis.imshow(overlay, origin="lower", interpolation="nearest")
-    axis.set_axis_off()
+    axis.set(xticks=[], yticks=[])
+    axis.spines[:].set_visible(False)  # not set_axis_off: the row's y label stays
     if title:
         axis.set_title(plain(title), fontsize=8, pad=2)
 
 
 def _legend(figure: plt.Figure, colours: Sequence[Sequence[float]]) -> None:
     handles = [matplotlib.patches.Patch(color=c, label=f"expert {e}") for e, c in enumerate(colours)]
-    figure.legend(handles=handles, loc="lower center", ncol=min(len(colours), 10), fontsize=7, frameon=False,
-                  bbox_to_anchor=(0.5, -0.02))
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(colours), 10), fontsize=7, frameon=False)
+
+
+def _panels(rows: int, cols: int, size: float, plane: Sequence[int]) -> tuple[plt.Figure, np.ndarray]:
+    """A rows x cols grid of image panels, each ``size`` inches wide and as tall as an axial ``plane`` (X, Y) is."""
+    height = size * plane[1] / plane[0]
+    figure, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.4, height * rows + 0.6), squeeze=False,
+                                layout="constrained")
+    figure.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.0, hspace=0.0)
+    return figure, axes
 
 
 def expert_grid_png(
@@ -176,16 +185,13 @@ def expert_grid_png(
     colours = expert_colours(num_experts)
     base = _axial(np.where(mask, background, np.nan), affine, z_mm)  # (Y, X)
     inside = _axial(mask, affine, z_mm)
-    size = 1.25
-    figure, axes = plt.subplots(len(layers), num_experts, figsize=(size * num_experts + 0.6, size * len(layers) + 0.5),
-                                squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.12})
+    figure, axes = _panels(len(layers), num_experts, 1.15, background.shape)
     for row, layer in enumerate(layers):
         plane = _axial(frequency[layer], affine, z_mm)  # (Y, X, e)
         for e in range(num_experts):
             opacity = np.where(inside, plane[..., e], 0.0)
             _panel(axes[row, e], base, _overlay(colours[e], opacity), f"expert {e}" if row == 0 else "")
-        axes[row, 0].text(-0.08, 0.5, f"layer {layer}", transform=axes[row, 0].transAxes, rotation=90, va="center",
-                          ha="right", fontsize=8)
+        axes[row, 0].set_ylabel(f"layer {layer}", fontsize=8)
     return png_bytes(figure)
 
 
@@ -197,10 +203,7 @@ def dominant_expert_png(
     where all scans agree and fading to the grey template as they disagree (opacity = that expert's share)."""
     layers = sorted(frequency)
     colours = np.asarray(expert_colours(frequency[layers[0]].shape[-1]))  # (e, 3)
-    size = 1.8
-    figsize = (size * len(cuts_mm) + 0.6, size * len(layers) + 0.7)
-    figure, axes = plt.subplots(len(layers), len(cuts_mm), figsize=figsize, squeeze=False,
-                                gridspec_kw={"wspace": 0.02, "hspace": 0.12})
+    figure, axes = _panels(len(layers), len(cuts_mm), 1.6, background.shape)
     for row, layer in enumerate(layers):
         for col, z in enumerate(cuts_mm):
             plane = _axial(frequency[layer], affine, z)  # (Y, X, e)
@@ -210,8 +213,7 @@ def dominant_expert_png(
             rgba[..., 3] = np.where(inside, plane.max(axis=-1), 0.0) * 0.9
             _panel(axes[row, col], _axial(np.where(mask, background, np.nan), affine, z), rgba,
                    f"z = {z:+.0f} mm" if row == 0 else "")
-        axes[row, 0].text(-0.08, 0.5, f"layer {layer}", transform=axes[row, 0].transAxes, rotation=90, va="center",
-                          ha="right", fontsize=8)
+        axes[row, 0].set_ylabel(f"layer {layer}", fontsize=8)
     _legend(figure, [tuple(c) for c in colours])
     return png_bytes(figure)
 

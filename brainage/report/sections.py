@@ -200,6 +200,18 @@ def cohort(result: ReportResult, canvas: Canvas) -> Section:
     return "Cohort", blocks
 
 
+def _contribution_map(volume: np.ndarray, affine: np.ndarray) -> R.Markup:
+    """The signed contribution map (red older-looking, blue younger-looking) with its caption."""
+    threshold = MAP_THRESHOLD * float(np.abs(volume).max())
+    cut = np.where(np.abs(volume) < threshold, 0.0, volume)  # cut here: nilearn's own threshold crowds the colorbar
+    figure = stat_map_png(cut, affine, "", threshold=1e-6, cmap="RdBu_r", symmetric=True)
+    return R.figure(figure, "Age contribution per atlas region (occlusion, years). Red: replacing the region lowers "
+                            "the predicted age, so the region makes the scan look older. Blue: replacing it raises "
+                            "the predicted age, so the region pulls the prediction younger than the reference would. "
+                            f"Uncoloured: within ±{threshold:.2g} y ({100 * MAP_THRESHOLD:.0f}% of the largest value) "
+                            "or no region.")
+
+
 def regions(result: ReportResult, canvas: Canvas) -> Section | None:
     """Regional age contribution: the diverging map and the largest contributions of both signs."""
     if result.regions is None:
@@ -212,15 +224,7 @@ def regions(result: ReportResult, canvas: Canvas) -> Section | None:
         R.text(result.regions.described), "). Contribution = predicted age minus the prediction with the region "
         "replaced, averaged over scans: how many years the region's difference from the reference adds. Regions are "
         "ranked by it (rank 1 = most positive).")]
-    largest = float(np.abs(result.regions.volume).max())
-    threshold = MAP_THRESHOLD * largest
-    figure = stat_map_png(result.regions.volume, result.affine, "", threshold=max(threshold, 1e-6), cmap="RdBu_r",
-                          symmetric=True)
-    blocks.append(R.figure(figure, "Age contribution per atlas region (occlusion, years). Red: replacing the region "
-                                   "lowers the predicted age, so the region makes the scan look older. Blue: "
-                                   "replacing it raises the predicted age, so the region pulls the prediction "
-                                   f"younger than the reference would. Uncoloured: within ±{threshold:.2g} y "
-                                   f"({100 * MAP_THRESHOLD:.0f}% of the largest value) or no region."))
+    blocks.append(_contribution_map(result.regions.volume, result.affine))
     blocks.append(R.row(
         R.heading(f"Largest positive contributions (older-looking, {len(positive)})", 4)
         + R.table(positive, diverging=[value]),
@@ -354,8 +358,10 @@ def groups(result: ReportResult, canvas: Canvas) -> Section | None:
 
 
 def subjects(result: ReportResult, canvas: Canvas) -> Section:
-    blocks = [R.table(result.predictions[["subject_id", "session", "age", "predicted_age", "brain_age_gap", "status"]],
-                      scroll=True)]
+    table = result.predictions[["subject_id", "session", "age", "predicted_age", "brain_age_gap", "status"]].copy()
+    for column in ("age", "predicted_age", "brain_age_gap"):  # numbers, right-aligned, whatever the CSV text was
+        table[column] = pd.to_numeric(table[column], errors="coerce").round(2)
+    blocks = [R.table(table, digits=4, scroll=True)]
     for view in result.subjects:
         same_grid = np.allclose(view.affine, result.affine) and view.expert_map.shape == tuple(result.shape)
         mask = canvas.mask if same_grid else brain_mask(view.expert_map.shape, view.affine)
