@@ -4,7 +4,7 @@ the attribution report needs.
 One pass of ``brainage.predict.predict_iter(return_routing=True)`` gives, per scan, the predicted age, the preprocessed
 image's voxel->MNI affine and the routing of every MoE layer (ERMoE, arXiv 2511.10971). Routing goes straight into a
 :class:`RoutingAggregator` (so memory stays O(tokens) per subject); preprocessed images are kept only for the first
-subjects that occlusion will use. With saved routing (``brainage.attribution.routing_io``) the model runs only for
+subjects that occlusion will use. With saved routing (``brainage.contracts.routing``) the model runs only for
 those occlusion subjects, or not at all. The model is only called, never modified (``torch.inference_mode``).
 """
 
@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,8 @@ from brainage.attribution.occlusion import (
     reference_image,
     set_occlusion_deltas,
 )
-from brainage.attribution.routing_io import load_routing, routing_filename
+from brainage.contracts.routing import load_routing, routing_filename
+from brainage.data.inputs import sex_code
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, predict_iter, result_row
 
 __all__ = ["CohortAttribution", "attribute_cohort", "attribute_saved_routing", "keep_occlusion_images",
@@ -136,10 +136,9 @@ def attribute_saved_routing(
                                     extra_columns))
             continue
         if cohort.aggregator is None:
-            cohort.aggregator = RoutingAggregator(atlas, int(saved.layers[0]["probs"].shape[-1]))
-        layers = [SimpleNamespace(**layer) for layer in saved.layers]
+            cohort.aggregator = RoutingAggregator(atlas, int(saved.layers[0].probs.shape[-1]))
         rows.append(_output_row(SubjectResult(record, saved.predicted_age, None), extra_columns))
-        cohort.aggregator.add(rows[-1]["subject_id"], saved.shape, saved.affine, layers)
+        cohort.aggregator.add(rows[-1]["subject_id"], saved.shape, saved.affine, list(saved.layers))
         cohort.subject_rows.append(len(rows) - 1)
     if cohort.aggregator is None:
         reasons = "; ".join(row["error"] for row in rows[:3])
@@ -161,10 +160,6 @@ def keep_occlusion_images(
             _keep_image(cohort, result, geometry, count)
 
 
-def _sex_value(value: object) -> float:
-    return {"M": 0.0, "F": 1.0}.get(value, math.nan)  # predict's coding; NaN = unknown
-
-
 @dataclass
 class _Occlusion:
     """What occlusion needs on the cohort's main geometry: a model call, the kept scans, the atlas and a reference."""
@@ -182,7 +177,7 @@ def _occlusion(model: LoadedModel, cohort: CohortAttribution, reference: Referen
     keep = [i for i, geo in enumerate(cohort.image_geometry) if geo == g]
     if not keep:
         raise ValueError("occlusion needs preprocessed images on the main model grid; none were kept")
-    sexes = [_sex_value(cohort.image_sex[i]) for i in keep]
+    sexes = [sex_code(cohort.image_sex[i]) for i in keep]
 
     def predict(batch: np.ndarray, s: int) -> np.ndarray:
         x = torch.as_tensor(batch, device=model.device)[:, None]  # (m, X, Y, Z) -> (m, 1, X, Y, Z)

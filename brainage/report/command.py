@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: min(4, CPUs))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled baseline")
+    parser.add_argument("--include-failed", action="store_true",
+                        help="also use scans that `brainage prepare` flagged in its manifest (qc_status=fail)")
     parser.add_argument("--verbose", action="store_true", help="progress bars and details")
     return parser
 
@@ -203,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
     # heavy imports here: `brainage report --help` and the torch-free renderers stay light
     import torch
 
-    from brainage.attribution.atlas import load_atlas, load_default_atlas
+    from brainage.reference.atlas import load_atlas, load_default_atlas
     from brainage.attribution.cohort import (
         attribute_cohort,
         attribute_saved_routing,
@@ -215,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
     from brainage.attribution.mapping import patch_shape, token_grid_to_voxels
     from brainage.attribution.stats import enrichment, shuffled_mutual_information, top_regions
     from brainage.attribution.validation import find_ground_truth, load_ground_truth, precision_at_k
-    from brainage.data.inputs import read_inputs
+    from brainage.data.inputs import read_inputs, skipped_lines
     from brainage.predict import load_model
 
     start = time.perf_counter()
@@ -230,7 +232,9 @@ def _run(args: argparse.Namespace) -> int:
     run_id = args.mlflow_run or _run_id(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, device, args.tracking_uri) if args.model is not None else None
-    table = read_inputs(args.input)
+    table = read_inputs(args.input, include_failed=args.include_failed)
+    for line in skipped_lines(table.attrs.get("dropped", [])):
+        print(line, file=sys.stderr)
     if table.empty:
         raise ValueError(f"no NIfTI files found in {args.input}")
     if args.max_subjects:

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from nilearn import plotting  # noqa: E402
 from nilearn.datasets import load_mni152_brain_mask  # noqa: E402
 
-from brainage.attribution.atlas import resample_labels  # noqa: E402
+from brainage.reference.atlas import resample_labels  # noqa: E402
 
 __all__ = ["png_bytes", "brain_mask", "stat_map_png", "expert_map_png", "prediction_scatter_png", "group_png"]
 

@@ -4,13 +4,13 @@ predict, report and calibrate refuse the model (exit 2) before anything is built
 from __future__ import annotations
 
 import pytest
-from predict_fixtures import GRID, SPACING, save_checkpoint, write_scans
+from tests.helpers.predict import GRID, SPACING, save_checkpoint, write_scans
 
 from brainage.data.preprocessing import Preprocessing
 from brainage.predict import ModelLoadError, load_model
 from brainage.predict import main as predict_main
 from brainage.report.command import main as report_main
-from brainage.training.calibrate import main as calibrate_main
+from brainage.calibrate import main as calibrate_main
 
 
 @pytest.fixture
