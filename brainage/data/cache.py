@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import pickle
-import uuid
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
+
+from brainage.contracts.atomic import atomic_path, write_bytes_atomic
 
 __all__ = ["CACHE_VERSION", "VolumeCache", "failure_reason", "file_digest", "load_volume"]
 
@@ -48,17 +48,6 @@ def file_digest(path: str | Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write(target: Path, write: Callable[[object], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class VolumeCache:
@@ -78,7 +67,7 @@ class VolumeCache:
         self._lock = threading.Lock()
         if not (self.folder / "config.json").exists():  # a human-readable record of what the key stands for
             text = json.dumps(self.config, indent=2, sort_keys=True).encode()
-            _atomic_write(self.folder / "config.json", lambda handle: handle.write(text))
+            write_bytes_atomic(self.folder / "config.json", text, fsync=False)
 
     def entry(self, path: str | Path) -> Path:
         """Where the preprocessed version of `path` lives (hashes the file; FileNotFoundError when missing)."""
@@ -112,7 +101,8 @@ class VolumeCache:
         data = data.as_tensor() if isinstance(data, MetaTensor) else data
         entry = {"image": data.to(torch.float16).contiguous(),  # (1, X, Y, Z)
                  "affine": torch.as_tensor(np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64))}  # (4, 4)
-        _atomic_write(target, lambda handle: torch.save(entry, handle))
+        with atomic_path(target, fsync=False) as tmp:  # a lost entry is rebuilt: no fsync on the hot path
+            torch.save(entry, tmp)
 
     @staticmethod
     def read(target: Path) -> MetaTensor:

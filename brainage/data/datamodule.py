@@ -9,8 +9,6 @@ skip decoding and the cohort need not fit in RAM. Random augmentation runs on th
 from __future__ import annotations
 
 import logging
-import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -22,8 +20,9 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
+from brainage.contracts.atomic import atomic_path
 from brainage.data.cache import VolumeCache, failure_reason, load_volume
-from brainage.data.inputs import read_inputs
+from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.data.splits import split_subjects
 from brainage.data.preprocessing import Preprocessing
 
@@ -55,11 +54,10 @@ class CachedVolumes(Dataset):
         image = VolumeCache.read(image).as_tensor() if isinstance(image, Path) else image  # (1, X, Y, Z)
         image = self.augmentation({"image": image})["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image  # MONAI MetaTensor -> plain tensor
-        sex = {"M": 0.0, "F": 1.0}.get(row["sex"], math.nan)
         return {
             "image": image.float(),  # (1, X, Y, Z)
             "age": torch.tensor(float(row["age"]), dtype=torch.float32),
-            "sex": torch.tensor(sex, dtype=torch.float32),
+            "sex": torch.tensor(sex_code(row["sex"]), dtype=torch.float32),
             "subject_id": str(row["subject_id"]),
             "site": "" if row["site"] is None or row["site"] != row["site"] else str(row["site"]),
         }
@@ -91,6 +89,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
             and fold `fold` is the validation split (None = a single val_fraction split).
         num_folds: number of folds when `fold` is set.
         leave_site_out: every subject scanned at this site forms the test split (site generalisation).
+        include_failed: also train on scans that `brainage prepare` flagged in its manifest (qc_status=fail); by
+            default they are left out and listed with the reason, as in predict, report and calibrate.
     """
 
     def __init__(self, root: str, preprocessing: list[dict] | None = None, augmentation: list[dict] | None = None,
@@ -98,7 +98,7 @@ class BrainAgeDataModule(pl.LightningDataModule):
                  augment: bool = True, batch_size: int = 8, num_workers: int = 0, preprocess_threads: int = 2,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42,
                  cache_dir: str | None = None, fold: int | None = None, num_folds: int = 5,
-                 leave_site_out: str | None = None) -> None:
+                 leave_site_out: str | None = None, include_failed: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = root
@@ -108,6 +108,7 @@ class BrainAgeDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.fold, self.num_folds, self.leave_site_out = fold, num_folds, leave_site_out
         self.cache_dir = cache_dir
+        self.include_failed = include_failed
         self.cache: VolumeCache | None = None  # built in setup (holds a lock: not picklable)
         self.table: pd.DataFrame | None = None
         self.dropped: list[dict] = []
@@ -117,7 +118,7 @@ class BrainAgeDataModule(pl.LightningDataModule):
         """Read the manifest, drop rows without age, and assign subject-level splits."""
         if not Path(self.root).exists():
             raise FileNotFoundError(f"data root {self.root!r} does not exist; expected a BIDS folder or a manifest")
-        table = read_inputs([self.root])
+        table = read_inputs([self.root], include_failed=self.include_failed)
         self.dropped = list(table.attrs.get("dropped", []))
         no_age = table["age"].isna()
         self.dropped += [{"source": self.root, "subject_id": r.subject_id, "path": r.path,
@@ -145,8 +146,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
             if image is None:
                 self.dropped.append({"source": self.root, "subject_id": row.subject_id, "path": row.path,
                                      "reason": reason})
-        for item in self.dropped:
-            log.warning("dropped %s (%s): %s", item["subject_id"], item["path"], item["reason"])
+        for line in skipped_lines(self.dropped):
+            log.warning(line)
         self.table = table[ok].reset_index(drop=True)
         self.write_splits()
         # in memory: drop MONAI metadata; cached: keep the entry paths
@@ -171,9 +172,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
         columns = ["subject_id", "session", "path", "age", "sex", "site", "split"]
         for name, rows in (("splits.csv", self.table), ("test.csv", self.table[self.table["split"] == "test"])):
             rows = rows.assign(path=rows["path"].map(lambda p: str(Path(p).resolve())))[columns]
-            tmp = folder / f".{name}.tmp"
-            rows.to_csv(tmp, index=False)
-            os.replace(tmp, folder / name)
+            with atomic_path(folder / name) as tmp:
+                rows.to_csv(tmp, index=False)
 
     def train_ages(self) -> torch.Tensor:
         return torch.tensor(self.datasets["train"].rows["age"].to_numpy(), dtype=torch.float32)

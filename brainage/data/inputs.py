@@ -24,8 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "NIFTI_SUFFIXES", "IXI_PATTERN", "OPENBHB_GLOB", "parse_age", "parse_sex", "read_bids",
-           "read_ixi", "read_openbhb", "detect_layout", "read_table", "read_folder", "read_inputs", "is_nifti"]
+from brainage.data.manifest import apply_qc, is_prepared_manifest
+
+__all__ = ["COLUMNS", "NIFTI_SUFFIXES", "IXI_PATTERN", "OPENBHB_GLOB", "parse_age", "parse_sex", "sex_code", "read_bids",
+           "read_ixi", "read_openbhb", "detect_layout", "read_table", "read_folder", "read_inputs", "is_nifti",
+           "skipped_lines"]
 
 COLUMNS = ["subject_id", "session", "path", "age", "sex", "site"]
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -79,6 +82,12 @@ def parse_sex(value: object) -> str | None:
     if text not in _SEX:
         raise ValueError(f"sex {value!r} is not recognised (expected M/F, male/female, 1/2 or n/a)")
     return _SEX[text]
+
+
+def sex_code(value: object) -> float:
+    """The model's sex covariate of a normalised sex ("M" -> 0, "F" -> 1, anything else -> NaN = unknown), as
+    `brainage.model.vit.sex_covariate` expects."""
+    return {"M": 0.0, "F": 1.0}.get(value, math.nan)
 
 
 def _frame(rows: list[dict], dropped: list[dict]) -> pd.DataFrame:
@@ -320,15 +329,25 @@ def read_folder(root: str | Path) -> pd.DataFrame:
     return _frame([_row(_stem(p), p) for p in images], [])
 
 
-def read_inputs(inputs: list[str] | str) -> pd.DataFrame:
-    """Dispatch each input to its reader: IXI, OpenBHB or BIDS folder, plain folder, CSV/TSV manifest, file or glob.
+def skipped_lines(dropped: list[dict]) -> list[str]:
+    """One line per left-out row (`table.attrs["dropped"]`), worded alike by every command."""
+    return [f"skipped {item['subject_id']} ({item['path']}): {item['reason']}" for item in dropped]
 
-    Inputs that match nothing become rows with their path, so that prediction reports them as missing files.
+
+def read_inputs(inputs: list[str] | str, include_failed: bool = False) -> pd.DataFrame:
+    """The one input entry point of fit, predict, report and calibrate: dispatch each input to its reader (IXI,
+    OpenBHB or BIDS folder, plain folder, `brainage prepare` manifest, CSV/TSV manifest, file or glob).
+
+    Scans flagged by `brainage prepare` QC are left out unless ``include_failed`` (:mod:`brainage.data.manifest`).
+    Rows left out, with the reason, are in ``table.attrs["dropped"]``. Inputs that match nothing become rows with
+    their path, so that prediction reports them as missing files.
     """
     tables = []
     for item in [inputs] if isinstance(inputs, str) else inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_prepared_manifest(path):
+            tables.append(apply_qc(read_table(path), path, include_failed))
+        elif path.is_dir():
             tables.append(_READERS.get(detect_layout(path), read_folder)(path))
         elif path.suffix.lower() in {".csv", ".tsv"} and path.exists():
             tables.append(read_table(path))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from brainage.prepare.manifest import read_prepared_inputs
+from brainage.data.inputs import read_inputs, skipped_lines
 from brainage.predict.model import LoadedModel, ModelLoadError, load_model
 from brainage.predict.output import (
     OUTPUT_COLUMNS,
@@ -46,8 +46,9 @@ EPILOG = """examples:
   brainage predict --model best.ckpt --input scans/ --output out.csv --devices 2 --accelerator gpu   # DDP
 
 models: a .ckpt written by `brainage fit`, runs:/<run_id>[/artifact path] or models:/<name>/<version> (MLflow store
-from --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Loaded with torch.load(weights_only=True);
-anything that is not a brainage checkpoint is refused, and the card's input contract must match its preprocessing.
+from --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Loaded weights-only and checked
+(brainage.contracts.checkpoint): anything that is not a brainage checkpoint, or holds non-finite weights, is refused,
+and the card's input contract must match its preprocessing.
 
 output columns (one row per input, in input order):
   subject_id, session, path; age (when known); predicted_age; corrected_age (the model's age-bias correction,
@@ -128,12 +129,12 @@ def _run(args: argparse.Namespace, workers: int) -> int:
     distributed = _devices(args.devices) != 1 or args.num_nodes > 1
     try:
         model = load_model(args.model, "cpu" if distributed else args.device, args.tracking_uri)
-        table = read_prepared_inputs(args.input, include_failed=args.include_failed)
+        table = read_inputs(args.input, include_failed=args.include_failed)
     except (ModelLoadError, ValueError) as err:
         print(f"brainage predict: {err}", file=sys.stderr)
         return 2
-    for item in table.attrs.get("dropped", []):
-        print(f"skipped {item['subject_id']} ({item['path']}): {item['reason']}", file=sys.stderr)
+    for line in skipped_lines(table.attrs.get("dropped", [])):
+        print(line, file=sys.stderr)
     if table.empty:
         print(f"brainage predict: no usable NIfTI files found in {args.input}", file=sys.stderr)
         return 2

@@ -24,7 +24,8 @@ from typing import Self, TextIO
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.routing_io import routing_filename, save_routing
+from brainage.contracts.atomic import atomic_path
+from brainage.contracts.routing import ScanRouting, routing_filename, save_routing
 from brainage.predict.stream import SubjectResult
 
 __all__ = [
@@ -168,7 +169,7 @@ def record(journal: Journal, results: list[SubjectResult], routing_dir: Path | N
         for r in results:
             if r.error is None and r.routing:
                 name = routing_filename(str(r.row["subject_id"]), result_row(r)["session"], r.index)
-                save_routing(routing_dir / name, r.affine, shape, r.predicted_age, r.routing)
+                save_routing(routing_dir / name, ScanRouting(r.affine, shape, r.predicted_age, tuple(r.routing)))
     journal.write(result_row(r) for r in results)
 
 
@@ -183,20 +184,10 @@ def assemble(keys: list[str], done: dict[str, dict]) -> list[dict]:
 
 def write_csv_atomic(rows: list[dict], path: Path, columns: list[str]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: readers never see a half-written CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a crash
-    finally:
-        os.close(folder)
 
 
 def remove_journals(output: Path) -> None:

@@ -9,7 +9,6 @@ uncertainty their spread (population std of the two).
 
 from __future__ import annotations
 
-import math
 import os
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,9 +22,11 @@ from nibabel.filebasedimages import ImageFileError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from brainage.contracts.bias import apply_bias_correction
+from brainage.contracts.routing import LayerRecord, layer_records
+from brainage.data.inputs import sex_code
 from brainage.data.transforms import ImageError
 from brainage.predict.model import LoadedModel
-from brainage.training.bias import apply_bias_correction
 
 __all__ = [
     "ScanDataset",
@@ -48,7 +49,7 @@ class SubjectResult:
     error: str | None
     affine: np.ndarray | None = None  # (4, 4) model-grid voxel -> MNI mm
     image: np.ndarray | None = None  # (X, Y, Z) preprocessed input, when keep_image
-    routing: list | None = None  # list[LayerRouting] of numpy arrays, batch dim removed (unflipped pass)
+    routing: list[LayerRecord] | None = None  # per MoE layer, of the unflipped pass
     corrected_age: float | None = None  # bias-corrected; equals predicted_age when the model has no correction
     uncertainty: float | None = None  # std of the prediction over flip TTA; None without TTA
     index: int | None = None  # position of the row in the table given to predict_iter
@@ -127,10 +128,6 @@ def scan_loader(model: LoadedModel, paths: list[str], indices: list[int] | None 
                       worker_init_fn=_one_thread_per_worker if workers else None)
 
 
-def _sex_code(value: object) -> float:
-    return {"M": 0.0, "F": 1.0}.get(value, math.nan)
-
-
 def predict_batch(model: LoadedModel, items: list[dict], rows: list[dict], return_routing: bool = False,
                   keep_image: bool = False, tta: bool = False) -> list[SubjectResult]:
     """Results of one loader batch (ScanDataset items indexing `rows`), in the order of `items`."""
@@ -138,7 +135,7 @@ def predict_batch(model: LoadedModel, items: list[dict], rows: list[dict], retur
     ages, spread, routing = {}, {}, {}
     if good:
         images = torch.stack([it["image"] for it in good]).to(model.device)  # (b, 1, X, Y, Z)
-        sex = torch.tensor([_sex_code(rows[it["index"]].get("sex")) for it in good], device=model.device)
+        sex = torch.tensor([sex_code(rows[it["index"]].get("sex")) for it in good], device=model.device)
         b = len(good)
         if tta:
             images = torch.cat([images, images.flip(2)])  # (2b, 1, X, Y, Z): the scan, then its x-mirror
@@ -150,10 +147,7 @@ def predict_batch(model: LoadedModel, items: list[dict], rows: list[dict], retur
         for j, it in enumerate(good):
             ages[it["index"]], spread[it["index"]] = float(pred[j]), float(std[j])
             if return_routing and out.routing:
-                routing[it["index"]] = [layer._replace(expert_index=layer.expert_index[j].cpu().numpy(),
-                                                       gates=layer.gates[j].cpu().numpy(),
-                                                       probs=layer.probs[j].cpu().numpy())
-                                        for layer in out.routing]
+                routing[it["index"]] = layer_records(out.routing, j)
     results = []
     for it in items:
         i = it["index"]

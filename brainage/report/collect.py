@@ -9,8 +9,8 @@ straight into a :class:`~brainage.attribution.aggregate.RoutingAggregator` (memo
 preprocessed images are kept only for the occlusion scans and dropped once occlusion is done. The model is only
 called, never modified (``torch.inference_mode``). Nothing here writes files: :mod:`brainage.report.write` does.
 
-Saved routing is read through one seam, :func:`read_saved_routing`, so the routing record of
-``brainage.contracts`` replaces ``brainage.attribution.routing_io`` in one edit.
+Routing arrives in one form whether the model runs here or `brainage predict --save-routing` saved it: the routing
+record of ``brainage.contracts.routing`` (:class:`ScanRouting` of :class:`LayerRecord` per MoE layer).
 
 Letter legend: s occluded scans, r atlas regions, q region sets (planted effects), (X, Y, Z) model-grid voxels.
 """
@@ -18,6 +18,7 @@ Letter legend: s occluded scans, r atlas regions, q region sets (planted effects
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,20 +27,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from brainage.attribution.aggregate import AtlasLike, RoutingAggregator, RoutingLike
-from brainage.attribution.atlas import load_atlas, load_default_atlas
+from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.groups import read_group_column
 from brainage.attribution.occlusion import occlusion_deltas, reference_image, set_occlusion_deltas
-from brainage.attribution.routing_io import load_routing, routing_filename
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
-from brainage.data.inputs import read_inputs
-from brainage.model.routing import LayerRouting
+from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
+from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
 from brainage.report.progress import StageProgress
+from brainage.reference.atlas import load_atlas, load_default_atlas
 from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
-__all__ = ["ReportInputs", "SavedScan", "OcclusionRun", "Collected", "read_report_inputs",
-           "read_saved_routing", "collect"]
+__all__ = ["ReportInputs", "OcclusionRun", "Collected", "read_report_inputs", "read_saved_routing", "collect"]
 
 @dataclass(frozen=True)
 class ReportInputs:
@@ -50,16 +49,6 @@ class ReportInputs:
     atlas: AtlasLike
     truth: GroundTruth | None
     extra_columns: tuple[str, ...]  # input columns copied into the predictions table
-
-
-@dataclass(frozen=True)
-class SavedScan:
-    """One scan's saved routing, with every MoE layer as a routing record the aggregator reads."""
-
-    shape: tuple[int, int, int]
-    affine: np.ndarray  # (4, 4) model-grid voxel -> MNI mm
-    predicted_age: float
-    layers: tuple[RoutingLike, ...]
 
 
 @dataclass(frozen=True)
@@ -125,7 +114,9 @@ def read_report_inputs(settings: ReportSettings) -> ReportInputs:
     if settings.model is not None:
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(settings.model, device, settings.tracking_uri)
-    table = read_inputs(list(settings.inputs))
+    table = read_inputs(list(settings.inputs), include_failed=settings.include_failed)
+    for line in skipped_lines(table.attrs.get("dropped", [])):
+        print(line, file=sys.stderr)
     if table.empty:
         raise ValueError(f"no NIfTI files found in {list(settings.inputs)}")
     if settings.max_subjects:
@@ -142,13 +133,12 @@ def read_report_inputs(settings: ReportSettings) -> ReportInputs:
     return ReportInputs(model, table, atlas, truth, extra)
 
 
-def read_saved_routing(path: Path) -> SavedScan:
-    """The routing seam: one saved scan (``brainage predict --save-routing``) as routing records."""
+def read_saved_routing(path: Path) -> ScanRouting:
+    """One scan's saved routing record (``brainage predict --save-routing``); ValueError when it has no MoE layer."""
     saved = load_routing(path)
     if not saved.layers:
         raise ValueError("it holds no MoE layer")
-    return SavedScan(saved.shape, saved.affine, saved.predicted_age,
-                     tuple(LayerRouting(**layer) for layer in saved.layers))
+    return saved
 
 
 def _output_row(result: SubjectResult, extra_columns: Sequence[str]) -> dict:
@@ -249,10 +239,6 @@ def _keep_saved_images(collected: Collected, count: int, settings: ReportSetting
             kept.add(result, collected.aggregator.geometry(model.preprocessing.shape, result.affine), count)
 
 
-def _sex_value(value: object) -> float:
-    return {"M": 0.0, "F": 1.0}.get(value, math.nan)  # predict's coding; NaN = unknown
-
-
 def _model_call(model: LoadedModel, sex: float) -> Callable[[np.ndarray, int], np.ndarray]:
     """``predict(batch, s)`` for occlusion: (m, X, Y, Z) float32 copies of one scan -> (m,) predicted ages."""
 
@@ -290,7 +276,7 @@ def _occlude(collected: Collected, kept: _Kept, settings: ReportSettings, progre
     deltas, effect_deltas = [], []
     with progress.stage("occlusion", len(stack), "scans") as stage:
         for s, image in enumerate(stack):
-            predict = _model_call(model, _sex_value(kept.sex[keep[s]]))
+            predict = _model_call(model, sex_code(kept.sex[keep[s]]))
             deltas.append(occlusion_deltas(predict, image[None], regions, len(aggregator.regions), 8, False,
                                            reference)[0])  # (r,)
             if effects:

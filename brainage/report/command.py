@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: min(4, CPUs))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled baseline")
+    parser.add_argument("--include-failed", action="store_true",
+                        help="also use scans that `brainage prepare` flagged in its manifest (qc_status=fail)")
     parser.add_argument("--verbose", action="store_true", help="a line per stage with the stages' own progress "
                         "bars and details (default: one progress line)")
     return parser

@@ -30,7 +30,7 @@ from nilearn import plotting  # noqa: E402
 from nilearn.datasets import load_mni152_brain_mask, load_mni152_template  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from brainage.attribution.atlas import resample_labels  # noqa: E402
+from brainage.reference.atlas import resample_labels  # noqa: E402
 
 __all__ = ["png_bytes", "plain", "expert_colours", "brain_mask", "template_on_grid", "stat_map_png", "expert_map_png",
            "expert_grid_png", "dominant_expert_png", "prediction_scatter_png", "group_png"]

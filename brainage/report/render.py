@@ -2,7 +2,7 @@
 
 Safety: every builder escapes what it is given with ``html.escape`` (subject ids, file names, column values and
 region names come from users' files); only :class:`Markup` returned by these builders is inserted verbatim. The page
-is written atomically (temporary file + ``os.replace``) so a reader never sees half a report.
+is written atomically (``brainage.contracts.atomic``) so a reader never sees half a report.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from collections.abc import Iterable, Sequence
 from numbers import Number
 from pathlib import Path
 
 import pandas as pd
+
+from brainage.contracts.atomic import write_text_atomic
 
 __all__ = ["DISCLAIMER", "Markup", "text", "strong", "heading", "paragraph", "figure", "table", "details",
            "bullet_list", "row", "note", "page", "write_html", "format_p_value", "format_interval"]
@@ -220,13 +221,5 @@ def page(title: str, sections: Sequence[tuple[str, Sequence[Markup | str]]], met
 
 
 def write_html(path: str | Path, document: str) -> Path:
-    """Write atomically: a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(document)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write the page atomically (``brainage.contracts.atomic``: temporary file, fsync, rename)."""
+    return write_text_atomic(path, document)

@@ -47,6 +47,7 @@ class ReportSettings:
     batch_size: int = 4
     workers: int | None = None
     seed: int = 0
+    include_failed: bool = False
     verbose: bool = False
 
     @classmethod

@@ -1,7 +1,7 @@
 """Write stage of `brainage report`: the result's tables (CSV) and maps (NIfTI, MNI affine), the page, MLflow.
 
-Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a reader never sees
-half a table; ``index.html`` is written last. Layout:
+Every file is written atomically (``brainage.contracts.atomic``), so a reader never sees half a table;
+``index.html`` is written last. Layout:
 
   tables/predictions.csv                                  one row per input (as `brainage predict`)
   tables/layer{L}_region_expert_top1.csv, ..._gated.csv   region x expert counts and row fractions
@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from brainage.contracts.atomic import atomic_path
 from brainage.report import render as R
 from brainage.report.analysis import ReportResult
 
@@ -31,17 +32,13 @@ __all__ = ["save_csv", "save_nifti", "report_files", "write_report", "log_to_mlf
 
 
 def save_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine), str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine), str(tmp))
 
 
 def _mutual_information(result: ReportResult) -> pd.DataFrame:

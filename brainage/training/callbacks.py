@@ -4,7 +4,6 @@ and MLflow export."""
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -16,9 +15,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from brainage import tracking
+from brainage.contracts.atomic import write_text_atomic
+from brainage.contracts.bias import fit_bias_correction
+from brainage.contracts.card import write_card_json
+from brainage.contracts.checkpoint import read_checkpoint, update_card
 from brainage.model.diagnostics import collect_diagnostics
-from brainage.training.bias import fit_bias_correction
-from brainage.training.card import update_card, write_card_json
 
 __all__ = ["RoutingDiagnostics", "FitSummary", "TrackedConfig", "Throughput", "validation_predictions"]
 
@@ -140,10 +141,10 @@ class FitSummary(pl.Callback):
 def validation_predictions(net: torch.nn.Module, checkpoint: str | Path, dataset, batch_size: int,
                            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(ages, predicted ages) of every sample of `dataset` with the weights of `checkpoint`, on one process."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(checkpoint)
     net = copy.deepcopy(net).to(device).eval()  # the live module keeps its weights (Lightning's convention)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    mean, std = ckpt["brainage"]["target"]["mean"], ckpt["brainage"]["target"]["std"]
+    net.load_state_dict(ckpt.net_state)
+    mean, std = ckpt.target_mean, ckpt.target_std
     ages, predicted = [], []
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size):
@@ -160,10 +161,6 @@ class TrackedConfig(SaveConfigCallback):
         if trainer.global_rank != 0:
             return
         text = self.parser.dump(self.config, skip_none=False)
-        folder = Path(trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".config.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, folder / self.config_filename)
+        write_text_atomic(Path(trainer.default_root_dir) / self.config_filename, text)
         if tracking.is_tracker(trainer.logger):
             tracking.log_text(trainer.logger, text, "config.yaml")

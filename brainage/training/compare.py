@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from brainage import tracking
+from brainage.contracts.checkpoint import read_checkpoint
 
 __all__ = ["COLUMNS", "comparison_table", "to_markdown", "main"]
 
@@ -33,8 +33,7 @@ def _load_cv(metrics: dict[str, float]) -> float:
 
 def _parameters(tracking_uri: str | None, run_id: str) -> int:
     path = tracking.download_artifact(tracking.resolve_tracking_uri(tracking_uri), run_id, "checkpoints/best.ckpt")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    return int(sum(v.numel() for k, v in state.items() if k.startswith("net.")))
+    return int(sum(v.numel() for v in read_checkpoint(path).net_state.values()))
 
 
 def comparison_table(experiment: str, models: list[str], tracking_uri: str | None = None) -> pd.DataFrame:

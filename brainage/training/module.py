@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import RandomSampler
 
 from brainage.model import orthonormalize_
-from brainage.training.card import checkpoint_metadata
+from brainage.contracts.checkpoint import checkpoint_metadata
 from brainage.training.metrics import BrainAgeMetrics
 
 __all__ = ["BrainAgeModule"]

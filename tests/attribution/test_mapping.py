@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brainage.attribution.aggregate import RoutingAggregator
-from brainage.attribution.atlas import Atlas
+from brainage.reference.atlas import Atlas
 from brainage.attribution.mapping import (
     RegionIndex,
     gated_expert_weights,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from predict_fixtures import read_rows, save_checkpoint, write_scans
+from tests.helpers.predict import read_rows, save_checkpoint, write_scans
 
-from brainage.attribution.routing_io import load_routing, routing_filename
+from brainage.contracts.routing import load_routing, routing_filename
 from brainage.predict import OUTPUT_COLUMNS, load_model, main
 from brainage.predict.command import build_parser
 
@@ -64,7 +64,7 @@ def test_without_tta_or_correction_and_routing_maps(tmp_path, tiny_ckpt, capsys)
         saved = load_routing(routing / routing_filename(row["subject_id"], row["session"], index))
         assert saved.shape == (16, 16, 16) and len(saved.layers) == 1
         assert saved.predicted_age == pytest.approx(float(row["predicted_age"]), abs=0.006)
-        assert saved.layers[0]["expert_index"].shape == (8, 2)  # (n tokens, k)
+        assert saved.layers[0].expert_index.shape == (8, 2)  # (n tokens, k)
     assert sorted(p.name for p in routing.iterdir()) == sorted(
         routing_filename(r["subject_id"], r["session"], i) for i, r in enumerate(rows))
 

@@ -12,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from predict_fixtures import write_scans
+import pytest
 
 from brainage.predict import load_model, main
 from brainage.predict.command import build_parser, run_settings
 from brainage.predict.output import Journal, journal_path
+from tests.helpers.predict import write_scans
+
+pytestmark = pytest.mark.slow  # kills a prediction run and resumes it
 
 N = 40
 

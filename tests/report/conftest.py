@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from brainage.attribution.aggregate import RoutingAggregator
-from brainage.attribution.atlas import Atlas
 from brainage.attribution.validation import GroundTruth
-from brainage.model.routing import LayerRouting
+from brainage.contracts.routing import LayerRecord
 from brainage.predict import OUTPUT_COLUMNS
+from brainage.reference.atlas import Atlas
 from brainage.report.analysis import ReportResult, analyse
 from brainage.report.collect import Collected, OcclusionRun, ReportInputs
 from brainage.report.progress import StageProgress
@@ -47,14 +47,14 @@ def box_atlas() -> Atlas:
     return Atlas(labels, grid_affine(), {label: name for name, (label, _) in REGIONS.items()})
 
 
-def _routing(rng: np.random.Generator, layer: int) -> LayerRouting:
+def _routing(rng: np.random.Generator, layer: int) -> LayerRecord:
     n = int(np.prod(GRID))
     x = np.arange(n) // (GRID[1] * GRID[2])  # token's x index: n = (i * gy + j) * gz + l
     first = np.where(rng.random(n) < 0.8, x % NUM_EXPERTS, rng.integers(0, NUM_EXPERTS, n))  # (n,) mostly by x
     second = (first + 1) % NUM_EXPERTS
     gates = np.stack([np.full(n, 0.7), np.full(n, 0.3)], axis=1)  # (n, 2)
     probs = np.full((n, NUM_EXPERTS), 1.0 / NUM_EXPERTS)
-    return LayerRouting(layer, np.stack([first, second], axis=1), gates, probs, GRID)
+    return LayerRecord(layer, np.stack([first, second], axis=1), gates, probs, GRID)
 
 
 def _predictions() -> pd.DataFrame:

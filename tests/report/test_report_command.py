@@ -17,7 +17,7 @@ import pytest
 import torch
 from matplotlib import image as mpimg
 
-from brainage.attribution.routing_io import routing_filename, save_routing
+from brainage.contracts.routing import ScanRouting, routing_filename, save_routing
 from brainage.data.inputs import read_inputs
 from brainage.data.synth import synthesize_cohort
 from brainage.data.preprocessing import Preprocessing
@@ -26,7 +26,9 @@ from brainage.predict import load_model, predict_iter
 from brainage.report.command import main
 from brainage.report.settings import run_id_of
 from brainage.tracking import run_artifacts
-from brainage.training.card import checkpoint_metadata
+from brainage.contracts.checkpoint import checkpoint_metadata, save_checkpoint
+
+pytestmark = pytest.mark.slow  # the report end to end
 
 SHAPE = (24, 32, 24)
 EVIL = "<script>alert(1)</script>"
@@ -50,9 +52,7 @@ def checkpoint(tmp_path_factory) -> Path:
                       moe=MoEConfig(num_experts=3, top_k=2))
     pre = Preprocessing(spacing=6.0, shape=SHAPE, augment=False)
     meta = checkpoint_metadata(net, pre.to_dict(), pre.contract(), 50.0, 15.0, {"age_mean": 50.0}, {}, None)
-    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "brainage": meta}, path)
-    return path
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.ckpt", net.state_dict(), meta)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,8 @@ def test_report_from_saved_routing(cohort, checkpoint, tmp_path, capsys):
     for index, result in enumerate(predict_iter(model, table, return_routing=True, num_workers=0)):
         # named as `brainage predict --save-routing` names them: subject, session and the input row index
         name = routing_filename(result.row["subject_id"], result.row["session"], index)
-        save_routing(folder / name, result.affine, model.preprocessing.shape, result.predicted_age, result.routing)
+        save_routing(folder / name, ScanRouting(result.affine, model.preprocessing.shape, result.predicted_age,
+                                                tuple(result.routing)))
         predicted[result.row["subject_id"]] = result.predicted_age
     (folder / routing_filename(table["subject_id"].iloc[3], "", 3)).unlink()  # one scan without routing -> error row
     (folder / routing_filename(table["subject_id"].iloc[0], "", 0)).rename(  # the plain name is found too

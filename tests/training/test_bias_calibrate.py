@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from brainage.predict import load_model
-from brainage.training.bias import fit_bias_correction
-from brainage.training.calibrate import main as calibrate_main
+from brainage.contracts.checkpoint import read_checkpoint
+from brainage.contracts.bias import fit_bias_correction
+from brainage.calibrate import main as calibrate_main
 from brainage.training.callbacks import validation_predictions
 from brainage.training.cli import BrainAgeCLI
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
+
+pytestmark = pytest.mark.slow  # trains a model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def trained(cohort12, tmp_path_factory):
 def test_correction_is_fitted_on_validation_with_the_best_weights(trained):
     run_dir, uri, cli = trained
     best = run_dir / "checkpoints" / "best.ckpt"
-    card = torch.load(best, map_location="cpu", weights_only=True)["brainage"]["card"]
+    card = read_checkpoint(best).card
     correction = card["bias_correction"]
     assert correction["fit_on"].startswith("validation split, n=4")
     age, predicted = validation_predictions(cli.model.net, best, cli.datamodule.datasets["val"], 2, torch.device("cpu"))
@@ -72,8 +75,8 @@ def test_calibrate_refits_on_user_controls(trained, cohort12, tmp_path, capsys):
     fit = loaded.card["bias_correction"]
     assert fit["fit_on"] == f"user controls: {cohort12}, n=12" and fit["n"] == 12
     assert json.loads(out.with_suffix(".card.json").read_text())["bias_correction"] == fit
-    original = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    calibrated = torch.load(out, map_location="cpu", weights_only=True)
+    original = read_checkpoint(run_dir / "checkpoints" / "best.ckpt").raw
+    calibrated = read_checkpoint(out).raw
     assert all(torch.equal(original["state_dict"][k], v) for k, v in calibrated["state_dict"].items())
 
 
@@ -107,8 +110,8 @@ def test_comparison_table_from_mlflow_runs(trained, tmp_path):
     out = tmp_path / "table"
     assert compare_main(["--experiment", "cmp", "--models", "tiny", "--out", str(out), "--tracking-uri", uri]) == 0
     row = pd.read_csv(out.with_suffix(".csv")).iloc[0]
-    state = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert row["parameters"] == sum(v.numel() for k, v in state.items() if k.startswith("net."))
+    state = read_checkpoint(run_dir / "checkpoints" / "best.ckpt").net_state
+    assert row["parameters"] == sum(v.numel() for v in state.values())
     assert row["expert load CV"] == pytest.approx(0.3) and row["test MAE (y)"] == 4.5 and row["epochs"] == 3
     assert "| tiny | 4.50 |" in out.with_suffix(".md").read_text()
     assert compare_main(["--experiment", "cmp", "--models", "other", "--out", str(out), "--tracking-uri", uri]) == 2

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from brainage.predict import load_model, main as predict_main
+from brainage.contracts.checkpoint import read_checkpoint
 from brainage.training.cli import BrainAgeCLI
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
+
+pytestmark = pytest.mark.slow  # trains a model
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def test_fit_writes_checkpoint_card_and_split_manifests(fitted):
     run_dir, _, cli = fitted
     best = run_dir / "checkpoints" / "best.ckpt"
     assert best.exists() and (run_dir / "checkpoints" / "best.card.json").exists()
-    meta = torch.load(best, map_location="cpu", weights_only=True)["brainage"]
+    meta = read_checkpoint(best).raw["brainage"]
     assert meta["net"]["name"] == "BrainAgeViT"
     assert meta["preprocessing"]["shape"] == [24, 32, 24]
     assert "not for diagnosis" in meta["card"]["intended_use"]
@@ -46,7 +49,7 @@ def test_predict_runs_the_chain_the_datamodule_trained_with(fitted):
     """The checkpoint stores the declared deterministic chain; predict rebuilds it, giving the same tensor."""
     run_dir, _, cli = fitted
     trained = cli.datamodule.preprocessing
-    meta = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["brainage"]
+    meta = read_checkpoint(run_dir / "checkpoints" / "best.ckpt").raw["brainage"]
     assert meta["preprocessing"]["deterministic"] == trained.spec
     model = load_model(run_dir / "checkpoints" / "best.ckpt")
     assert model.preprocessing.spec == trained.spec and model.preprocessing.augmentation_spec == []

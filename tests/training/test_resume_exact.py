@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from brainage.training.cli import BrainAgeCLI
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
 
 KILLER = '''
 import os
 import lightning.pytorch as pl
+
+pytestmark = pytest.mark.slow  # trains, kills and resumes
 
 
 class ExitMidEpoch(pl.Callback):

@@ -11,7 +11,7 @@ import torch
 
 from brainage.data.preprocessing import Preprocessing
 from brainage.model import BrainAgeViT, MoEConfig
-from brainage.training.card import checkpoint_metadata
+from brainage.contracts import checkpoint as checkpoint_format
 
 __all__ = ["GRID", "SPACING", "affine", "brain", "read_rows", "save_checkpoint", "write_scan", "write_scans"]
 
@@ -27,12 +27,10 @@ def save_checkpoint(path: Path, bias_correction: dict | None = None, seed: int =
     net = BrainAgeViT(img_size=GRID, patch_size=8, embed_dim=embed_dim, depth=1, num_heads=2,
                       moe=MoEConfig(num_experts=4, top_k=2))
     pre = Preprocessing(spacing=SPACING, shape=GRID, augment=False)
-    meta = checkpoint_metadata(net, pre.to_dict() if preprocessing is None else preprocessing,
+    meta = checkpoint_format.checkpoint_metadata(net, pre.to_dict() if preprocessing is None else preprocessing,
                                pre.contract() if contract is None else contract, 50.0, 10.0,
                                {"age_mean": 50.0, "n_train": 3}, {}, bias_correction)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "brainage": meta}, path)
-    return path
+    return checkpoint_format.save_checkpoint(path, net.state_dict(), meta)
 
 
 def brain(shape=(20, 20, 20), seed: int = 0) -> np.ndarray:

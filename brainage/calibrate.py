@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from brainage.training.bias import fit_bias_correction
-from brainage.training.card import update_card, write_card_json
+from brainage.contracts.bias import fit_bias_correction
+from brainage.contracts.card import write_card_json
+from brainage.contracts.checkpoint import update_card
+from brainage.data.inputs import read_inputs, skipped_lines
+from brainage.predict import load_model, predict_iter
+from brainage.predict.model import resolve_model_path
 
 __all__ = ["calibrate", "main"]
 
@@ -36,15 +40,14 @@ Use it with `brainage predict --model calibrated.ckpt`. Research use only, not f
 
 
 def calibrate(model: str, inputs: list[str], output: str | Path, batch_size: int = 4,
-              num_workers: int | None = None, progress: bool = False, min_slope: float = 0.05) -> dict:
+              num_workers: int | None = None, progress: bool = False, min_slope: float = 0.05,
+              include_failed: bool = False) -> dict:
     """Predict the controls in `inputs`, fit the correction, write `output` (.ckpt) and its card; return the fit."""
-    from brainage.data.inputs import read_inputs
-    from brainage.predict import load_model, predict_iter
-    from brainage.predict.model import resolve_model_path
-
     source = resolve_model_path(model)  # .ckpt path, or downloaded from an MLflow runs:/ or models:/ URI
     loaded = load_model(source)
-    table = read_inputs(inputs)
+    table = read_inputs(inputs, include_failed=include_failed)
+    for line in skipped_lines(table.attrs.get("dropped", [])):
+        print(line, file=sys.stderr)
     known = table[table["age"].notna()]
     if known.empty:
         raise ValueError(f"{inputs}: found {len(table)} scans but none with a known age; calibration needs the "
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: min(4, CPUs))")
     parser.add_argument("--min-slope", type=float, default=0.05,
                         help="refuse a fit whose slope is at or below this (default 0.05)")
+    parser.add_argument("--include-failed", action="store_true",
+                        help="also use scans that `brainage prepare` flagged in its manifest (qc_status=fail)")
     parser.add_argument("--verbose", action="store_true", help="log skipped scans and progress")
     return parser
 
@@ -86,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         fit = calibrate(args.model, args.input, args.output, args.batch_size, args.workers,
-                        progress=sys.stderr.isatty() or args.verbose, min_slope=args.min_slope)
+                        progress=sys.stderr.isatty() or args.verbose, min_slope=args.min_slope,
+                        include_failed=args.include_failed)
     except (ValueError, FileNotFoundError) as err:
         print(f"brainage calibrate: {err}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from brainage.data.templates import load_icbm152
+from brainage.reference.templates import load_icbm152
 
 __all__ = [
     "Atlas",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 # 24 x 32 x 24 voxels of 6 mm, a 2-layer ViT with 4 experts: about a second per epoch on one core
 TINY_ARGS = [
