@@ -34,8 +34,8 @@ from brainage.attribution.validation import GroundTruth, find_ground_truth, load
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
-from brainage.report.progress import StageProgress
 from brainage.reference.atlas import load_atlas, load_default_atlas
+from brainage.report.progress import StageProgress
 from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
 __all__ = ["ReportInputs", "OcclusionRun", "Collected", "read_report_inputs", "read_saved_routing", "collect"]

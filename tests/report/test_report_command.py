@@ -17,16 +17,16 @@ import pytest
 import torch
 from matplotlib import image as mpimg
 
+from brainage.contracts.checkpoint import checkpoint_metadata, save_checkpoint
 from brainage.contracts.routing import ScanRouting, routing_filename, save_routing
 from brainage.data.inputs import read_inputs
-from brainage.data.synth import synthesize_cohort
 from brainage.data.preprocessing import Preprocessing
+from brainage.data.synth import synthesize_cohort
 from brainage.model import BrainAgeViT, MoEConfig
 from brainage.predict import load_model, predict_iter
 from brainage.report.command import main
 from brainage.report.settings import run_id_of
 from brainage.tracking import run_artifacts
-from brainage.contracts.checkpoint import checkpoint_metadata, save_checkpoint
 
 pytestmark = pytest.mark.slow  # the report end to end
 
