@@ -2,8 +2,8 @@
 
 Our choice (issue 17): by default one status line -- a single tqdm bar on a terminal that is reset at every stage
 ("report 3/5 occlusion  7/16 subject"), or, when stderr is not a terminal (logs, CI), one line per stage plus a
-progress line at most every ``LOG_EVERY_S`` seconds. ``--verbose`` prints a line per stage and lets the stages show
-their own detail bars (predict's per-scan bar, occlusion per subject) and log messages.
+progress line at most every ``LOG_EVERY_S`` seconds. ``--verbose`` prints these lines on a terminal too and lets the
+stages show their own detail bars (predict's per-scan bar) and log messages.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Stage:
         bar = self.owner.bar
         if bar is not None:
             bar.update(n)
-        elif not self.owner.verbose and time.perf_counter() - self.last_line >= LOG_EVERY_S:
+        elif time.perf_counter() - self.last_line >= LOG_EVERY_S:
             self.last_line = time.perf_counter()
             self.owner.line(f"{self.label}: {self.done}{'' if self.total is None else f'/{self.total}'} {self.unit}")
 
