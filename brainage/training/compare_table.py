@@ -154,10 +154,14 @@ def build_table(protocol: Protocol, out: str | Path, command: str = "", wall_s: 
         stats = _paired(predictions[reference], table, protocol.n_boot)
         if stats is not None:
             paired.append({"reference": reference, "other": name, **stats})
-    results = [json.loads(p.read_text()) for p in (out / "results").glob("*/fold*/result.json")]
-    units = [json.loads(p.read_text()) for p in (out / "units").glob("fold*/*/*/fit.json")]
+    keys = {c.key for a in protocol.arms for c in candidates(protocol, a)}
+    arms = {a.name for a in protocol.arms}
+    results = [json.loads(p.read_text()) for p in (out / "results").glob("*/fold*/result.json")
+               if p.parent.parent.name in arms]
+    units = [u for u in (json.loads(p.read_text()) for p in (out / "units").glob("fold*/*/*/fit.json"))
+             if u["candidate"] in keys]
     return jsonable({
-        "command": command, "wall_s": wall_s, "compute_s_all_units": float(sum(u["wall_s"] for u in units)),
+        "command": command, "wall_s": wall_s, "compute_s_all_units": float(sum(u["wall_s"] for u in units)),  # the protocol's candidates
         "machine": machine(),
         "protocol": {"folds": protocol.folds, "val_fraction": protocol.val_fraction,
                      "split_seed": protocol.split_seed, "epochs": protocol.epochs, "reference": reference,

@@ -122,3 +122,7 @@ def test_compare_pipeline_end_to_end(cohort12, tmp_path, capsys, monkeypatch):
         result = json.loads((out / "results" / "ermoe" / f"fold{fold}" / "result.json").read_text())
         assert len(result["selection"]) == 4
     assert {r["arm"]: r["complete"] for r in grown["models"]}["ermoe"]
+    # `table` reads the finished results without training
+    assert main(["table", "--protocol", str(tmp_path / "protocol.yaml"), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["models"] == grown["models"]
+    assert _fit_times(out) == new
