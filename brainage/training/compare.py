@@ -356,7 +356,8 @@ class Comparison:
         record = {
             "candidate": candidate.key, "config": candidate.config, "params": dict(candidate.params),
             "overrides": dict(candidate.overrides), "fold": fold, "config_hash": config_hash, "commit": self.commit,
-            "val_mae": val_mae, "finite": finite, "wall_s": wall, "epochs": candidate.epochs,
+            "val_mae": val_mae, "finite": finite, "wall_s": wall, "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()), "epochs": candidate.epochs,
             "epochs_run": int(trainer.current_epoch),
             "best_epoch": int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]),
             "best_checkpoint": str(Path(best).relative_to(unit)),

@@ -128,6 +128,12 @@ def _paired(reference: pd.DataFrame, other: pd.DataFrame, n_boot: int) -> dict |
     return out
 
 
+def _cohort_size(out: Path) -> int | None:
+    """Subjects in the split of any finished unit (all units share the cohort and the split seed)."""
+    split = next((out / "units").glob("fold*/*/*/splits.csv"), None)
+    return None if split is None else int(pd.read_csv(split, dtype={"subject_id": str})["subject_id"].nunique())
+
+
 def build_table(protocol: Protocol, out: str | Path, command: str = "", wall_s: float | None = None) -> dict:
     """The full table as one JSON-able dict (module docstring)."""
     out = Path(out)
@@ -168,7 +174,8 @@ def build_table(protocol: Protocol, out: str | Path, command: str = "", wall_s: 
                      "n_boot": protocol.n_boot, "base": list(protocol.base), "selection_rule": SELECTION_RULE,
                      "bias_correction": "de Lange & Cole 2020, fitted on the chosen candidate's inner-val predictions",
                      "arms": {a.name: [c.key for c in candidates(protocol, a)] for a in protocol.arms}},
-        "n_subjects": len(set().union(*(set(p["subject_id"]) for p in predictions.values()))),
+        "n_subjects_tested": len(set().union(*(set(p["subject_id"]) for p in predictions.values()))),
+        "n_cohort": _cohort_size(out),
         "commits": sorted({c for r in results for c in r["commits"]}),
         "models": rows, "paired": paired,
     })
@@ -232,8 +239,8 @@ def to_markdown(table: dict) -> str:
         (f"Machine: {m['cpu']}, {m['logical_cores']} logical cores{gpu}, torch {m['torch']} ({m['torch_threads']} "
          f"threads); load average {m.get('loadavg_1_5_15')}. Wall time of this invocation "
          f"{_num(table['wall_s'], '.0f')} s; training time of all units {table['compute_s_all_units']:.0f} s."), "",
-        (f"Protocol: {p['folds']}-fold outer CV over {table['n_subjects']} subjects (split seed {p['split_seed']}), "
-         f"every subject tested once; {p['epochs']} epochs; inner-val = {p['val_fraction']} of each training part. "
+        (f"Protocol: {p['folds']}-fold outer CV over {table['n_cohort']} subjects (split seed {p['split_seed']}; "
+         f"{table['n_subjects_tested']} tested so far), every subject tested once; {p['epochs']} epochs; inner-val = {p['val_fraction']} of each training part. "
          f"Selection: {p['selection_rule']}. Bias correction: {p['bias_correction']}. CIs: subject bootstrap, "
          f"{p['n_boot']} resamples."), "",
         _markdown_row(MODEL_COLUMNS), "|" + "---|" * len(MODEL_COLUMNS),

@@ -62,7 +62,7 @@ def test_compare_pipeline_end_to_end(cohort12, tmp_path, capsys, monkeypatch):
 
     subjects = set(pd.read_csv(cohort12 / "participants.tsv", sep="\t")["participant_id"])
     rows = {r["arm"]: r for r in table["models"]}
-    assert set(rows) == {"ermoe", "dense", "sfcn", "constant"} and table["n_subjects"] == 12
+    assert set(rows) == {"ermoe", "dense", "sfcn", "constant"} and table["n_subjects_tested"] == table["n_cohort"] == 12
     for arm in ("ermoe", "dense", "sfcn"):
         assert rows[arm]["complete"] and rows[arm]["n"] == 12 and rows[arm]["epochs"] == 1
         tested = []
