@@ -167,7 +167,8 @@ def build_table(protocol: Protocol, out: str | Path, command: str = "", wall_s: 
     units = [u for u in (json.loads(p.read_text()) for p in (out / "units").glob("fold*/*/*/fit.json"))
              if u["candidate"] in keys]
     return jsonable({
-        "command": command, "wall_s": wall_s, "compute_s_all_units": float(sum(u["wall_s"] for u in units)),  # the protocol's candidates
+        "command": command, "wall_s": wall_s,
+        "compute_s_all_units": float(sum(u["wall_s"] for u in units)),  # the protocol's candidates only
         "machine": machine(),
         "protocol": {"folds": protocol.folds, "val_fraction": protocol.val_fraction,
                      "split_seed": protocol.split_seed, "epochs": protocol.epochs, "reference": reference,
@@ -240,7 +241,8 @@ def to_markdown(table: dict) -> str:
          f"threads); load average {m.get('loadavg_1_5_15')}. Wall time of this invocation "
          f"{_num(table['wall_s'], '.0f')} s; training time of all units {table['compute_s_all_units']:.0f} s."), "",
         (f"Protocol: {p['folds']}-fold outer CV over {table['n_cohort']} subjects (split seed {p['split_seed']}; "
-         f"{table['n_subjects_tested']} tested so far), every subject tested once; {p['epochs']} epochs; inner-val = {p['val_fraction']} of each training part. "
+         f"{table['n_subjects_tested']} tested so far), every subject tested once; {p['epochs']} epochs; "
+         f"inner-val = {p['val_fraction']} of each training part. "
          f"Selection: {p['selection_rule']}. Bias correction: {p['bias_correction']}. CIs: subject bootstrap, "
          f"{p['n_boot']} resamples."), "",
         _markdown_row(MODEL_COLUMNS), "|" + "---|" * len(MODEL_COLUMNS),

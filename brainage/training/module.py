@@ -7,9 +7,9 @@ ranks under DDP.
 The target is standardised with the training cohort's mean and std (stored in the checkpoint). Loss: L1 by
 default (MSE, Huber configurable) plus the net's own auxiliary loss (Switch balance or the optional ERMoE
 orthogonality regulariser; zero for plain ERMoE, which needs no balancing loss, arXiv 2511.10971). ERMoE bases are
-re-orthonormalised by QR retraction after every optimizer step, outside `forward`. Optimiser (AdamW or SGD), weight-decay
-groups and the warm-up + cosine schedule: `brainage.training.optim`. `predict_step` returns per-subject predictions
-(`Trainer.predict`), as the comparison pipeline reads them.
+re-orthonormalised by QR retraction after every optimizer step, outside `forward`. Optimiser (AdamW or SGD),
+weight-decay groups and the warm-up + cosine schedule: `brainage.training.optim`. `predict_step` returns per-subject
+predictions (`Trainer.predict`), as the comparison pipeline reads them.
 """
 
 from __future__ import annotations
