@@ -14,11 +14,11 @@ import torch
 from brainage.training.cli import BrainAgeCLI
 from tests.helpers.training import fit_args
 
+pytestmark = pytest.mark.slow  # trains, kills and resumes
+
 KILLER = '''
 import os
 import lightning.pytorch as pl
-
-pytestmark = pytest.mark.slow  # trains, kills and resumes
 
 
 class ExitMidEpoch(pl.Callback):
