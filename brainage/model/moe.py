@@ -20,6 +20,9 @@ ERMoE designs (``MoEConfig.design``; all our choices, the paper's public text gi
   regime); ``route_basis`` "random" or "orthogonal" (jointly orthonormal, coherence 0 by construction). ``W1`` is
   materialised once per forward, so the experts cost what plain experts cost and the router adds
   ``e*d*route_rank`` MACs per token.
+- Spectrum step (``spectrum_step``): designs other than "lowrank" scale the spectrum's log-parameter by
+  ``kappa = sqrt(d) + sqrt(h)`` so that the experts' gains can move during training (module
+  :mod:`brainage.model.moe_experts`); "lowrank" keeps ``s = exp(log_s)`` as before.
 - ``temperature_mode="learned"``: a learned log-temperature per slot (scalar ``log_temperature``, initialised at
   ``log(temperature)``; unconstrained, no weight decay since it is 0-d). "fixed" keeps the constant.
 - ``shared_expert=True`` (DeepSeekMoE, Dai et al., arXiv 2401.06066): an always-on dense MLP beside the routed
@@ -72,6 +75,7 @@ _DESIGNS = ("lowrank", "fullrank", "subbasis")
 _SCORES = ("cosine", "spectral", "energy")
 _ROUTE_BASES = ("random", "orthogonal")
 _TEMPERATURE_MODES = ("fixed", "learned")
+_SPECTRUM_STEPS = ("auto", "log", "matched")
 _DISPATCH = ("auto", "grouped_mm", "loop")
 
 
@@ -98,6 +102,9 @@ class MoEConfig:
         route_basis: design "subbasis" only: "random" or "orthogonal" (jointly orthonormal routing sub-bases).
         temperature_mode: "fixed" or "learned" (a learned log-temperature per slot).
         shared_expert: add an always-on dense expert; the hidden width is split in top_k + 1 equal parts.
+        spectrum_step: eigen router only: "log" (``s = exp(log_s)``), "matched" (``s = exp(kappa * log_s)``, kappa =
+            sqrt(d) + sqrt(h): the spectrum learns as fast as an unconstrained factorisation's column norms; see
+            :mod:`brainage.model.moe_experts`) or "auto" ("log" for design "lowrank", else "matched").
     """
 
     router: Literal["eigen", "softmax", "emoe"] = "eigen"
@@ -114,10 +121,12 @@ class MoEConfig:
     route_basis: Literal["random", "orthogonal"] = "random"
     temperature_mode: Literal["fixed", "learned"] = "fixed"
     shared_expert: bool = False
+    spectrum_step: Literal["auto", "log", "matched"] = "auto"
 
     def __post_init__(self) -> None:
         for name, allowed in (("router", _ROUTERS), ("score", _SCORES), ("dispatch", _DISPATCH), ("design", _DESIGNS),
-                              ("route_basis", _ROUTE_BASES), ("temperature_mode", _TEMPERATURE_MODES)):
+                              ("route_basis", _ROUTE_BASES), ("temperature_mode", _TEMPERATURE_MODES),
+                              ("spectrum_step", _SPECTRUM_STEPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MoEConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
         if self.num_experts < 1:
@@ -132,6 +141,9 @@ class MoEConfig:
         for name in ("switch_loss_weight", "orthogonality_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MoEConfig.{name}={getattr(self, name)} must be >= 0")
+        if self.spectrum_step != "auto" and self.router != "eigen":
+            raise ValueError(f"MoEConfig.spectrum_step={self.spectrum_step!r} needs router='eigen', got "
+                             f"router={self.router!r}")
         if self.design != "lowrank" and self.router != "eigen":
             raise ValueError(f"MoEConfig.design={self.design!r} needs router='eigen', got router={self.router!r}")
         if self.design == "fullrank":
@@ -286,7 +298,10 @@ def _eigen_experts(cfg: MoEConfig, dim: int, expert_hidden: int) -> EigenExperts
         raise ValueError(f"rank={rank} must be <= min(dim={dim}, expert hidden={expert_hidden}) "
                          f"(design={cfg.design!r})")
     spectrum = "flat" if cfg.design == "lowrank" else "lognormal"
-    return EigenExperts(cfg.num_experts, dim, expert_hidden, rank, cfg.score, route_rank, cfg.route_basis, spectrum)
+    step = cfg.spectrum_step if cfg.spectrum_step != "auto" else ("log" if cfg.design == "lowrank" else "matched")
+    rate = 1.0 if step == "log" else math.sqrt(dim) + math.sqrt(expert_hidden)
+    return EigenExperts(cfg.num_experts, dim, expert_hidden, rank, cfg.score, route_rank, cfg.route_basis, spectrum,
+                        rate)
 
 
 @torch.no_grad()

@@ -24,11 +24,20 @@ Our choices (the paper's public text is silent on them; see the method notes):
 - ``U`` and ``V`` are initialised orthonormal (QR of a Gaussian) and kept orthonormal by a QR retraction after each
   optimizer step (:meth:`EigenExperts.orthonormalize_`), outside ``forward`` so that forward stays pure and
   compile-friendly. With ``route_basis="orthogonal"`` the retraction first re-orthonormalises the concatenated
-  routing sub-bases (d x E*route_rank), then each ``V^(e)``; QR keeps already orthonormal leading columns fixed.
+  routing sub-bases (d x E*route_rank) by the polar factor (the nearest orthonormal matrix, symmetric in the experts,
+  where QR would favour the first expert), then each ``V^(e)`` by QR, which keeps orthonormal leading columns fixed.
 - Spectrum init: ``s = 0.02 * sqrt(d * h / r)`` gives ``W1`` the Frobenius norm of a ``trunc_normal(std=0.02)``
   matrix (the timm init of the dense MLP). ``spectrum_init="flat"`` uses that value for every direction (design
   "lowrank"); ``"lognormal"`` multiplies it by ``exp(0.5 * N(0, 1))`` and rescales to the same Frobenius norm (the
   other designs): at full rank a flat spectrum would give every expert the same energy score (``||W1 x|| = s ||x||``).
+- Spectrum step (``spectrum_rate`` kappa): ``s = exp(kappa * log_s)``, so the parameter ``log_s`` holds
+  ``log(s) / kappa``. Adam moves every scalar by about lr per step, so with kappa = 1 log s moves by lr: the spectrum,
+  hence the expert's gain (the retraction pins the columns of U and V to unit norm), barely leaves its init in a
+  training run (s changes by at most ``exp(lr * steps)``). ``kappa = sqrt(d) + sqrt(h)`` lets log s move as fast as
+  the log-norms of the columns of an unconstrained factorisation ``U diag(s) V^T`` could (each of their h + d entries
+  moving by lr); it is a per-parameter learning-rate multiplier of kappa for ``log_s`` under Adam (kappa^2 under SGD).
+  The toy in ``benchmarks/moe_capacity.py`` motivated it (R^2 of a linear teacher, subbasis design, lr 1e-3:
+  0.64 with kappa = 1, 0.91 with kappa = 24 = sqrt(96) + sqrt(192), one seed).
 - Scores are computed in float32 with autocast disabled, on the scored columns ``z = V_route^T x``:
   ``"cosine"``: ``||z|| / ||x||``; ``"spectral"``: ``||(s / ||s||) * z|| / ||x||`` (s of the scored columns; carries
   a ``1 / sqrt(r)`` factor); ``"energy"``: ``sum_j s_j^2 z_j^2 / (mean(s^2) ||x||^2)`` with the mean over the whole
@@ -51,7 +60,7 @@ from torch import Tensor, nn
 
 from brainage.model.dispatch import Dispatch, DispatchImpl, compute_dtype, grouped_linear, router_dtype
 
-__all__ = ["EigenExperts", "PlainExperts", "qr_retract_", "random_orthonormal"]
+__all__ = ["EigenExperts", "PlainExperts", "polar_retract_", "qr_retract_", "random_orthonormal"]
 
 _SPECTRUM_JITTER = 0.5  # std of log s around its init value for spectrum_init="lognormal"
 
@@ -66,6 +75,14 @@ def qr_retract_(p: Tensor) -> None:
     sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))  # (..., r)
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     p.copy_(q * sign.unsqueeze(-2))
+
+
+@torch.no_grad()
+def polar_retract_(p: Tensor) -> None:
+    """Replace the (m, c) matrix ``p`` in place by its nearest matrix with orthonormal columns, ``U W^T`` from the SVD
+    ``p = U S W^T``. Unlike QR it treats all columns alike (no Gram-Schmidt order)."""
+    u, _, wh = torch.linalg.svd(p.float(), full_matrices=False)  # (m, c), (c,), (c, c)
+    p.copy_(u @ wh)
 
 
 def random_orthonormal(*batch: int, rows: int, cols: int) -> Tensor:
@@ -105,6 +122,7 @@ class EigenExperts(_SecondProjection):
         route_rank: columns of each ``V^(e)`` the router scores, ``1 <= route_rank <= r`` (None -> r).
         route_basis: "random" or "orthogonal" (jointly orthonormal routing sub-bases, ``E * route_rank <= d``).
         spectrum_init: "flat" or "lognormal".
+        spectrum_rate: kappa in ``s = exp(kappa * log_s)`` (> 0).
     """
 
     def __init__(
@@ -117,6 +135,7 @@ class EigenExperts(_SecondProjection):
         route_rank: int | None = None,
         route_basis: Literal["random", "orthogonal"] = "random",
         spectrum_init: Literal["flat", "lognormal"] = "flat",
+        spectrum_rate: float = 1.0,
     ) -> None:
         super().__init__(num_experts, dim, hidden_dim)
         route_rank = rank if route_rank is None else route_rank
@@ -127,7 +146,10 @@ class EigenExperts(_SecondProjection):
         if route_basis == "orthogonal" and num_experts * route_rank > dim:
             raise ValueError(f"route_basis='orthogonal' needs num_experts * route_rank <= dim; got "
                              f"{num_experts} * {route_rank} > {dim}")
+        if not spectrum_rate > 0:
+            raise ValueError(f"spectrum_rate={spectrum_rate} must be > 0")
         self.score = score
+        self.spectrum_rate = spectrum_rate
         self.route_rank = route_rank
         self.route_basis = route_basis
         if route_basis == "orthogonal":
@@ -144,15 +166,21 @@ class EigenExperts(_SecondProjection):
         if spectrum_init == "lognormal":
             log_s = log_s + _SPECTRUM_JITTER * torch.randn(num_experts, rank)
             log_s = log_s - 0.5 * torch.log(log_s.exp().square().mean(dim=1, keepdim=True) / init_s**2)
-        self.log_s = nn.Parameter(log_s)
+        self.log_s = nn.Parameter(log_s / spectrum_rate)  # log(s) / kappa
         self.b1 = nn.Parameter(torch.zeros(num_experts, hidden_dim))  # (e, h)
+
+    def spectrum(self) -> Tensor:
+        """The spectra ``s = exp(kappa * log_s)``: (e, r)."""
+        return (self.spectrum_rate * self.log_s).exp()
 
     def bases(self) -> Tensor:
         """The bases the router scores: the routing sub-bases ``V[:, :, :route_rank]``, (e, d, q)."""
         return self.v[..., : self.route_rank]
 
     def scores(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Eigenbasis scores in float32 (float64 for float64 inputs). ``x``: (t, d) -> (scores (t, e), projections z (t, e, r) or None).
+        """Eigenbasis scores in float32 (float64 for float64 inputs).
+
+        ``x``: (t, d) -> (scores (t, e), projections z (t, e, r) or None).
 
         ``z`` is returned for reuse by :meth:`first` when the router scores the whole basis, else None.
         """
@@ -166,10 +194,10 @@ class EigenExperts(_SecondProjection):
             if self.score == "cosine":
                 score = z.norm(dim=-1) / x_norm
             elif self.score == "spectral":
-                s = self.log_s[:, :q].exp()  # (e, q)
+                s = self.spectrum()[:, :q].to(xf.dtype)  # (e, q)
                 score = (z * (s / s.norm(dim=-1, keepdim=True))).norm(dim=-1) / x_norm
             else:  # energy
-                s_sq = (2 * self.log_s).exp()  # (e, r)
+                s_sq = self.spectrum().to(xf.dtype).square()  # (e, r)
                 weight = s_sq[:, :q] / s_sq.mean(dim=-1, keepdim=True)  # (e, q)
                 score = (z.square() * weight).sum(dim=-1) / x_norm.square()
             return score, (z if q == r else None)  # (t, e), (t, e, r) | None
@@ -179,7 +207,7 @@ class EigenExperts(_SecondProjection):
 
         Reuses the router's projections ``z`` (t, e, r) when given; else materialises ``W1 = U diag(s) V^T``.
         """
-        s = self.log_s.exp().unsqueeze(1)  # (e, 1, r)
+        s = self.spectrum().unsqueeze(1)  # (e, 1, r)
         if z is None:
             w1 = (self.u * s) @ self.v.transpose(1, 2)  # (e, h, r) @ (e, r, d) -> (e, h, d)
             return grouped_linear(_gather_tokens(x, plan), w1, self.b1, plan, impl)
@@ -196,7 +224,7 @@ class EigenExperts(_SecondProjection):
             e, d, _ = self.v.shape
             q = self.route_rank
             joint = self.v[..., :q].permute(1, 0, 2).reshape(d, e * q)  # (e, d, q) -> (d, e*q), a copy
-            qr_retract_(joint)
+            polar_retract_(joint)
             self.v[..., :q] = joint.reshape(d, e, q).permute(1, 0, 2)  # (d, e*q) -> (e, d, q)
         qr_retract_(self.v)
         qr_retract_(self.u)

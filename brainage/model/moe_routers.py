@@ -9,7 +9,8 @@
   that penalty is ~0, so it is dropped); the second basis ``P`` of the public code is not used by its router and is
   omitted.
 
-Both return float32 logits (float64 for float64 inputs) computed with autocast disabled. Letters: t tokens, e experts, d width, r rank.
+Both return float32 logits (float64 for float64 inputs) computed with autocast disabled.
+Letters: t tokens, e experts, d width, r rank.
 """
 
 from __future__ import annotations

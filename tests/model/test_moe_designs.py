@@ -15,7 +15,7 @@ from torch.testing import assert_close
 from brainage.model import BrainAgeViT, Mlp, MoEConfig, MoEMlp, make_mlp, orthonormalize_
 from brainage.model.diagnostics import collect_diagnostics, mutual_coherence
 from brainage.model.moe import default_eigen_rank
-from brainage.model.moe_experts import EigenExperts
+from brainage.model.moe_experts import EigenExperts, polar_retract_, qr_retract_
 
 DESIGNS = {
     "lowrank-energy-learned": dict(score="energy", temperature_mode="learned"),
@@ -40,7 +40,8 @@ def reference(slot: MoEMlp, x: torch.Tensor) -> dict[str, torch.Tensor]:
     xd = x.detach().double().reshape(-1, x.shape[-1])  # (t, d)
     cfg = slot.cfg
     if cfg.router == "eigen":
-        v, s = params["experts.v"], params["experts.log_s"].exp()  # (e, d, r), (e, r)
+        kappa = slot.experts.spectrum_rate  # s = exp(kappa * log_s); kappa's value is tested below
+        v, s = params["experts.v"], (kappa * params["experts.log_s"]).exp()  # (e, d, r), (e, r)
         q = slot.experts.route_rank
         scores = []
         for e in range(cfg.num_experts):
@@ -138,6 +139,8 @@ def test_slots_share_one_signature() -> None:
         (dict(design="fullrank", score="energy", route_rank=4), "route_rank=4"),
         (dict(route_basis="orthogonal"), "route_basis='orthogonal'"),
         (dict(design="subbasis", route_rank=0), "route_rank=0"),
+        (dict(spectrum_step="fast"), "spectrum_step='fast'"),
+        (dict(spectrum_step="matched", router="emoe"), "router='emoe'"),
     ],
 )
 def test_bad_design_config_raises_naming_value(kwargs: dict, value: str) -> None:
@@ -190,11 +193,12 @@ def test_energy_score_is_the_relative_gain_of_w1_and_needs_a_spread_spectrum() -
     x = torch.randn(30, D)
     slot = MoEMlp(D, H, moe=MoEConfig(num_experts=E, design="fullrank", score="energy"))
     ex = slot.experts
-    w1 = ex.u.detach() * ex.log_s.detach().exp().unsqueeze(1) @ ex.v.detach().transpose(1, 2)  # (e, h, d)
+    w1 = ex.u.detach() * ex.spectrum().detach().unsqueeze(1) @ ex.v.detach().transpose(1, 2)  # (e, h, d)
     gain = torch.einsum("ehd,td->teh", w1, x).square().sum(-1)  # (t, e) ||W1 x||^2
     expected = gain / (w1.square().sum(dim=(1, 2)) / D) / x.square().sum(-1, keepdim=True)
     assert_close(ex.scores(x)[0], expected, rtol=1e-4, atol=1e-6)
-    assert float(ex.scores(x)[0].detach().std(dim=1).mean()) > 0.05  # the log-normal init spectrum separates the experts
+    spread = float(ex.scores(x)[0].detach().std(dim=1).mean())
+    assert spread > 0.05  # the log-normal init spectrum separates the experts
     with torch.no_grad():
         ex.log_s.fill_(0.3)  # a flat spectrum: at full rank every expert scores exactly 1
     assert_close(ex.scores(x)[0], torch.ones(30, E))
@@ -276,3 +280,32 @@ def test_old_init_args_still_load_with_the_old_parameters() -> None:
     assert again.blocks[0].mlp.cfg == new.blocks[0].mlp.cfg
     again.load_state_dict(new.state_dict(), strict=True)
     assert math.isclose(float(again.blocks[0].mlp.temperature().detach()), 0.1, rel_tol=1e-6)
+
+
+def test_polar_retraction_is_the_nearest_orthonormal_matrix() -> None:
+    torch.manual_seed(8)
+    q = torch.linalg.qr(torch.randn(16, 12))[0]
+    same = q.clone()
+    polar_retract_(same)
+    assert_close(same, q, atol=1e-5, rtol=0)  # identity on orthonormal columns
+    noisy = q + 0.1 * torch.randn(16, 12)
+    polar, qr = noisy.clone(), noisy.clone()
+    polar_retract_(polar)
+    qr_retract_(qr)
+    assert_close(polar.t() @ polar, torch.eye(12), atol=1e-5, rtol=0)
+    assert float((noisy - polar).norm()) < float((noisy - qr).norm())  # QR is not the nearest
+
+
+@pytest.mark.parametrize(("kwargs", "kappa"), [(dict(), 1.0), (dict(design="subbasis"), 4.0 + math.sqrt(48)),
+                                               (dict(design="subbasis", spectrum_step="log"), 1.0),
+                                               (dict(spectrum_step="matched"), 4.0 + math.sqrt(48))])
+def test_matched_spectrum_step_moves_log_s_kappa_times_faster_under_adam(kwargs: dict, kappa: float) -> None:
+    torch.manual_seed(9)
+    slot = MoEMlp(D, H, moe=MoEConfig(num_experts=E, **kwargs))
+    assert slot.experts.spectrum_rate == pytest.approx(kappa)  # sqrt(d) + sqrt(h) = 4 + sqrt(48) when matched
+    s0 = slot.experts.spectrum().detach().clone()
+    opt = torch.optim.Adam([slot.experts.log_s], lr=1e-3)
+    slot(torch.randn(4, 64, D)).out.square().sum().backward()
+    opt.step()  # Adam's first step moves every scalar with a nonzero gradient by lr
+    step = (slot.experts.spectrum().detach().log() - s0.log()).abs()
+    assert_close(step[step > 0], torch.full_like(step[step > 0], kappa * 1e-3), rtol=1e-3, atol=0)
