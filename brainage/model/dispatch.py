@@ -119,7 +119,8 @@ def grouped_linear(
         (t*k, o) in ``x``'s dtype.
     """
     w_t = weight.to(x.dtype).transpose(1, 2)  # (e, i, o) view: grouped_mm is fastest on this column-major layout
-    supported = x.dtype in _GROUPED_MM_DTYPES and _aligned(x, w_t)
+    out_aligned = (weight.shape[1] * x.element_size()) % 16 == 0  # the (t*k, o) output's row stride
+    supported = x.dtype in _GROUPED_MM_DTYPES and _aligned(x, w_t) and out_aligned
     use_grouped = impl == "grouped_mm" or (impl == "auto" and _HAS_GROUPED_MM and supported)
     if use_grouped:
         # native op for bf16 (its fake kernel traces); the custom-op wrapper for other dtypes

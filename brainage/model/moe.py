@@ -17,9 +17,12 @@ ERMoE designs (``MoEConfig.design``; all our choices, the paper's public text gi
   router projects every token on every expert's full basis (``e*d^2`` MACs per token), about 2x the dense MLP.
 - "subbasis": decoupled capacity. Experts compute at rank ``r`` (default d) while the router scores only the first
   ``route_rank`` columns of each ``V^(e)`` (default ``d // E``, so ``E * route_rank <= d``, the theory's low-coherence
-  regime); ``route_basis`` "random" or "orthogonal" (jointly orthonormal, coherence 0 by construction). ``W1`` is
-  materialised once per forward, so the experts cost what plain experts cost and the router adds
-  ``e*d*route_rank`` MACs per token.
+  regime); ``route_basis`` "random" or "orthogonal" (jointly orthonormal, coherence 0 by construction). The router
+  adds ``e*d*route_rank`` MACs per token; the experts' first stage either materialises ``W1`` once per forward (then
+  they cost what plain experts cost, plus ``e*h*d*r`` per forward) or projects the chosen tokens on the remaining
+  columns, whichever needs fewer MACs (:func:`brainage.model.moe_experts.first_stage_path`). At ``r = d`` this costs
+  more than plain experts (measured in ``benchmarks/moe_layer.py``); at ``r = d / 2`` the per-token path is cheaper
+  than a plain expert.
 - Spectrum step (``spectrum_step``): designs other than "lowrank" scale the spectrum's log-parameter by
   ``kappa = sqrt(d) + sqrt(h)`` so that the experts' gains can move during training (module
   :mod:`brainage.model.moe_experts`); "lowrank" keeps ``s = exp(log_s)`` as before.
@@ -251,7 +254,7 @@ class MoEMlp(nn.Module):
         tokens = x.reshape(b * n, d)  # (t, d)
         z = None
         if self.router is None:
-            scores, z = self.experts.scores(tokens)  # (t, e), (t, e, r) or None
+            scores, z = self.experts.scores(tokens)  # (t, e), (t, e, q) projections on the scored columns
         else:
             scores = self.router(tokens)  # (t, e)
         probs = (scores / self.temperature()).softmax(dim=-1)  # (t, e) float32

@@ -14,9 +14,12 @@ Our choices (the paper's public text is silent on them; see the method notes):
   - ``route_rank == r`` (designs "lowrank" and "fullrank" of :class:`brainage.model.moe.MoEConfig`): the router's
     projections ``z = V^T x`` for all experts are computed once and reused as the chosen experts' first stage, so
     eigen-routing costs ``e * d * r`` MACs per token on top of the experts' ``k * (r * h + h * d)``.
-  - ``route_rank < r`` (design "subbasis"): ``W1 = U diag(s) V^T`` (e, h, d) is materialised once per forward (cost
-    ``e * h * d * r``, independent of the token count) and applied as a plain grouped linear, so the experts cost what
-    plain experts cost and the router adds ``e * d * route_rank`` MACs per token.
+  - ``route_rank < r`` (design "subbasis"): the router adds ``e * d * route_rank`` MACs per token, and the chosen
+    experts' first stage takes the cheaper of two exact paths (:func:`first_stage_path`): materialise
+    ``W1 = U diag(s) V^T`` (e, h, d) once per forward (``e * h * d * r`` MACs, independent of the token count) and
+    apply it as a plain grouped linear (then the experts cost what plain experts cost), or project the chosen
+    tokens on the remaining ``r - route_rank`` columns and apply ``U diag(s)`` (cheaper than a plain expert when
+    ``r`` is well below d, and for few tokens).
 - Routing sub-basis init (``route_basis``): "random" (each ``V^(e)`` an independent random orthonormal basis; the
   optional cross-expert penalty can then lower the coherence in training) or "orthogonal" (the E routing sub-bases are
   disjoint blocks of one random orthogonal matrix, needs ``E * route_rank <= d``, and the retraction keeps them
@@ -60,7 +63,7 @@ from torch import Tensor, nn
 
 from brainage.model.dispatch import Dispatch, DispatchImpl, compute_dtype, grouped_linear, router_dtype
 
-__all__ = ["EigenExperts", "PlainExperts", "polar_retract_", "qr_retract_", "random_orthonormal"]
+__all__ = ["EigenExperts", "PlainExperts", "first_stage_path", "polar_retract_", "qr_retract_", "random_orthonormal"]
 
 _SPECTRUM_JITTER = 0.5  # std of log s around its init value for spectrum_init="lognormal"
 
@@ -94,6 +97,17 @@ def random_orthonormal(*batch: int, rows: int, cols: int) -> Tensor:
 def _gather_tokens(x: Tensor, plan: Dispatch) -> Tensor:
     """(t, d) tokens -> (t*k, d) rows in expert-sorted order, in the compute dtype."""
     return x.to(compute_dtype(x)).index_select(0, plan.token)
+
+
+def first_stage_path(rows: int, e: int, d: int, h: int, r: int, q: int) -> Literal["reuse", "tokens", "materialise"]:
+    """How :meth:`EigenExperts.first` computes ``U diag(s) V^T x`` for ``rows`` = t*k (token, expert) pairs, given
+    the router's projections on the first q of r columns: "reuse" when q = r; else the cheaper in MACs of
+    "tokens" (the chosen experts' remaining ``V^T x`` columns, then ``U diag(s)``: ``rows * (d*(r-q) + r*h)``) and
+    "materialise" (``W1 = U diag(s) V^T`` once per forward, then a plain grouped linear: ``e*h*d*r + rows*d*h``).
+    The backward of each costs twice its forward, so the forward decides."""
+    if q == r:
+        return "reuse"
+    return "tokens" if rows * (d * (r - q) + r * h) <= e * h * d * r + rows * d * h else "materialise"
 
 
 class _SecondProjection(nn.Module):
@@ -177,12 +191,10 @@ class EigenExperts(_SecondProjection):
         """The bases the router scores: the routing sub-bases ``V[:, :, :route_rank]``, (e, d, q)."""
         return self.v[..., : self.route_rank]
 
-    def scores(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def scores(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Eigenbasis scores in float32 (float64 for float64 inputs).
 
-        ``x``: (t, d) -> (scores (t, e), projections z (t, e, r) or None).
-
-        ``z`` is returned for reuse by :meth:`first` when the router scores the whole basis, else None.
+        ``x``: (t, d) -> (scores (t, e), projections z (t, e, q) on the scored columns, reused by :meth:`first`).
         """
         e, d, r = self.v.shape
         q = self.route_rank
@@ -200,20 +212,29 @@ class EigenExperts(_SecondProjection):
                 s_sq = self.spectrum().to(xf.dtype).square()  # (e, r)
                 weight = s_sq[:, :q] / s_sq.mean(dim=-1, keepdim=True)  # (e, q)
                 score = (z.square() * weight).sum(dim=-1) / x_norm.square()
-            return score, (z if q == r else None)  # (t, e), (t, e, r) | None
+            return score, z  # (t, e), (t, e, q)
 
     def first(self, x: Tensor, z: Tensor | None, plan: Dispatch, impl: DispatchImpl) -> Tensor:
-        """First projection of the chosen experts -> (t*k, h).
+        """First projection ``U diag(s) V^T x + b1`` of the chosen experts -> (t*k, h).
 
-        Reuses the router's projections ``z`` (t, e, r) when given; else materialises ``W1 = U diag(s) V^T``.
+        ``z`` (t, e, q): the router's projections on the scored columns, reused; the path is
+        :func:`first_stage_path`'s.
         """
-        s = self.spectrum().unsqueeze(1)  # (e, 1, r)
         if z is None:
+            raise ValueError("EigenExperts.first needs the router projections z from scores(), got None")
+        e, d, r = self.v.shape
+        t, _, q = z.shape
+        s = self.spectrum().unsqueeze(1)  # (e, 1, r)
+        path = first_stage_path(plan.token.shape[0], e, d, self.b1.shape[1], r, q)
+        if path == "materialise":
             w1 = (self.u * s) @ self.v.transpose(1, 2)  # (e, h, r) @ (e, r, d) -> (e, h, d)
             return grouped_linear(_gather_tokens(x, plan), w1, self.b1, plan, impl)
-        t, e, r = z.shape
-        rows = plan.token * e + plan.expert  # (t*k,) row of (token, expert) in the (t*e, r) view
-        z_sorted = z.reshape(t * e, r).index_select(0, rows).to(compute_dtype(x))  # (t*k, r)
+        rows = plan.token * e + plan.expert  # (t*k,) row of (token, expert) in the (t*e, q) view
+        z_sorted = z.reshape(t * e, q).index_select(0, rows).to(compute_dtype(x))  # (t*k, q)
+        if path == "tokens":  # the chosen experts' remaining columns: V_rest^T x
+            v_rest = self.v[..., q:].transpose(1, 2).contiguous()  # (e, r-q, d), nn.Linear layout
+            z_rest = grouped_linear(_gather_tokens(x, plan), v_rest, None, plan, impl)  # (t*k, r-q)
+            z_sorted = torch.cat([z_sorted, z_rest], dim=1)  # (t*k, r)
         return grouped_linear(z_sorted, self.u * s, self.b1, plan, impl)  # U diag(s): (e, h, r), nn.Linear layout
 
     @torch.no_grad()

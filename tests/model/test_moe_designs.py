@@ -15,7 +15,7 @@ from torch.testing import assert_close
 from brainage.model import BrainAgeViT, Mlp, MoEConfig, MoEMlp, make_mlp, orthonormalize_
 from brainage.model.diagnostics import collect_diagnostics, mutual_coherence
 from brainage.model.moe import default_eigen_rank
-from brainage.model.moe_experts import EigenExperts, polar_retract_, qr_retract_
+from brainage.model.moe_experts import EigenExperts, first_stage_path, polar_retract_, qr_retract_
 
 DESIGNS = {
     "lowrank-energy-learned": dict(score="energy", temperature_mode="learned"),
@@ -77,12 +77,16 @@ def reference(slot: MoEMlp, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return dict(out=out.reshape(x.shape), probs=probs, index=index, gates=gates, params=params)
 
 
-@pytest.mark.parametrize("name", list(DESIGNS))
+CASES = [(name, 14) for name in DESIGNS] + [(name, 60) for name in DESIGNS if "subbasis" in name]
+
+
+@pytest.mark.parametrize(("name", "tokens"), CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fast_path_matches_float64_reference(name: str, dtype: torch.dtype) -> None:
+def test_fast_path_matches_float64_reference(name: str, tokens: int, dtype: torch.dtype) -> None:
+    """14 tokens per sample: the subbasis designs project the chosen tokens; 60: they materialise W1 (below)."""
     torch.manual_seed(0)
     slot = MoEMlp(D, H, moe=MoEConfig(num_experts=E, top_k=K, **DESIGNS[name])).to(dtype)
-    x = torch.randn(3, 14, D, dtype=dtype)
+    x = torch.randn(3, tokens, D, dtype=dtype)
     got = slot(x, return_routing=True)  # float64 takes the loop dispatch, float32 grouped_mm
     ref = reference(slot, x)
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
@@ -97,6 +101,17 @@ def test_fast_path_matches_float64_reference(name: str, dtype: torch.dtype) -> N
         assert_close(p.grad.double(), ref["params"][pname].grad, **tol, msg=pname)
     if slot.cfg.temperature_mode == "learned":  # the temperature does learn
         assert slot.log_temperature.grad.abs() > 0
+
+
+def test_first_stage_path_takes_the_cheaper_exact_path() -> None:
+    d, h, r, q, e, k = D, H // K, D, D // E, E, K
+    assert first_stage_path(3 * 14 * k, e, d, h, r, r) == "reuse"
+    assert first_stage_path(3 * 14 * k, e, d, h, r, q) == "tokens"  # the 14-token cases above
+    assert first_stage_path(3 * 60 * k, e, d, h, r, q) == "materialise"  # the 60-token cases above
+    # at d = 384, h = 768: full rank projects 2400 tokens, and half rank is cheaper per token than a plain expert
+    assert first_stage_path(4800, 8, 384, 768, 384, 48) == "tokens"
+    assert first_stage_path(4800 * 8, 8, 384, 768, 384, 48) == "materialise"
+    assert 384 * (192 - 48) + 192 * 768 < 384 * 768 and first_stage_path(10**6, 8, 384, 768, 192, 48) == "tokens"
 
 
 @pytest.mark.parametrize("name", list(DESIGNS))
