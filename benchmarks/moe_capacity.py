@@ -5,7 +5,11 @@ softmax top-k MoE with the Switch loss are trained as one MLP slot to map random
 teacher's output, at equal active width (d = 96, dense hidden 384, 8 experts, top-2 by default):
 - "linear": ``y = A x`` with ``A ~ N(0, 1/d)`` (the rank test: a low-rank expert pair cannot represent it);
 - "mixture": a soft mixture of 4 linear maps, ``y = sum_m softmax_m(4 g_m^T x) A_m x`` with ``g_m ~ N(0, I/d)``
-  (rewards a router that learns the partition: here the softmax MoE beats the dense MLP clearly).
+  (rewards a router that learns the partition: here the softmax MoE beats the dense MLP clearly). Its gate is odd in
+  x, which no eigenbasis score (even in x: ``||V^T x||``) can express;
+- "subspace": the same mixture gated by subspace energy, ``softmax_m(30 ||P_m x||^2 / ||x||^2)`` with ``P_m`` the
+  projectors on 4 orthogonal d/4-dimensional subspaces (even in x: the partition an eigenbasis router can express
+  and a linear softmax gate cannot).
 Training: Adam with cosine decay, 500 steps of 512 tokens drawn from 8192 training tokens; the QR retraction after
 every step; each slot's own aux loss (Switch loss, or the orthogonality penalty when configured) is added. The
 learning rate is chosen per design and teacher from ``--lrs`` by R^2 on 2048 validation tokens of seed 0, then every
@@ -36,7 +40,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from brainage.model import Mlp, MoEConfig, MoEMlp, make_mlp, orthonormalize_  # noqa: E402
 from brainage.model.diagnostics import greedy_gap, load_stats, mutual_coherence, routing_entropy  # noqa: E402
-from brainage.model.moe_experts import EigenExperts  # noqa: E402
+from brainage.model.moe_experts import EigenExperts, random_orthonormal  # noqa: E402
 
 _LEARNED = dict(temperature_mode="learned")
 DESIGNS: dict[str, MoEConfig | None] = {
@@ -47,6 +51,7 @@ DESIGNS: dict[str, MoEConfig | None] = {
     "subbasis-random": MoEConfig(design="subbasis", **_LEARNED),
     "subbasis-random+penalty": MoEConfig(design="subbasis", orthogonality_weight=0.01, **_LEARNED),
     "subbasis-orthogonal": MoEConfig(design="subbasis", route_basis="orthogonal", **_LEARNED),
+    "subbasis-orth-half": MoEConfig(design="subbasis", route_basis="orthogonal", rank=48, **_LEARNED),
     "subbasis-orth-energy": MoEConfig(design="subbasis", route_basis="orthogonal", score="energy", **_LEARNED),
     "shared+subbasis-orth": MoEConfig(design="subbasis", route_basis="orthogonal", shared_expert=True, **_LEARNED),
 }
@@ -61,7 +66,16 @@ def teacher(kind: str, dim: int, generator: torch.Generator):
         pieces = torch.randn(4, dim, dim, generator=generator) / math.sqrt(dim)  # (m, d, d)
         gate = torch.randn(4, dim, generator=generator) / math.sqrt(dim)  # (m, d)
         return lambda x: torch.einsum("tm,mij,tj->ti", (4.0 * x @ gate.t()).softmax(dim=1), pieces, x)  # (t, d)
-    raise ValueError(f"teacher={kind!r} is not 'linear' or 'mixture'")
+    if kind == "subspace":
+        pieces = torch.randn(4, dim, dim, generator=generator) / math.sqrt(dim)  # (m, d, d)
+        blocks = random_orthonormal(rows=dim, cols=dim).reshape(dim, 4, dim // 4)  # (d, m, d/m) of one rotation
+
+        def f(x: Tensor) -> Tensor:
+            share = torch.einsum("td,dmc->tmc", x, blocks).square().sum(-1) / x.square().sum(-1, keepdim=True)
+            return torch.einsum("tm,mij,tj->ti", (30.0 * share).softmax(dim=1), pieces, x)  # (t, d)
+
+        return f
+    raise ValueError(f"teacher={kind!r} is not 'linear', 'mixture' or 'subspace'")
 
 
 def coherence(slot: Mlp | MoEMlp) -> tuple[float, float]:
@@ -129,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3],
                         help="Adam learning rates to choose from on validation tokens (default 1e-3 3e-3)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per design and teacher (default 3)")
-    parser.add_argument("--teachers", nargs="+", default=["linear", "mixture"], help="linear and/or mixture")
+    parser.add_argument("--teachers", nargs="+", default=["linear", "mixture", "subspace"],
+                        choices=["linear", "mixture", "subspace"], help="teachers (default all three)")
     parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS), metavar="DESIGN",
                         help=f"subset of {list(DESIGNS)}")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")

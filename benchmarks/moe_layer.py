@@ -5,8 +5,8 @@ active hidden width (``mlp_ratio * d``). Implementations, all measured side by s
 - "dense": the ViT MLP with hidden width ``4 * d``;
 - the ERMoE designs of :class:`brainage.model.moe.MoEConfig` (Cheng et al., arXiv 2511.10971): "ermoe" (design
   "lowrank", the current default), "fullrank" (r = d, energy score, learned temperature), "subbasis" (full-rank
-  experts with ``W1`` materialised, router on ``d // E`` orthogonal columns per expert, learned temperature) and
-  "shared-sub" (subbasis plus an always-on shared expert, hidden width split in thirds);
+  experts, router on ``d // E`` orthogonal columns per expert, learned temperature), "sub-half" (the same at expert
+  rank d / 2) and "shared-sub" (subbasis plus an always-on shared expert, hidden width split in thirds);
 - "softmax": plain experts with a linear softmax router (the baseline MoE);
 - "mask-all", the top-k path of the public EMoE code (arXiv 2601.12137) on the "ermoe" experts: for each of the k
   slots and each of the E experts, run the expert on every token and multiply by the 0/1 mask times the gate (k*E
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "ermoe": MoEConfig(num_experts=e, top_k=k),
         "fullrank": MoEConfig(num_experts=e, top_k=k, design="fullrank", score="energy", temperature_mode="learned"),
         "subbasis": MoEConfig(num_experts=e, top_k=k, design="subbasis", route_basis="orthogonal",
+                              temperature_mode="learned"),
+        "sub-half": MoEConfig(num_experts=e, top_k=k, design="subbasis", rank=args.dim // 2, route_basis="orthogonal",
                               temperature_mode="learned"),
         "shared-sub": MoEConfig(num_experts=e, top_k=k, design="subbasis", route_basis="orthogonal",
                                 temperature_mode="learned", shared_expert=True),

@@ -46,7 +46,9 @@ Our choices (the paper's public text is silent on them; see the method notes):
   a ``1 / sqrt(r)`` factor); ``"energy"``: ``sum_j s_j^2 z_j^2 / (mean(s^2) ||x||^2)`` with the mean over the whole
   spectrum, i.e. ``||W1 x||^2 / (||W1||_F^2 / r * ||x||^2)`` at ``route_rank = r``: the expert's gain on the token
   relative to its average gain (1 for every expert at full rank with a flat spectrum; it discriminates through the
-  spectrum, and its scale does not shrink with r).
+  spectrum, and its scale does not shrink with r). Every eigenbasis score is even in x: a token and its negation get
+  the same scores, so a partition by the sign of a direction (which a linear softmax gate expresses) is out of reach
+  (``benchmarks/moe_capacity.py``, teacher "mixture").
 
 Plain experts (for the softmax and EMoE router baselines) are ``d -> h -> d`` MLPs with ``trunc_normal(0.02)`` weights.
 
