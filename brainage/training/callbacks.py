@@ -19,13 +19,16 @@ from brainage.contracts.atomic import write_text_atomic
 from brainage.contracts.bias import fit_bias_correction
 from brainage.contracts.card import write_card_json
 from brainage.contracts.checkpoint import read_checkpoint, update_card
-from brainage.model.diagnostics import collect_diagnostics
+from brainage.model.diagnostics import basis_coherence, collect_diagnostics
 
 __all__ = ["RoutingDiagnostics", "FitSummary", "TrackedConfig", "Throughput", "validation_predictions"]
 
 
 class RoutingDiagnostics(pl.Callback):
-    """Log the theory's per-layer MoE diagnostics (load CV, routing entropy, coherence, greedy gap) each epoch.
+    """Log the theory's per-layer MoE diagnostics (load CV, routing entropy, coherence, greedy gap) each epoch, and the
+    mutual coherence of the scored expert bases before the first step (``moe/layer{i}/coherence_max_init``,
+    ``coherence_mean_init``; fresh runs only, not on resume) and at the end of training (``..._final``), so that a
+    run shows whether training lowered it.
 
     Args:
         max_tokens: tokens sampled for the greedy-vs-exhaustive gap.
@@ -34,6 +37,23 @@ class RoutingDiagnostics(pl.Callback):
     def __init__(self, max_tokens: int = 256) -> None:
         self.max_tokens = max_tokens
         self.last: dict[str, float] = {}
+        self.initial: dict[str, float] = {}
+        self.final: dict[str, float] = {}
+
+    @staticmethod
+    def _log_coherence(trainer: pl.Trainer, pl_module: pl.LightningModule, suffix: str) -> dict[str, float]:
+        values = basis_coherence(pl_module.net)
+        if values and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"moe/{k}_{suffix}": v for k, v in values.items()}, step=trainer.global_step)
+        return values
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self.initial = self._log_coherence(trainer, pl_module, "init")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.final = self._log_coherence(trainer, pl_module, "final")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx != 0 or trainer.sanity_checking:

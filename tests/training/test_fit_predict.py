@@ -9,8 +9,10 @@ import mlflow
 import pytest
 import torch
 
+from brainage.model.diagnostics import basis_coherence
 from brainage.predict import load_model, main as predict_main
 from brainage.contracts.checkpoint import read_checkpoint
+from brainage.training.callbacks import RoutingDiagnostics
 from brainage.training.cli import BrainAgeCLI
 from tests.helpers.training import fit_args
 
@@ -67,8 +69,16 @@ def test_mlflow_run_holds_params_metrics_config_and_checkpoint(fitted):
     history = client.get_metric_history(run.info.run_id, "val/mae")
     assert len(history) == 2  # one per epoch
     for key in ("val/rmse", "val/r", "val/r2", "val/bag_mean", "val/r_bag_age", "val/n", "train/mae",
-                "perf/volumes_per_s", "moe/layer0/load_cv", "moe/layer0/coherence_max"):
+                "perf/volumes_per_s", "moe/layer0/load_cv", "moe/layer0/coherence_max",
+                "moe/layer0/coherence_max_init", "moe/layer0/coherence_mean_init", "moe/layer0/coherence_max_final"):
         assert key in run.data.metrics, key
+    # the coherence before the first step is logged at step 0, the final one equals the trained net's bases
+    (init,) = client.get_metric_history(run.info.run_id, "moe/layer0/coherence_max_init")
+    assert init.step == 0 and 0 < init.value <= 1 + 1e-6
+    diagnostics = next(c for c in cli.trainer.callbacks if isinstance(c, RoutingDiagnostics))
+    assert diagnostics.final == basis_coherence(cli.model.net)
+    final = run.data.metrics["moe/layer0/coherence_max_final"]
+    assert final == pytest.approx(diagnostics.final["layer0/coherence_max"])
     assert 0 <= run.data.metrics["perf/data_wait_fraction"] < 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "model"} <= artifacts
