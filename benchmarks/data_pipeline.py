@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             timings["nifti"].append(_time(lambda: [transform({"image": str(p)}) for p in paths]) / len(paths))
             for name in sorted(reads, reverse=round_ % 2 == 1):  # the checked and unchecked reads take turns first
-                timings[name].append(_time(lambda: [reads[name](e) for e in entries]) / len(paths))
+                timings[name].append(_time(lambda read=reads[name]: [read(e) for e in entries]) / len(paths))
             timings["cache+augment"].append(_time(
                 lambda: [augmentation({"image": VolumeCache.read(e).as_tensor()}) for e in entries]) / len(paths))
             timings["cache+hash"].append(_time(lambda: [cache.load(p, transform) for p in paths]) / len(paths))

@@ -184,8 +184,9 @@ class VolumeCache:
         try:
             stored = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
             image, affine, key, crc = stored["image"], stored["affine"], stored["key"], stored["crc32"]
-            if not (isinstance(image, torch.Tensor) and image.dtype == torch.float16 and isinstance(affine, torch.Tensor)
-                    and affine.dtype == torch.float64 and tuple(affine.shape) == (4, 4)):
+            if not (isinstance(image, torch.Tensor) and image.dtype == torch.float16
+                    and isinstance(affine, torch.Tensor) and affine.dtype == torch.float64
+                    and tuple(affine.shape) == (4, 4)):
                 raise TypeError("found other types than a float16 image and a (4, 4) float64 affine")
         except FileNotFoundError:
             raise CacheEntryError(f"cache entry {target} does not exist") from None

@@ -21,7 +21,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
-__all__ = ["DEFAULT_MAX_VOXELS", "ImageError", "LoadVolumed", "MAX_EXTENSION_BYTES", "MNI_1MM_AFFINE", "NPY_GRIDS",
+__all__ = ["DEFAULT_MAX_VOXELS", "MAX_EXTENSION_BYTES", "MNI_1MM_AFFINE", "NPY_GRIDS", "ImageError", "LoadVolumed",
            "ValidateT1", "ValidateT1d", "check_claimed_size", "claimed_bytes", "nifti_header"]
 
 DEFAULT_MAX_VOXELS = 512**3

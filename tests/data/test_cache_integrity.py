@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.filesystem import small_tmpfs
-
 from brainage.data.cache import CacheWriteError, VolumeCache
 from brainage.data.datamodule import BrainAgeDataModule
 from brainage.data.preprocessing import Preprocessing
+from tests.helpers.filesystem import small_tmpfs
 
 PRE = Preprocessing(spacing=8.0, shape=(16, 16, 16), augment=False)
-KWARGS = dict(spacing=8.0, shape=(16, 16, 16), augment=False, batch_size=2, val_fraction=0.25, test_fraction=0.25,
-              preprocess_threads=2)
+KWARGS = {"spacing": 8.0, "shape": (16, 16, 16), "augment": False, "batch_size": 2, "val_fraction": 0.25,
+          "test_fraction": 0.25, "preprocess_threads": 2}
 
 
 def _cohort(tmp_path: Path, write_nifti, brain_like, n: int) -> str:

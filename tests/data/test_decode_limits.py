@@ -8,10 +8,10 @@ import tracemalloc
 import numpy as np
 import pytest
 from monai.transforms import Compose
-from tests.helpers.bombs import write_claiming
 
 from brainage.data.fastpath import accelerate
 from brainage.data.transforms import DEFAULT_MAX_VOXELS, ImageError, LoadVolumed
+from tests.helpers.bombs import write_claiming
 
 
 def _peak_bytes(fn) -> int:

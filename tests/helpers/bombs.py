@@ -27,9 +27,9 @@ def write_claiming(path: Path, shape: tuple[int, ...], dtype=np.uint8, data_byte
     header["vox_offset"] = 352
     size = math.prod(shape) * np.dtype(dtype).itemsize if data_bytes is None else data_bytes
     path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open(path, "wb", compresslevel=1) if path.name.endswith(".gz") else open(path, "wb")
     chunk = bytes(1 << 24)
-    with opener as handle:
+    with open(path, "wb") as raw, (gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1)
+                                   if path.name.endswith(".gz") else raw) as handle:
         handle.write(header.binaryblock)
         handle.write(b"\0" * 4)  # no extensions
         while size > 0:

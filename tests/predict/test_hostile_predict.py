@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers.bombs import write_claiming
-from tests.helpers.filesystem import fill, small_tmpfs
-from tests.helpers.predict import read_rows, save_checkpoint, write_scan, write_scans
 
 from brainage.data.fastpath import accelerate
 from brainage.predict import LoadedModel, main
+from tests.helpers.bombs import write_claiming
+from tests.helpers.filesystem import fill, small_tmpfs
+from tests.helpers.predict import read_rows, save_checkpoint, write_scan, write_scans
 
 
 def _predict(*argv: object) -> int:

@@ -3,20 +3,17 @@ even when a subject id holds a newline, quotes or commas; the next run drops the
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.helpers.predict import read_rows, write_scans
-
 from brainage.predict import load_model, main
 from brainage.predict.command import build_parser, run_settings
 from brainage.predict.output import OUTPUT_COLUMNS, Journal, journal_path, read_journals
+from tests.helpers.predict import read_rows, write_scans
 
 SETTINGS = {"model": "m.ckpt", "model_created": "2025", "tta": False, "save_routing": None}
 
 
 def _row(subject: str, i: int) -> dict:
-    return {"subject_id": subject, "session": "", "path": f"/data/{i}.nii.gz", "age": "", "predicted_age": f"{40 + i}.00",
-            "corrected_age": f"{40 + i}.00", "brain_age_gap": "", "corrected_gap": "", "uncertainty": "",
+    return {"subject_id": subject, "session": "", "path": f"/data/{i}.nii.gz", "age": "",
+            "predicted_age": f"{40 + i}.00", "corrected_age": f"{40 + i}.00", "brain_age_gap": "", "corrected_gap": "", "uncertainty": "",
             "status": "ok", "error": ""}
 
 
