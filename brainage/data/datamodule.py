@@ -3,7 +3,9 @@
 Every image is validated and preprocessed once in `setup` (in parallel threads); a file that fails is dropped with
 its reason logged, so nothing crashes mid-epoch. Without `cache_dir` the preprocessed tensors are held in memory;
 with it they are written once to a persistent on-disk cache (`brainage.data.cache`) and read per item, so later runs
-skip decoding and the cohort need not fit in RAM. Random augmentation runs on the cached tensors.
+skip decoding and the cohort need not fit in RAM. A cache that cannot be written stops `setup` with
+`CacheWriteError` (never a dropped scan); an entry that fails its checksum when an item is read is rebuilt from the
+source file. Random augmentation runs on the cached tensors.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
 from brainage.contracts.atomic import atomic_path
-from brainage.data.cache import VolumeCache, failure_reason, load_volume
+from brainage.data.cache import CacheWriteError, VolumeCache, failure_reason, load_volume
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.data.splits import split_subjects
 from brainage.data.preprocessing import Preprocessing
@@ -34,16 +36,20 @@ log = logging.getLogger(__name__)
 def _ensure(cache: VolumeCache, transform: Callable[[dict], dict], path: str) -> tuple[Path | None, str | None]:
     try:
         return cache.ensure(path, transform), None
+    except CacheWriteError:
+        raise  # the cache's problem, not the scan's
     except Exception as err:  # noqa: BLE001 - as in load_volume
         return None, failure_reason(path, err)
 
 
 class CachedVolumes(Dataset):
-    """Preprocessed volumes (in-memory tensors, or entries of a `VolumeCache` read per item) with per-item random
-    augmentation."""
+    """Preprocessed volumes (in-memory tensors, or entries of `cache` read and checked per item, rebuilt from the row's
+    `path` with `transform` when damaged) with per-item random augmentation."""
 
-    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor | Path], augmentation) -> None:
+    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor | Path], augmentation,
+                 cache: VolumeCache | None = None, transform: Callable[[dict], dict] | None = None) -> None:
         self.rows, self.images, self.augmentation = rows.reset_index(drop=True), images, augmentation
+        self.cache, self.transform = cache, transform
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,7 +57,8 @@ class CachedVolumes(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.rows.iloc[index]
         image = self.images[index]
-        image = VolumeCache.read(image).as_tensor() if isinstance(image, Path) else image  # (1, X, Y, Z)
+        if isinstance(image, Path):
+            image = self.cache.fetch(image, row["path"], self.transform).as_tensor()  # (1, X, Y, Z)
         image = self.augmentation({"image": image})["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image  # MONAI MetaTensor -> plain tensor
         return {
@@ -113,7 +120,7 @@ class BrainAgeDataModule(pl.LightningDataModule):
         self.fold, self.num_folds, self.leave_site_out, self.test_fold = fold, num_folds, leave_site_out, test_fold
         self.cache_dir = cache_dir
         self.include_failed = include_failed
-        self.cache: VolumeCache | None = None  # built in setup (holds a lock: not picklable)
+        self.cache: VolumeCache | None = None  # built in setup
         self.table: pd.DataFrame | None = None
         self.dropped: list[dict] = []
         self.datasets: dict[str, CachedVolumes] = {}
@@ -145,7 +152,11 @@ class BrainAgeDataModule(pl.LightningDataModule):
         # (MetaTensor | None, reason) in memory, (entry Path | None, reason) with the cache
         prepare = partial(load_volume, transform) if self.cache is None else partial(_ensure, self.cache, transform)
         with ThreadPoolExecutor(max(1, self.preprocess_threads)) as pool:
-            results = list(pool.map(prepare, table["path"]))
+            try:
+                results = list(pool.map(prepare, table["path"]))
+            except CacheWriteError:
+                pool.shutdown(cancel_futures=True)  # stop decoding the rest: the run cannot go on
+                raise
         ok = [image is not None for image, _ in results]
         for (image, reason), row in zip(results, table.itertuples()):
             if image is None:
@@ -160,7 +171,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test"):
             index = [i for i, s in enumerate(self.table["split"]) if s == split]
             augmentation = self.preprocessing.augmentation() if split == "train" else Compose([])
-            self.datasets[split] = CachedVolumes(self.table.iloc[index], [images[i] for i in index], augmentation)
+            self.datasets[split] = CachedVolumes(self.table.iloc[index], [images[i] for i in index], augmentation,
+                                                 self.cache, transform)
         for split, minimum in (("train", 2), ("val", 2)):
             if len(self.datasets[split]) < minimum:
                 raise ValueError(f"{self.root}: the {split} split has {len(self.datasets[split])} usable scans; "

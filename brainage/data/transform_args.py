@@ -83,7 +83,7 @@ _LAZY = {"lazy": BOOL}
 # transform class name -> its allowed arguments (beyond `keys` and `allow_missing_keys`) and their values
 ALLOWED_ARGUMENTS: dict[str, dict[str, Value]] = {
     # brainage.data.transforms
-    "LoadVolumed": {},
+    "LoadVolumed": {"max_voxels": INT},
     "ValidateT1d": {"min_voxel_mm": NUMBER, "max_voxel_mm": NUMBER},
     # loaders and layout (deterministic chain)
     "LoadImaged": {"reader": NONE | choice("NibabelReader", "NumpyReader"), "dtype": NONE | DTYPE,

@@ -21,6 +21,7 @@ from torch import nn
 from brainage.contracts.checkpoint import CheckpointError, read_checkpoint
 from brainage.data.fastpath import accelerate
 from brainage.data.preprocessing import Preprocessing, PreprocessingError
+from brainage.data.transforms import DEFAULT_MAX_VOXELS, LoadVolumed
 from brainage.model import build_net
 
 __all__ = [
@@ -50,11 +51,17 @@ class LoadedModel:
     target_mean: float
     target_std: float
     device: torch.device
+    max_voxels: int = DEFAULT_MAX_VOXELS  # files whose header claims more are refused before decoding
 
     @property
     def transform(self) -> Callable[[dict], dict]:
-        """The preprocessing's deterministic chain with faster equivalent steps (`brainage.data.fastpath`)."""
-        return accelerate(self.preprocessing.deterministic())
+        """The preprocessing's deterministic chain with faster equivalent steps (`brainage.data.fastpath`), its
+        loader refusing files whose header claims more than `max_voxels` voxels."""
+        chain = accelerate(self.preprocessing.deterministic())
+        for step in chain.transforms:
+            if isinstance(step, LoadVolumed):
+                step.max_voxels = self.max_voxels
+        return chain
 
     @property
     def num_experts(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -20,9 +21,11 @@ SPACING = 4.0
 
 
 def save_checkpoint(path: Path, bias_correction: dict | None = None, seed: int = 0, contract: dict | None = None,
-                    embed_dim: int = 16, preprocessing: dict | None = None) -> Path:
+                    embed_dim: int = 16, preprocessing: dict | None = None,
+                    edit_state: Callable[[dict], None] | None = None) -> Path:
     """A Lightning-like checkpoint {"state_dict": {"net." + k: v}, "brainage": meta} of a random-init tiny ViT;
-    `preprocessing` replaces the stored preprocessing entry (the contract stays that of the default chain)."""
+    `preprocessing` replaces the stored preprocessing entry (the contract stays that of the default chain);
+    `edit_state` may change the net's state dict in place before it is saved."""
     torch.manual_seed(seed)
     net = BrainAgeViT(img_size=GRID, patch_size=8, embed_dim=embed_dim, depth=1, num_heads=2,
                       moe=MoEConfig(num_experts=4, top_k=2))
@@ -30,7 +33,10 @@ def save_checkpoint(path: Path, bias_correction: dict | None = None, seed: int =
     meta = checkpoint_format.checkpoint_metadata(net, pre.to_dict() if preprocessing is None else preprocessing,
                                pre.contract() if contract is None else contract, 50.0, 10.0,
                                {"age_mean": 50.0, "n_train": 3}, {}, bias_correction)
-    return checkpoint_format.save_checkpoint(path, net.state_dict(), meta)
+    state = net.state_dict()
+    if edit_state is not None:
+        edit_state(state)
+    return checkpoint_format.save_checkpoint(path, state, meta)
 
 
 def brain(shape=(20, 20, 20), seed: int = 0) -> np.ndarray:

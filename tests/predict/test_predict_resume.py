@@ -30,7 +30,7 @@ def _command(ckpt: Path, scans: Path, out: Path) -> list[str]:
 
 
 def _journal_rows(path: Path) -> int:
-    return max(0, path.read_bytes().count(b"\n") - 2) if path.exists() else 0  # minus settings and header lines
+    return max(0, path.read_bytes().count(b"\n") - 1) if path.exists() else 0  # minus the settings line
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, tiny_ckpt):
