@@ -20,10 +20,11 @@ brainage predict --model "$OUT/train/checkpoints/best.ckpt" --input "$OUT/train/
   --output "$OUT/predictions.csv" | tee "$OUT/predict-summary.txt" || status=$?
 [ "$status" -le 1 ] || exit "$status"
 
-echo "== 4/4 report: expert-region attribution =="
+echo "== 4/4 report: expert-region attribution (attached to the fit's MLflow run) =="
+RUN_ID=$(cat "$OUT/train/mlflow_run_id.txt")   # written by the fit (brainage.training.callbacks.TrackedConfig)
 brainage report --model "$OUT/train/checkpoints/best.ckpt" --input "$OUT/train/test.csv" \
   --predictions "$OUT/predictions.csv" --out "$OUT/report" \
-  --ground-truth "$OUT/cohort/ground_truth.json"
+  --ground-truth "$OUT/cohort/ground_truth.json" --mlflow-run "$RUN_ID"
 
 echo
 echo "== demo finished in $(( $(date +%s) - start )) s =="
@@ -32,4 +33,5 @@ echo "cohort:       $OUT/cohort (participants.tsv, ground_truth.json)"
 echo "checkpoint:   $OUT/train/checkpoints/best.ckpt (+ best.card.json)"
 echo "predictions:  $OUT/predictions.csv"
 echo "report:       $OUT/report/index.html"
-echo "MLflow:       $MLFLOW_TRACKING_URI (experiment brainage-demo); browse with: mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"
+echo "MLflow:       $MLFLOW_TRACKING_URI (experiment brainage-demo, run $RUN_ID: params, best/val_mae, test/mae,"
+echo "              checkpoint, card and report); browse with: mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI"

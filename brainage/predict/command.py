@@ -30,20 +30,22 @@ from brainage.predict.output import (
 )
 from brainage.predict.stream import available_cpus, default_workers, predict_iter
 
-__all__ = ["build_parser", "main", "run_settings"]
+__all__ = ["build_parser", "failure_lines", "main", "run_settings"]
 
 log = logging.getLogger("brainage.predict")
 
-EPILOG = """examples:
-  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/heldout \\
-                   --output predictions.csv
-  brainage predict --model best.ckpt --input scans/ --output out.csv            # folder, recursive
-  brainage predict --model best.ckpt --input 'scans/**/*_T1w.nii.gz' --output out.csv
-  brainage predict --model best.ckpt --input manifest.csv --output out.csv      # CSV with a 'path' column
-  brainage predict --model best.ckpt --input bids/ --output out.csv --tta --save-routing routing/
-  brainage predict --model runs:/<run_id> --input scans/ --output out.csv       # best.ckpt of an MLflow run
-  brainage predict --model models:/brainage/3 --tracking-uri sqlite:///mlflow.db --input scans/ --output out.csv
-  brainage predict --model best.ckpt --input scans/ --output out.csv --devices 2 --accelerator gpu   # DDP
+EPILOG = """examples (paths the demo writes: `make demo`; put your own scans, manifests and checkpoints in their place):
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                   --output demo-output/predictions.csv                 # CSV/TSV manifest: path, age[, sex, site]
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/cohort --output all.csv
+  brainage predict --model demo-output/train/checkpoints/best.ckpt \\
+                   --input 'demo-output/cohort/sub-*/anat/*_T1w.nii.gz' --output out.csv         # a quoted glob
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                   --output out.csv --tta --save-routing routing                  # routing maps for `brainage report`
+  brainage predict --model runs:/$(cat demo-output/train/mlflow_run_id.txt) --input demo-output/train/test.csv \\
+                   --output out.csv                                       # best.ckpt of the demo's MLflow run
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                   --output out.csv --devices 2 --accelerator cpu         # DDP, one process per device (gpu: GPUs)
 
 models: a .ckpt written by `brainage fit`, runs:/<run_id>[/artifact path] or models:/<name>/<version> (MLflow store
 from --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Loaded weights-only and checked
@@ -66,7 +68,8 @@ Research use only, not for diagnosis.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainage predict", description="Predict brain age for T1w NIfTI scans.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--model", required=True,
                         help="brainage .ckpt, runs:/<run_id>[/path] or models:/<name>/<version>")
     parser.add_argument("--tracking-uri", default=None,
@@ -94,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes for DDP (run the command on every node)")
     parser.add_argument("--include-failed", action="store_true",
                         help="also predict scans that `brainage prepare` flagged in its manifest (qc_status=fail)")
-    parser.add_argument("--verbose", action="store_true", help="progress bar and every failed file")
+    parser.add_argument("--verbose", action="store_true",
+                        help="progress bar also when stderr is not a terminal, and every failed file as it happens")
     return parser
 
 
@@ -173,5 +177,17 @@ def _run(args: argparse.Namespace, workers: int) -> int:
     elapsed = time.perf_counter() - start
     for line in summarise(rows, model.card):
         print(line)
+    if not args.verbose:  # --verbose logged each failure as it happened
+        for line in failure_lines(rows):
+            print(line, file=sys.stderr)
     print(f"predictions: {args.output} ({len(rows)} rows, {elapsed:.1f} s)")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def failure_lines(rows: list[dict], limit: int = 10) -> list[str]:
+    """Why rows failed, one line each (the first `limit`; the rest are in the CSV's error column)."""
+    failed = [r for r in rows if r["status"] != "ok"]
+    lines = [f"failed: {r['path']}: {r['error']}" for r in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"... and {len(failed) - limit} more failed (the 'error' column of the output CSV says why)")
+    return lines
