@@ -19,7 +19,11 @@ COPY pipelines ./pipelines
 RUN python -c "import torch; print(f'torch=={torch.__version__.split(\"+\")[0]}')" > /tmp/torch-constraint.txt \
     && pip install --constraint /tmp/torch-constraint.txt ".${EXTRAS:+[$EXTRAS]}" \
     && brainage --help > /dev/null
-RUN python -c "import torch; from brainage.model import BrainAgeViT, MoEConfig; net = BrainAgeViT(img_size=(16, 16, 16), patch_size=8, embed_dim=32, depth=1, num_heads=2, moe=MoEConfig(num_experts=2, top_k=1)).eval(); out = net(torch.randn(2, 1, 16, 16, 16)); assert out.pred.shape == (2,) and bool(torch.isfinite(out.pred).all()); print('forward pass ok, torch', torch.__version__)"
+RUN python -c "import torch; from brainage.model import BrainAgeViT, MoEConfig; \
+net = BrainAgeViT(img_size=(16, 16, 16), patch_size=8, embed_dim=32, depth=1, num_heads=2, \
+moe=MoEConfig(num_experts=2, top_k=1)).eval(); out = net(torch.randn(2, 1, 16, 16, 16)); \
+assert out.pred.shape == (2,) and bool(torch.isfinite(out.pred).all()); \
+print('forward pass ok, torch', torch.__version__)"
 RUN useradd --create-home --uid 1000 brainage && mkdir -p /data && chown brainage:brainage /data
 USER brainage
 WORKDIR /data

@@ -26,7 +26,7 @@ __all__ = ["calibrate", "main"]
 
 log = logging.getLogger(__name__)
 
-EPILOG = """examples (paths the demo writes: `make demo`; use your own site's healthy controls in their place):
+EPILOG = """examples:  (paths `make demo` writes; use healthy controls of your own site instead)
   brainage calibrate --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
                      --output calibrated.ckpt                    # CSV/TSV manifest: path, age[, sex, site]
   brainage calibrate --model runs:/$(cat demo-output/train/mlflow_run_id.txt) --input demo-output/train/test.csv \\

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("brainage.training.cli", "train a model from a YAML config (LightningCLI)"),
     "validate": ("brainage.training.cli", "evaluate a checkpoint on the validation split (LightningCLI)"),
     "test": ("brainage.training.cli", "evaluate a checkpoint on the test split (LightningCLI)"),
-    "predict": ("brainage.predict", "batch brain-age prediction over NIfTI files -> predictions.csv"),
+    "predict": ("brainage.predict.command", "batch brain-age prediction over NIfTI files -> predictions.csv"),
     "report": ("brainage.report.command", "expert-region attribution report (HTML, tables, NIfTI maps)"),
     "calibrate": ("brainage.calibrate", "refit the age-bias correction of a model on your own controls"),
     "data": ("brainage.data.check", "inspect a dataset: `brainage data check DATASET` lists found and dropped scans"),
@@ -37,7 +37,7 @@ commands:
 
 Run `brainage <command> --help` for the options and examples of each command.
 
-examples (the demo's steps: `make demo` runs them as pipelines/demo.sh):
+examples:  (the demo's steps; `make demo` runs them as pipelines/demo.sh)
   brainage synth --n 400 --seed 1 --out demo-output/cohort
   brainage fit --config configs/demo.yaml
   brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \

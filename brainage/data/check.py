@@ -27,7 +27,7 @@ from brainage.data.preprocessing import Preprocessing
 
 __all__ = ["main", "summarize", "validate_images"]
 
-EPILOG = """examples (paths the demo writes; the same for IXI, OpenBHB and BIDS folders of your own):
+EPILOG = """examples:  (paths `make demo` writes; IXI, OpenBHB and BIDS folders work alike)
   brainage data check demo-output/cohort                     # BIDS folder: counts + dropped participants rows
   brainage data check demo-output/train/test.csv --validate  # manifest; also open every image, list the bad ones
   brainage data check "demo-output/cohort/sub-*/anat/*_T1w.nii.gz" --validate --jobs 2 --verbose

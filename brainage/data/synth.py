@@ -648,7 +648,7 @@ def synthesize_cohort(
         for s in subjects
     ]
     # progress on stderr in a terminal, and with --verbose (INFO logging) also when piped
-    bar = dict(total=len(jobs), desc="synth", unit="subj", disable=None if not log.isEnabledFor(logging.INFO) else False)
+    bar = dict(total=len(jobs), desc="synth", unit="subj", disable=False if log.isEnabledFor(logging.INFO) else None)
     if workers == 1 or len(jobs) == 1:
         _init_worker(ctx)
         for _ in tqdm(map(_write_subject, jobs), **bar):

@@ -34,7 +34,7 @@ __all__ = ["build_parser", "failure_lines", "main", "run_settings"]
 
 log = logging.getLogger("brainage.predict")
 
-EPILOG = """examples (paths the demo writes: `make demo`; put your own scans, manifests and checkpoints in their place):
+EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests and checkpoints instead)
   brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
                    --output demo-output/predictions.csv                 # CSV/TSV manifest: path, age[, sex, site]
   brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/cohort --output all.csv
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="single-process device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None,
-                        help="decode worker processes per device (default: min(4, CPUs - 1); 0 = no workers)")
+                        help="decode worker processes per device (default: min(4, CPUs - 1), at least 1; 0 = none)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the predicting process (default: all CPUs; decode workers take under 10 %% of the "
                              "time with the 1.5 mm model, see benchmarks/predict.py)")

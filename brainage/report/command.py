@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-EPILOG = """examples (paths the demo writes: `make demo`; put your own scans, manifests and checkpoints in their place):
+EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests and checkpoints instead)
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
                   --predictions demo-output/predictions.csv --out report \\
                   --ground-truth demo-output/cohort/ground_truth.json      # as the demo runs it
