@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = Path(args.config) if Path(args.config).is_file() else ROOT / args.config
-    data = yaml.safe_load(config.read_text())["data"]
+    data = yaml.safe_load(config.read_text())  # a data section (configs/data/*.yaml)
     pre = Preprocessing(data.get("preprocessing"), data.get("augmentation"))
     transform, augmentation = pre.deterministic(), pre.augmentation()
     augmentation.set_random_state(seed=0)

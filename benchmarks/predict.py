@@ -93,7 +93,7 @@ def write_volumes(folder: Path, n: int, shape: tuple[int, int, int], spacing: fl
 def random_checkpoint(cfg: BenchConfig, path: Path) -> Path:
     """A random-init checkpoint with the configuration's net and preprocessing."""
     net_cfg = yaml.safe_load((ROOT / cfg.net_yaml).read_text())["model"]["net"]
-    data_cfg = yaml.safe_load((ROOT / cfg.data_yaml).read_text())["data"]
+    data_cfg = yaml.safe_load((ROOT / cfg.data_yaml).read_text())  # a data section
     net = build_net(net_cfg["class_path"].rsplit(".", 1)[1], net_cfg["init_args"])
     pre = Preprocessing(data_cfg["preprocessing"], augment=False)
     meta = checkpoint_metadata(net, pre.to_dict(), pre.contract(), 50.0, 15.0, {"age_mean": 50.0}, {}, None)
