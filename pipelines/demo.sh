@@ -5,6 +5,7 @@ set -euo pipefail
 OUT=demo-output                    # fixed: configs/demo.yaml reads and writes under demo-output/
 N=${N:-400}                        # subjects in the synthetic cohort
 SEED=${SEED:-1}
+FIT_ARGS=${FIT_ARGS:-}             # extra `brainage fit` overrides (tests/test_help_examples.py runs a tiny demo)
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
 start=$(date +%s)
 
@@ -12,7 +13,8 @@ echo "== 1/4 synth: $N synthetic T1 scans on the ICBM152 template =="
 brainage synth --n "$N" --seed "$SEED" --out "$OUT/cohort"
 
 echo "== 2/4 fit: ERMoE 3D ViT (configs/demo.yaml) =="
-brainage fit --config configs/demo.yaml
+# shellcheck disable=SC2086 # FIT_ARGS is a list of overrides
+brainage fit --config configs/demo.yaml $FIT_ARGS
 
 echo "== 3/4 predict: held-out test subjects ($OUT/train/test.csv) =="
 status=0

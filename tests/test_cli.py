@@ -63,3 +63,11 @@ def test_worker_default_in_help_is_the_one_the_code_uses(command):
     module = importlib.import_module(COMMANDS[command][0])
     text = " ".join(_option_parser(module).format_help().split())
     assert "(default: min(4, CPUs - 1), at least 1; 0 = none)" in text and "min(4, CPUs))" not in text
+
+
+def test_fit_validate_and_test_show_the_same_examples():
+    """tests/test_help_examples.py runs the examples of `fit --help` once for the three commands."""
+    from brainage.training.cli import EPILOG, _parser_kwargs
+
+    kwargs = _parser_kwargs()
+    assert kwargs["epilog"] == EPILOG and all(kwargs[c]["epilog"] == EPILOG for c in ("fit", "validate", "test"))

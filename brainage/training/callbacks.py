@@ -127,7 +127,7 @@ class FitSummary(pl.Callback):
         if tracking.is_tracker(trainer.logger):
             tracking.log_file(trainer.logger, best, "checkpoints")
             tracking.log_file(trainer.logger, card_path, "model")
-            selected = {f"best/{key.replace('/', '_')}": value for key, value in val.items()}  # val/mae -> best/val_mae
+            selected = {f"best/{key.replace('/', '_', 1)}": value for key, value in val.items()}  # val/mae -> best/val_mae
             if isinstance(epoch, int):
                 selected["best/epoch"] = epoch
             if correction:

@@ -12,6 +12,8 @@ from brainage.training.cli import main
 from tests.helpers.predict import brain, write_scan
 from tests.helpers.training import ROOT, TINY_ARGS
 
+pytestmark = pytest.mark.slow  # each case builds the LightningCLI (about 15 s per case on a loaded 2-core machine)
+
 
 def _runs(uri: str) -> list:
     client = mlflow.MlflowClient(tracking_uri=uri)
