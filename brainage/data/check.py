@@ -21,9 +21,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from brainage.data.cache import load_volume
 from brainage.data.inputs import detect_layout, read_inputs
-from brainage.data.preprocessing import Preprocessing
 
 __all__ = ["main", "summarize", "validate_images"]
 
@@ -83,6 +81,9 @@ def summarize(table: pd.DataFrame) -> list[str]:
 
 def validate_images(paths: list[str], jobs: int = 1, progress: bool = True) -> dict[str, str]:
     """Open and check every file (no resampling); returns {path: reason} of the bad ones."""
+    from brainage.data.cache import load_volume  # MONAI: only with --validate (a plain check starts in ~1 s)
+    from brainage.data.preprocessing import Preprocessing
+
     loader = Preprocessing().loader()
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         results = list(tqdm(pool.map(lambda p: load_volume(loader, p), paths), total=len(paths), unit="scan",
