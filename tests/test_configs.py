@@ -12,7 +12,8 @@ from brainage.data.preprocessing import Preprocessing
 from brainage.training.cli import BrainAgeCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml"))
+# configs/compare/ holds comparison protocols, not CLI layers: tests/training/test_compare_protocol.py instantiates them
+CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "compare")
 BASE = ["configs/trainer/cpu.yaml", "configs/model/vit_ermoe_tiny.yaml", "configs/data/synthetic.yaml"]
 
 

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from brainage.attribution.mapping import RegionIndex
 
-__all__ = ["Reference", "reference_image", "occlusion_deltas", "set_occlusion_deltas", "rank_sensitivity"]
+__all__ = ["Reference", "reference_image", "occlusion_deltas", "set_occlusion_deltas", "rank_sensitivity",
+           "effect_table"]
 
 Reference = Literal["young", "cohort"]
 MIN_YOUNG = 2  # scans in the young reference at the least
@@ -158,3 +159,33 @@ def rank_sensitivity(deltas: np.ndarray, regions: RegionIndex, voxels: np.ndarra
     frame = frame.sort_values("age_contribution", ascending=False, kind="stable").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame
+
+
+def effect_table(
+    names: Sequence[str], region_sets: Sequence[Sequence[int]], deltas: np.ndarray, regions: np.ndarray
+) -> pd.DataFrame:
+    """Joint occlusion of each named region set (e.g. one planted effect of a synthetic cohort), one row per set.
+
+    Answers whether the model reads an effect at all, independent of how its signal is split over regions.
+
+    Args:
+        names: q set names.
+        region_sets: the region rows of each set found in the atlas.
+        deltas: (s, q) from :func:`set_occlusion_deltas`.
+        regions: (X, Y, Z) region row per voxel, -1 = background.
+    Returns:
+        columns effect, regions (found in the atlas), voxels, age_contribution (mean of -delta, years), sd,
+        share_positive (fraction of scans whose prediction drops when the set is occluded).
+    """
+    deltas = np.asarray(deltas, dtype=np.float64)
+    if deltas.ndim != 2 or deltas.shape[1] != len(names) or len(region_sets) != len(names):
+        raise ValueError(f"expected deltas (subjects, {len(names)}) and {len(names)} region sets, got {deltas.shape} "
+                         f"and {len(region_sets)}")
+    return pd.DataFrame({
+        "effect": list(names),
+        "regions": [len(found) for found in region_sets],
+        "voxels": [int(np.isin(regions, list(found)).sum()) for found in region_sets],
+        "age_contribution": -deltas.mean(axis=0),
+        "sd": deltas.std(axis=0),
+        "share_positive": (deltas < 0).mean(axis=0),
+    })

@@ -83,8 +83,11 @@ class BrainAgeDataModule(pl.LightningDataModule):
         cache_dir: persistent preprocessed-volume cache shared across runs and processes (None = in memory only).
         fold: k-fold cross-validation: subjects outside the test split are dealt into `num_folds` stratified folds
             and fold `fold` is the validation split (None = a single val_fraction split).
-        num_folds: number of folds when `fold` is set.
+        num_folds: number of folds when `fold` or `test_fold` is set.
         leave_site_out: every subject scanned at this site forms the test split (site generalisation).
+        test_fold: outer k-fold cross-validation: subjects are dealt into `num_folds` stratified folds and fold
+            `test_fold` is the test split (every subject is tested once over the folds); `val_fraction` is then the
+            share of the OTHER subjects used for validation, and `test_fraction` is unused.
         include_failed: also train on scans that `brainage prepare` flagged in its manifest (qc_status=fail); by
             default they are left out and listed with the reason, as in predict, report and calibrate.
         progress: progress bar (stderr) while the cohort is preprocessed in setup: None = when the Trainer shows
@@ -96,8 +99,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
                  augment: bool = True, batch_size: int = 8, num_workers: int = 0, preprocess_threads: int = 2,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42,
                  cache_dir: str | None = None, fold: int | None = None, num_folds: int = 5,
-                 leave_site_out: str | None = None, include_failed: bool = False,
-                 progress: bool | None = None) -> None:
+                 leave_site_out: str | None = None, test_fold: int | None = None,
+                 include_failed: bool = False, progress: bool | None = None) -> None:
         from brainage.data.preprocessing import Preprocessing
 
         super().__init__()
@@ -108,7 +111,7 @@ class BrainAgeDataModule(pl.LightningDataModule):
                                            shape=None if shape is None else tuple(shape), augment=augment)
         self.batch_size, self.num_workers, self.preprocess_threads = batch_size, num_workers, preprocess_threads
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
-        self.fold, self.num_folds, self.leave_site_out = fold, num_folds, leave_site_out
+        self.fold, self.num_folds, self.leave_site_out, self.test_fold = fold, num_folds, leave_site_out, test_fold
         self.cache_dir = cache_dir
         self.include_failed = include_failed
         self.cache: VolumeCache | None = None  # built in setup (holds a lock: not picklable)
@@ -132,7 +135,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
         if len(table) < 3:
             raise ValueError(f"{self.root}: found {len(table)} images with a known age; expected at least 3")
         table["split"] = split_subjects(table, self.val_fraction, self.test_fraction, self.seed, fold=self.fold,
-                                        num_folds=self.num_folds, leave_site_out=self.leave_site_out)
+                                        num_folds=self.num_folds, leave_site_out=self.leave_site_out,
+                                        test_fold=self.test_fold)
         return table
 
     def show_progress(self) -> bool:

@@ -57,6 +57,8 @@ def random_orthonormal(*batch: int, rows: int, cols: int) -> Tensor:
 class _SecondProjection(nn.Module):
     """The shared ``h -> d`` plain per-expert projection (weights in ``nn.Linear`` layout)."""
 
+    decayed_parameters = ("w2",)  # weight-decay opt-in (brainage.training.optim); U, V, log_s, biases: no decay
+
     def __init__(self, num_experts: int, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.w2 = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (e, d, h)
@@ -120,6 +122,8 @@ class EigenExperts(_SecondProjection):
 
 class PlainExperts(_SecondProjection):
     """Plain MLP experts ``d -> h -> d`` for the softmax and EMoE router baselines."""
+
+    decayed_parameters = ("w1", "w2")
 
     def __init__(self, num_experts: int, dim: int, hidden_dim: int) -> None:
         super().__init__(num_experts, dim, hidden_dim)

@@ -25,6 +25,8 @@ __all__ = ["SoftmaxRouter", "EMoERouter"]
 class SoftmaxRouter(nn.Module):
     """Linear gating ``logits = x W_g^T`` in float32."""
 
+    decayed_parameters = ("weight",)  # weight-decay opt-in (brainage.training.optim)
+
     def __init__(self, dim: int, num_experts: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_experts, dim))  # (e, d)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import mlflow
-import pandas as pd
 import pytest
 import torch
 
@@ -89,29 +88,3 @@ def test_calibrate_errors_and_help(tmp_path, capsys, cohort12):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "models:/" in text and "de Lange" in text
-
-
-def test_comparison_table_from_mlflow_runs(trained, tmp_path):
-    from brainage.training.compare import main as compare_main
-
-    run_dir, _, _ = trained
-    uri = f"sqlite:///{tmp_path / 'compare.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("cmp", artifact_location=str(tmp_path / "artifacts"))
-    fit = client.create_run(experiment, run_name="tiny-fit")
-    for key, value in (("moe/layer0/load_cv", 0.2), ("moe/layer1/load_cv", 0.4), ("epoch", 2)):
-        client.log_metric(fit.info.run_id, key, value)
-    client.log_artifact(fit.info.run_id, str(run_dir / "checkpoints" / "best.ckpt"), "checkpoints")
-    client.set_terminated(fit.info.run_id)
-    test = client.create_run(experiment, run_name="tiny-test")
-    for key, value in (("test/mae", 4.5), ("test/r", 0.9), ("test/r_bag_age", -0.3)):
-        client.log_metric(test.info.run_id, key, value)
-    client.set_terminated(test.info.run_id)
-    out = tmp_path / "table"
-    assert compare_main(["--experiment", "cmp", "--models", "tiny", "--out", str(out), "--tracking-uri", uri]) == 0
-    row = pd.read_csv(out.with_suffix(".csv")).iloc[0]
-    state = read_checkpoint(run_dir / "checkpoints" / "best.ckpt").net_state
-    assert row["parameters"] == sum(v.numel() for v in state.values())
-    assert row["expert load CV"] == pytest.approx(0.3) and row["test MAE (y)"] == 4.5 and row["epochs"] == 3
-    assert "| tiny | 4.50 |" in out.with_suffix(".md").read_text()
-    assert compare_main(["--experiment", "cmp", "--models", "other", "--out", str(out), "--tracking-uri", uri]) == 2
