@@ -53,6 +53,7 @@ def _usage() -> str:
 
 
 def _option_parser(module: object) -> argparse.ArgumentParser | None:
+    """The argparse parser of a command module (`build_parser`, or `_parser` in prepare and synth)."""
     factory = getattr(module, "build_parser", None) or getattr(module, "_parser", None)
     return factory() if callable(factory) else None
 
