@@ -26,11 +26,12 @@ __all__ = ["calibrate", "main"]
 
 log = logging.getLogger(__name__)
 
-EPILOG = """examples:
-  brainage calibrate --model demo-output/train/checkpoints/best.ckpt --input controls/ --output calibrated.ckpt
-  brainage calibrate --model best.ckpt --input controls.csv --output calibrated.ckpt     # CSV: path, age[, sex, site]
-  brainage calibrate --model models:/brainage/1 --input bids_controls/ --output calibrated.ckpt
-  brainage calibrate --model runs:/<run_id> --input ixi/ --output calibrated.ckpt
+EPILOG = """examples:  (paths `make demo` writes; use healthy controls of your own site instead)
+  brainage calibrate --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                     --output calibrated.ckpt                    # CSV/TSV manifest: path, age[, sex, site]
+  brainage calibrate --model runs:/$(cat demo-output/train/mlflow_run_id.txt) --input demo-output/train/test.csv \\
+                     --output calibrated.ckpt                    # the best.ckpt of the demo's MLflow run
+  brainage predict --model calibrated.ckpt --input demo-output/train/test.csv --output calibrated.csv
 
 --input takes anything `brainage predict` reads (folder, BIDS dataset with participants.tsv, IXI folder, CSV/TSV
 manifest); every scan needs a known age. The new checkpoint holds the same weights with the refitted correction
@@ -69,12 +70,13 @@ def calibrate(model: str, inputs: list[str], output: str | Path, batch_size: int
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainage calibrate", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", required=True, help="brainage .ckpt, or an MLflow runs:/ or models:/ URI")
     parser.add_argument("--input", required=True, nargs="+", help="healthy controls with known ages")
     parser.add_argument("--output", required=True, type=Path, help="the calibrated checkpoint to write (.ckpt)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: min(4, CPUs))")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decode worker processes (default: min(4, CPUs - 1), at least 1; 0 = none)")
     parser.add_argument("--min-slope", type=float, default=0.05,
                         help="refuse a fit whose slope is at or below this (default 0.05)")
     parser.add_argument("--include-failed", action="store_true",

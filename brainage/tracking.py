@@ -1,22 +1,25 @@
 """MLflow tracking: the only brainage module that imports mlflow.
 
 Default store: `sqlite:///mlflow.db` in the working directory (no server needed). Any tracking URI works, from the
-config (`trainer.logger.init_args.tracking_uri`) or the `MLFLOW_TRACKING_URI` environment variable.
+config (`trainer.logger.init_args.tracking_uri`) or the `MLFLOW_TRACKING_URI` environment variable. mlflow itself is
+imported inside the functions that use it (about 4 s), so that importing this module, e.g. for `brainage fit --help`,
+stays cheap.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
+import time
 from pathlib import Path
 
-import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["DEFAULT_TRACKING_URI", "MLflowTracker", "resolve_tracking_uri", "log_text", "log_file", "log_json",
-           "is_tracker", "run_artifacts", "download_artifact", "fetch_model", "register_model",
+           "is_tracker", "name_run", "run_artifacts", "download_artifact", "fetch_model", "register_model",
            "log_directory", "latest_runs"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -54,6 +57,19 @@ def is_tracker(logger: object) -> bool:
     return isinstance(logger, MLFlowLogger)
 
 
+def name_run(logger: MLFlowLogger, label: str) -> str | None:
+    """Name the logger's run `<label>-<YYYYmmdd-HHMMSS>-<4 hex>` before it is created; a name the config gives (or an
+    existing run) wins. Returns the name, or None when the run was already named.
+
+    The hex comes from `secrets`: MLflow generates names with the `random` module, which `seed_everything` reseeds,
+    so without a name every seeded run of a store was called alike.
+    """
+    if getattr(logger, "_run_name", None) is not None or getattr(logger, "_run_id", None) is not None:
+        return None
+    logger._run_name = f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return logger._run_name
+
+
 @rank_zero_only
 def log_file(logger: MLFlowLogger, path: str | Path, artifact_path: str | None = None) -> None:
     logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
@@ -71,6 +87,8 @@ def log_json(logger: MLFlowLogger, data: dict, artifact_file: str) -> None:
 
 def run_artifacts(tracking_uri: str, run_id: str) -> list[str]:
     """Artifact paths of a run (recursive), for checks and for loading models from MLflow."""
+    import mlflow
+
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
 
     def walk(path: str | None) -> list[str]:
@@ -88,6 +106,8 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
     `runs:/<run_id>` (the run's `checkpoints/best.ckpt`), `runs:/<run_id>/<artifact path>`, or a registered model
     `models:/<name>/<version>`. Raises ValueError naming the URI when nothing usable is found.
     """
+    import mlflow
+
     uri_store = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri_store)
     if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
@@ -109,12 +129,16 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
 def log_directory(run_id: str, folder: str | Path, artifact_path: str | None = None,
                   tracking_uri: str | None = None) -> None:
     """Attach a folder (e.g. a report) to an existing run as artifacts."""
+    import mlflow
+
     client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     client.log_artifacts(run_id, str(folder), artifact_path)
 
 
 def register_model(run_id: str, name: str, tracking_uri: str | None = None) -> str:
     """Register a run's checkpoints in the MLflow model registry; returns the new version."""
+    import mlflow
+
     client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     try:
         client.get_registered_model(name)
@@ -126,6 +150,8 @@ def register_model(run_id: str, name: str, tracking_uri: str | None = None) -> s
 
 def download_artifact(tracking_uri: str, run_id: str, artifact_path: str) -> Path:
     """Fetch one artifact of a run into a temporary folder and return its local path."""
+    import mlflow
+
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     return Path(client.download_artifacts(run_id, artifact_path, tempfile.mkdtemp(prefix="brainage-")))
 
@@ -133,6 +159,8 @@ def download_artifact(tracking_uri: str, run_id: str, artifact_path: str) -> Pat
 def latest_runs(experiment_name: str, tracking_uri: str | None = None) -> dict[str, dict]:
     """The newest finished run of each run name in an experiment: {run_name: {run_id, metrics, params,
     seconds}} (seconds = wall time from start to end), for tables such as pipelines/compare.sh's."""
+    import mlflow
+
     client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:

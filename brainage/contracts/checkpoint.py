@@ -83,6 +83,11 @@ def _load(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's own message suggests unpickling anyway: never relay it
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor a pickle: JSON, text ...
+            raise CheckpointError(f"{path}: not a checkpoint file (it starts with {head!r}); expected a .ckpt "
+                                  f"written by `brainage fit`") from None
         raise CheckpointError(f"{path}: holds pickled Python objects, not only tensors and plain values; brainage "
                               f"never unpickles arbitrary objects (unpickling can run code)") from None
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as err:

@@ -11,7 +11,7 @@ source file. Random augmentation runs on the cached tensors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -19,35 +19,27 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pandas as pd
 import torch
-from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from brainage.contracts.atomic import atomic_path
-from brainage.data.cache import CacheWriteError, VolumeCache, failure_reason, load_volume
-from brainage.data.inputs import read_inputs, sex_code, skipped_lines
-from brainage.data.splits import split_subjects
-from brainage.data.preprocessing import Preprocessing
 
-__all__ = ["BrainAgeDataModule", "CachedVolumes", "load_volume"]  # load_volume: re-exported for predict
+__all__ = ["BrainAgeDataModule", "CachedVolumes"]
 
 log = logging.getLogger(__name__)
 
-
-def _ensure(cache: VolumeCache, transform: Callable[[dict], dict], path: str) -> tuple[Path | None, str | None]:
-    try:
-        return cache.ensure(path, transform), None
-    except CacheWriteError:
-        raise  # the cache's problem, not the scan's
-    except Exception as err:  # noqa: BLE001 - as in load_volume
-        return None, failure_reason(path, err)
+# MONAI (and the mlflow it pulls in: ~6 s) is imported inside the methods that use it, never at import time: the
+# LightningCLI imports this module to build `brainage fit --help`. (No TYPE_CHECKING block either: jsonargparse runs
+# those when it reads the signature.)
 
 
 class CachedVolumes(Dataset):
     """Preprocessed volumes (in-memory tensors, or entries of `cache` read and checked per item, rebuilt from the row's
     `path` with `transform` when damaged) with per-item random augmentation."""
 
-    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor | Path], augmentation,
-                 cache: VolumeCache | None = None, transform: Callable[[dict], dict] | None = None) -> None:
+    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor | Path], augmentation, cache=None,
+                 transform=None) -> None:
+        # cache: brainage.data.cache.VolumeCache | None; transform: the deterministic chain (dict -> dict)
         self.rows, self.images, self.augmentation = rows.reset_index(drop=True), images, augmentation
         self.cache, self.transform = cache, transform
 
@@ -55,6 +47,8 @@ class CachedVolumes(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
+        from brainage.data.inputs import sex_code
+
         row = self.rows.iloc[index]
         image = self.images[index]
         if isinstance(image, Path):
@@ -101,6 +95,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
             share of the OTHER subjects used for validation, and `test_fraction` is unused.
         include_failed: also train on scans that `brainage prepare` flagged in its manifest (qc_status=fail); by
             default they are left out and listed with the reason, as in predict, report and calibrate.
+        progress: progress bar (stderr) while the cohort is preprocessed in setup: None = when the Trainer shows
+            its progress bar (`trainer.enable_progress_bar`) and stderr is a terminal; True = always; False = never.
     """
 
     def __init__(self, root: str, preprocessing: list[dict] | None = None, augmentation: list[dict] | None = None,
@@ -109,10 +105,13 @@ class BrainAgeDataModule(pl.LightningDataModule):
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42,
                  cache_dir: str | None = None, fold: int | None = None, num_folds: int = 5,
                  leave_site_out: str | None = None, test_fold: int | None = None,
-                 include_failed: bool = False) -> None:
+                 include_failed: bool = False, progress: bool | None = None) -> None:
+        from brainage.data.preprocessing import Preprocessing
+
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["progress"])
         self.root = root
+        self.progress = progress
         self.preprocessing = Preprocessing(preprocessing, augmentation, spacing=spacing,
                                            shape=None if shape is None else tuple(shape), augment=augment)
         self.batch_size, self.num_workers, self.preprocess_threads = batch_size, num_workers, preprocess_threads
@@ -120,13 +119,16 @@ class BrainAgeDataModule(pl.LightningDataModule):
         self.fold, self.num_folds, self.leave_site_out, self.test_fold = fold, num_folds, leave_site_out, test_fold
         self.cache_dir = cache_dir
         self.include_failed = include_failed
-        self.cache: VolumeCache | None = None  # built in setup
+        self.cache = None  # brainage.data.cache.VolumeCache, built in setup
         self.table: pd.DataFrame | None = None
         self.dropped: list[dict] = []
         self.datasets: dict[str, CachedVolumes] = {}
 
     def prepare_table(self) -> pd.DataFrame:
         """Read the manifest, drop rows without age, and assign subject-level splits."""
+        from brainage.data.inputs import read_inputs
+        from brainage.data.splits import split_subjects
+
         if not Path(self.root).exists():
             raise FileNotFoundError(f"data root {self.root!r} does not exist; expected a BIDS folder or a manifest")
         table = read_inputs([self.root], include_failed=self.include_failed)
@@ -142,18 +144,40 @@ class BrainAgeDataModule(pl.LightningDataModule):
                                         test_fold=self.test_fold)
         return table
 
+    def show_progress(self) -> bool:
+        """Whether setup shows a progress bar (see `progress`)."""
+        if self.progress is not None:
+            return self.progress
+        trainer = getattr(self, "trainer", None)
+        return (trainer is None or trainer.progress_bar_callback is not None) and sys.stderr.isatty()
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        from monai.transforms import Compose
+
+        from brainage.data.cache import CacheWriteError, VolumeCache, failure_reason, load_volume
+        from brainage.data.inputs import skipped_lines
+
         table = self.prepare_table()
         transform = self.preprocessing.deterministic()
         if self.cache_dir:
             self.cache = VolumeCache(self.cache_dir, self.preprocessing.cache_config())
+
+        def ensure(path: str) -> tuple[Path | None, str | None]:
+            try:
+                return self.cache.ensure(path, transform), None
+            except CacheWriteError:
+                raise  # the cache's problem, not the scan's
+            except Exception as err:  # noqa: BLE001 - as in load_volume
+                return None, failure_reason(path, err)
+
         # (MetaTensor | None, reason) in memory, (entry Path | None, reason) with the cache
-        prepare = partial(load_volume, transform) if self.cache is None else partial(_ensure, self.cache, transform)
+        prepare = partial(load_volume, transform) if self.cache is None else ensure
         with ThreadPoolExecutor(max(1, self.preprocess_threads)) as pool:
             try:
-                results = list(pool.map(prepare, table["path"]))
+                results = list(tqdm(pool.map(prepare, table["path"]), total=len(table), desc="preprocess",
+                                    unit="scan", disable=not self.show_progress(), file=sys.stderr))
             except CacheWriteError:
                 pool.shutdown(cancel_futures=True)  # stop decoding the rest: the run cannot go on
                 raise

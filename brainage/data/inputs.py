@@ -7,7 +7,8 @@ order. Rows a reader had to drop are listed in `table.attrs["dropped"]` as dicts
 Readers never open the images: validation happens before training and prediction, where a bad file becomes an
 error row instead of a crash. Supported layouts (dataset facts from the IXI and OpenBHB releases):
 
-- BIDS: `participants.tsv` + `sub-X[/ses-Y]/anat/*_T1w.nii[.gz]`.
+- BIDS: `sub-X[/ses-Y]/anat/*_T1w.nii[.gz]` + `participants.tsv` and `sub-X/sub-X_sessions.tsv` (per-session
+  ages); `session` is then the scan's entities after the subject (`ses-1_acq-mprage_run-2`), see `read_bids`.
 - IXI (brain-development.org/ixi-dataset): `IXI###-{Guys|HH|IOP}-####-T1.nii.gz` + the demographic sheet `IXI.xls`
   or its CSV export (`IXI_ID`, `SEX_ID (1=m, 2=f)`, `AGE`); the site comes from the file name.
 - OpenBHB (Dufumier et al., NeuroImage 2022): `*/sub-{id}/ses-1/*_preproc-quasiraw_T1w.npy` + `participants.tsv`.
@@ -219,39 +220,85 @@ def _read_delimited(path: Path) -> pd.DataFrame:
                          f"({err})") from err
 
 
-def read_bids(root: str | Path) -> pd.DataFrame:
-    """BIDS dataset: `participants.tsv` plus `sub-*/[ses-*/]anat/*_T1w.nii[.gz]`.
+def _bids_rows(tsv: Path, id_column: str, prefix: str) -> list[tuple[str, int, dict]]:
+    """Rows of a BIDS TSV as (`<prefix><label>` id (the prefix added when missing), line, record)."""
+    frame = _read_delimited(tsv)
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    if id_column not in frame.columns:
+        raise ValueError(f"{tsv}: no {id_column!r} column (found {list(frame.columns)})")
+    out = []
+    for line, record in enumerate(frame.to_dict("records"), start=2):
+        key = str(record[id_column]).strip()
+        out.append((key if key.startswith(prefix) else f"{prefix}{key}", line, record))
+    return out
 
-    Subjects with images but no participants row are kept with unknown age; participants rows without an image
-    are listed as dropped.
+
+def _bids_scan_label(path: Path, subject: str, session: str) -> str:
+    """The scan's entities after `sub-<label>`: `sub-01_ses-1_acq-fast_run-2_T1w` -> `ses-1_acq-fast_run-2` (the
+    `ses-` folder is added when the name lacks it); "" for a subject's one unlabelled scan."""
+    label = _stem(path).removeprefix(f"{subject}_").removesuffix("T1w").rstrip("_")
+    if session and not (label == session or label.startswith(f"{session}_")):
+        label = f"{session}_{label}" if label else session
+    return label
+
+
+def read_bids(root: str | Path) -> pd.DataFrame:
+    """BIDS dataset: `sub-*/[ses-*/]anat/*_T1w.nii[.gz]`, ages from `sub-*/sub-*_sessions.tsv` and `participants.tsv`.
+
+    - One row per T1w file. `subject_id` is the subject (`sub-01`): every run and session of a subject stays in one
+      split. `session` holds the file's other entities (`ses-1`, `ses-1_acq-mprage_run-2`, "" for a subject's
+      single unlabelled scan), so (subject_id, session) keys each scan uniquely (routing maps, prepared files).
+    - Age: the session's `age` in `sub-<label>/sub-<label>_sessions.tsv` (per-session ages, as longitudinal studies
+      write them), else `participants.tsv` `age` (in longitudinal data that is often the age at the first session:
+      give per-session ages in sessions.tsv). Sex and site come from `participants.tsv`.
+    - Subjects with images but no participants row keep an unknown age; participants rows without an image, and scans
+      whose age or sex cannot be parsed, are listed as dropped with the file and line.
+
+    Our choice: a hand-written reader rather than pybids. brainage needs one suffix (T1w) in `anat/`, the entities
+    in its file names and two TSV files; pybids' `BIDSLayout` indexes every file of every modality into an SQL
+    database (SQLAlchemy) on each call and brings its own dependency tree (SQLAlchemy, formulaic, bids-validator,
+    ...) into a tool whose users mostly install it for prediction. Given up: pybids' validation, sidecar JSON
+    inheritance (brainage reads no sidecars) and derivatives queries (brainage reads raw `anat/` only; prepared
+    volumes come with `brainage prepare`'s manifest).
     """
     root = Path(root)
-    demographics: dict[str, dict] = {}
     dropped: list[dict] = []
     tsv = root / "participants.tsv"
+    demographics: dict[str, dict] = {}
     if tsv.exists():
-        frame = _read_delimited(tsv)
-        if "participant_id" not in frame.columns:
-            raise ValueError(f"{tsv}: no 'participant_id' column (found {list(frame.columns)})")
-        frame.columns = [c.strip().lower() for c in frame.columns]
         entries: dict[str, list[tuple[str, int, dict]]] = {}
-        for line, record in enumerate(frame.to_dict("records"), start=2):
-            pid = str(record["participant_id"]).strip()
-            pid = pid if pid.startswith("sub-") else f"sub-{pid}"
+        for pid, line, record in _bids_rows(tsv, "participant_id", "sub-"):
             entries.setdefault(pid, []).append((str(tsv), line, record))
         demographics = _one_record_per_id(entries, "participant_id", dropped)
+    sessions: dict[str, tuple[Path, dict]] = {}  # subject -> (sessions.tsv, {ses-label: (line, record)})
+    for table in sorted(root.glob("sub-*/sub-*_sessions.tsv")):
+        subject = table.parent.name
+        if table.name == f"{subject}_sessions.tsv":
+            sessions[subject] = (table, {key: (line, record) for key, line, record in
+                                         _bids_rows(table, "session_id", "ses-")})
     images = sorted(p for pattern in ("sub-*/anat/*_T1w.nii*", "sub-*/ses-*/anat/*_T1w.nii*")
                     for p in root.glob(pattern) if is_nifti(p))
-    rows, seen = [], set()
+    rows, seen, keys = [], set(), {}
     for path in images:
         subject = path.relative_to(root).parts[0]
         session = next((part for part in path.relative_to(root).parts[1:-1] if part.startswith("ses-")), "")
-        record = demographics.get(subject, {})
-        parsed = _clean_demographics(record, str(tsv), subject, str(path), dropped)
+        label = _bids_scan_label(path, subject, session)
+        if (subject, label) in keys:  # e.g. sub-01_T1w.nii next to sub-01_T1w.nii.gz
+            dropped.append({"source": str(root), "subject_id": subject, "path": str(path),
+                            "reason": f"same BIDS entities ({subject} {label or '(none)'}) as {keys[subject, label]}"})
+            continue
+        record = dict(demographics.get(subject, {}))
+        source = str(tsv)
+        table, by_session = sessions.get(subject, (None, {}))
+        line, per_session = by_session.get(session, (None, {}))
+        if str(per_session.get("age", "")).strip().lower() not in _MISSING:
+            record["age"], source = per_session["age"], f"{table}:{line}"
+        parsed = _clean_demographics(record, source, subject, str(path), dropped)
         if parsed is None:
             continue
         seen.add(subject)
-        rows.append(_row(subject, path, session, parsed["age"], parsed["sex"], record.get("site") or None))
+        keys[subject, label] = str(path)
+        rows.append(_row(subject, path, label, parsed["age"], parsed["sex"], record.get("site") or None))
     for subject in sorted(set(demographics) - seen):
         if not any(d["subject_id"] == subject for d in dropped):
             dropped.append({"source": str(tsv), "subject_id": subject, "path": "",
@@ -498,6 +545,7 @@ def read_inputs(inputs: list[str] | str, include_failed: bool = False) -> pd.Dat
         sources += [str(item)] * len(tables[-1])
     dropped = [d for t in tables for d in t.attrs.get("dropped", [])]
     table = pd.concat(tables, ignore_index=True) if tables else _frame([], [])
-    table = table[_keep_unique_paths(table.to_dict("records"), sources, dropped)].reset_index(drop=True)
+    keep = _keep_unique_paths(table.to_dict("records"), sources, dropped)
+    table = table.iloc[[i for i, kept in enumerate(keep) if kept]].reset_index(drop=True)  # [] keeps the columns
     table.attrs["dropped"] = dropped
     return table

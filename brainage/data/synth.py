@@ -647,7 +647,8 @@ def synthesize_cohort(
         (s, int(seed), bool(nuisance), str(out / s.participant_id / "anat" / f"{s.participant_id}_T1w.nii.gz"))
         for s in subjects
     ]
-    bar = dict(total=len(jobs), desc="synth", unit="subj", disable=None)
+    # progress on stderr in a terminal, and with --verbose (INFO logging) also when piped
+    bar = dict(total=len(jobs), desc="synth", unit="subj", disable=False if log.isEnabledFor(logging.INFO) else None)
     if workers == 1 or len(jobs) == 1:
         _init_worker(ctx)
         for _ in tqdm(map(_write_subject, jobs), **bar):
@@ -733,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"brainage synth: error: {err}", file=sys.stderr)
         return 2
-    log.info("wrote %d subjects to %s", args.n, out)
+    print(f"wrote {args.n} subjects to {out} (participants.tsv, ground_truth.json)")
     return 0
 
 

@@ -38,20 +38,22 @@ from brainage.predict.output import (
 )
 from brainage.predict.stream import available_cpus, default_workers, predict_iter
 
-__all__ = ["build_parser", "main", "run_settings"]
+__all__ = ["build_parser", "failure_lines", "main", "run_settings"]
 
 log = logging.getLogger("brainage.predict")
 
-EPILOG = """examples:
-  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/heldout \\
-                   --output predictions.csv
-  brainage predict --model best.ckpt --input scans/ --output out.csv            # folder, recursive
-  brainage predict --model best.ckpt --input 'scans/**/*_T1w.nii.gz' --output out.csv
-  brainage predict --model best.ckpt --input manifest.csv --output out.csv      # CSV with a 'path' column
-  brainage predict --model best.ckpt --input bids/ --output out.csv --tta --save-routing routing/
-  brainage predict --model runs:/<run_id> --input scans/ --output out.csv       # best.ckpt of an MLflow run
-  brainage predict --model models:/brainage/3 --tracking-uri sqlite:///mlflow.db --input scans/ --output out.csv
-  brainage predict --model best.ckpt --input scans/ --output out.csv --devices 2 --accelerator gpu   # DDP
+EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests and checkpoints instead)
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                   --output demo-output/predictions.csv                 # CSV/TSV manifest: path, age[, sex, site]
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/cohort --output all.csv
+  brainage predict --model demo-output/train/checkpoints/best.ckpt \\
+                   --input 'demo-output/cohort/sub-*/anat/*_T1w.nii.gz' --output out.csv         # a quoted glob
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                   --output out.csv --tta --save-routing routing                  # routing maps for `brainage report`
+  brainage predict --model runs:/$(cat demo-output/train/mlflow_run_id.txt) --input demo-output/train/test.csv \\
+                   --output out.csv                                       # best.ckpt of the demo's MLflow run
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                   --output out.csv --devices 2 --accelerator cpu         # DDP, one process per device (gpu: GPUs)
 
 models: a .ckpt written by `brainage fit`, runs:/<run_id>[/artifact path] or models:/<name>/<version> (MLflow store
 from --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Loaded weights-only and checked
@@ -79,7 +81,8 @@ Research use only, not for diagnosis.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainage predict", description="Predict brain age for T1w NIfTI scans.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--model", required=True,
                         help="brainage .ckpt, runs:/<run_id>[/path] or models:/<name>/<version>")
     parser.add_argument("--tracking-uri", default=None,
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="single-process device (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None,
-                        help="decode worker processes per device (default: min(4, CPUs - 1); 0 = no workers)")
+                        help="decode worker processes per device (default: min(4, CPUs - 1), at least 1; 0 = none)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the predicting process (default: all CPUs; decode workers take under 10 %% of the "
                              "time with the 1.5 mm model, see benchmarks/predict.py)")
@@ -110,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default 512^3 = {DEFAULT_MAX_VOXELS:,}, 26x a 1 mm head: 0.5 GB as float32)")
     parser.add_argument("--include-failed", action="store_true",
                         help="also predict scans that `brainage prepare` flagged in its manifest (qc_status=fail)")
-    parser.add_argument("--verbose", action="store_true", help="progress bar and every failed file")
+    parser.add_argument("--verbose", action="store_true",
+                        help="progress bar also when stderr is not a terminal, and every failed file as it happens")
     return parser
 
 
@@ -213,5 +217,17 @@ def _predict(args: argparse.Namespace, workers: int, distributed: bool) -> int:
     elapsed = time.perf_counter() - start
     for line in summarise(rows, model.card):
         print(line)
+    if not args.verbose:  # --verbose logged each failure as it happened
+        for line in failure_lines(rows):
+            print(line, file=sys.stderr)
     print(f"predictions: {args.output} ({len(rows)} rows, {elapsed:.1f} s)")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def failure_lines(rows: list[dict], limit: int = 10) -> list[str]:
+    """Why rows failed, one line each (the first `limit`; the rest are in the CSV's error column)."""
+    failed = [r for r in rows if r["status"] != "ok"]
+    lines = [f"failed: {r['path']}: {r['error']}" for r in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"... and {len(failed) - limit} more failed (the 'error' column of the output CSV says why)")
+    return lines

@@ -277,9 +277,12 @@ def summarise(rows: list[dict], card: dict) -> list[str]:
                                                             else "")]
     correction = card.get("bias_correction")
     if correction:
+        fit_on = str(correction.get("fit_on", "?"))
+        n = "" if "n=" in fit_on else f", n={correction.get('n', '?')}"  # fit_on usually names n already
         lines.append(f"corrected_age: age-bias correction (slope {correction['slope']:.3f}, intercept "
-                     f"{correction['intercept']:.2f}, fitted on {correction.get('fit_on', '?')}, "
-                     f"n={correction.get('n', '?')})")
+                     f"{correction['intercept']:.2f}, fitted on {fit_on}{n})")
+        lines.append("  it removes the dependence of the brain-age gap on age (regression toward the mean; de Lange & "
+                     "Cole 2020) so that gaps compare across ages; it is not an accuracy fix: its MAE can be higher")
     else:
         lines.append("corrected_age = predicted_age: the model has no bias correction (see `brainage calibrate`)")
     known = [r for r in ok if r["age"] != ""]
@@ -290,7 +293,7 @@ def summarise(rows: list[dict], card: dict) -> list[str]:
         line = f"MAE on {len(known)} scans with known age: {mae:.2f} years"
         if correction:
             corrected = float(np.abs(np.array([float(r["corrected_age"]) for r in known]) - ages).mean())
-            line += f" (corrected: {corrected:.2f})"
+            line += f" (corrected_age: {corrected:.2f}; use it for gap analyses, not for accuracy)"
         lines.append(line)
         if mean_age is not None:
             base = float(np.abs(mean_age - ages).mean())

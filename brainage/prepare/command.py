@@ -191,10 +191,12 @@ def _parser() -> argparse.ArgumentParser:
         "PREPARED/<subject>[_<session>]_T1w.nii.gz, a QC PNG per scan (PREPARED/qc/), PREPARED/qc.html and "
         "PREPARED/manifest.csv, which fit and predict read (predict skips QC failures). Needs the 'prepare' extra: "
         "pip install 'brainage[prepare]'. Research use only, not for diagnosis.",
-        epilog="examples:\n"
-        "  brainage prepare --input raw_bids --out prepared --workers 4\n"
-        "  brainage prepare --input scans.csv --out prepared --spacing 2 --verbose\n"
-        "  brainage predict --model best.ckpt --input prepared/manifest.csv --output predictions.csv\n"
+        epilog="examples:  (paths `make demo` writes; use your raw BIDS folder, scans or manifest instead)\n"
+        "  brainage prepare --input demo-output/train/test.csv --out prepared --workers 2\n"
+        "  brainage prepare --input demo-output/train/test.csv --out prepared-2mm --spacing 2 --skull-strip template \\\n"
+        "                   --verbose\n"
+        "  brainage predict --model demo-output/train/checkpoints/best.ckpt --input prepared/manifest.csv \\\n"
+        "                   --output prepared-predictions.csv\n\n"
         "Re-running the same command resumes: finished scans are skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

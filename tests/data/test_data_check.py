@@ -72,3 +72,10 @@ def test_cli_subprocess_on_ixi_folder(tmp_path, write_nifti):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "(ixi)" in done.stdout and "sites: Guys 1, HH 1" in done.stdout and "sex: F 1, M 1" in done.stdout
+
+
+def test_empty_folder_exits_2_with_one_clear_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["check", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"brainage data check: no scans found in {tmp_path / 'empty'}")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.data.datamodule import load_volume
+from brainage.data.cache import load_volume
 from brainage.data.preprocessing import Preprocessing
 from brainage.data.transforms import ImageError, ValidateT1
 
