@@ -215,6 +215,20 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+# Arguments that change how a run looks, never what it computes: left out of a unit's config hash, so adding one
+# (as `data.progress` was) does not refit finished units.
+_DISPLAY_ONLY = ("data.progress",)
+
+
+def _config_hash(cli: BrainAgeCLI) -> str:
+    """A unit's identity: the hash of its full parsed config, display-only arguments left out."""
+    config = cli.config.clone()
+    for key in _DISPLAY_ONLY:
+        if key in config:
+            del config[key]
+    return hashlib.sha256(cli.parser.dump(config, skip_none=False, skip_validation=True).encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
     """Yield True while this process holds an exclusive lock on `path`, False when another process holds it."""
@@ -317,7 +331,7 @@ class Comparison:
         it). Reads no test subject."""
         unit = self.unit_dir(candidate, fold)
         cli = self.cli(candidate, fold)
-        config_hash = hashlib.sha256(cli.parser.dump(cli.config, skip_none=False).encode()).hexdigest()[:16]
+        config_hash = _config_hash(cli)
         record = _read_json(unit / "fit.json")
         if record is not None and record["config_hash"] == config_hash:
             return record

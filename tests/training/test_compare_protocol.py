@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from brainage.training.cli import BrainAgeCLI
-from brainage.training.compare import Candidate, _config_path, candidates, load_protocol
+from brainage.training.compare import Candidate, _config_hash, _config_path, candidates, load_protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOCOLS = sorted((ROOT / "configs" / "compare").glob("*.yaml"))
@@ -72,3 +72,18 @@ def test_bad_protocols_are_named(tmp_path, monkeypatch):
     bad.write_text("folds: 3\n")
     with pytest.raises(ValueError, match="not a comparison protocol"):
         load_protocol(bad)
+
+
+def test_unit_identity_ignores_display_only_arguments_but_not_the_model(monkeypatch):
+    """Finished units are kept when a display-only argument (`data.progress`) is set, refit when the model changes."""
+    monkeypatch.chdir(ROOT)
+    protocol = load_protocol(ROOT / "configs" / "compare" / "cpu_3mm.yaml")
+    candidate = candidates(protocol, protocol.arms[0])[0]
+    base = _config_hash(_cli(protocol, candidate))
+    layers = [a for layer in (*protocol.base, str(_config_path(candidate.config))) for a in ("--config", layer)]
+    shown = BrainAgeCLI(args=[*layers, *candidate.args(), "--data.test_fold", "0", "--data.num_folds",
+                              str(protocol.folds), "--data.progress", "true"], run=False)
+    assert _config_hash(shown) == base
+    deeper = BrainAgeCLI(args=[*layers, *candidate.args(), "--data.test_fold", "0", "--data.num_folds",
+                               str(protocol.folds), "--model.net.init_args.depth", "3"], run=False)
+    assert _config_hash(deeper) != base
