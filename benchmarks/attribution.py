@@ -29,11 +29,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 ROOT = Path(__file__).resolve().parents[1]
+# (method, reference) runs per cohort: every method with the default intensity-matched young reference, plus today's
+# report method (region occlusion, unmatched young reference) as the baseline.
+RUNS = (("occlusion", "young"), ("occlusion", "young_matched"), ("band_occlusion", "young_matched"),
+        ("integrated_gradients", "young_matched"), ("band_integrated_gradients", "young_matched"),
+        ("gradient_shap", "young_matched"))
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,134 @@ def train(folder: Path, cohort_root: Path, epochs: int) -> Path:
     return best
 
 
+@dataclass
+class HeldOut:
+    """The trained model's held-out scans, preprocessed, with what attribution needs."""
+
+    forward: object  # brainage.attribution.methods.AgeForward
+    images: np.ndarray  # (s, X, Y, Z)
+    ages: list[float]
+    predicted: np.ndarray  # (s,)
+    regions: np.ndarray  # (X, Y, Z) region rows, -1 = none
+    index: object  # RegionIndex
+    spacing: float
+
+
+def held_out(best: Path, test_csv: Path, limit: int | None = None) -> HeldOut:
+    """Load the checkpoint (here, not in brainage.attribution) and preprocess the held-out scans of ``test_csv``."""
+    import torch
+
+    from brainage.attribution.atlas import load_default_atlas
+    from brainage.attribution.mapping import RegionIndex
+    from brainage.predict import load_model, predict_iter
+
+    model = load_model(best, "cpu")
+    table = pd.read_csv(test_csv)
+    if limit:
+        table = table.head(limit)
+    results = [r for r in predict_iter(model, table, keep_image=True, num_workers=0) if r.error is None]
+    affine = np.asarray(results[0].affine, dtype=np.float64)
+    if any(not np.allclose(np.asarray(r.affine), affine, atol=1e-4) for r in results):
+        raise ValueError(f"{test_csv}: the held-out scans do not share one model grid")
+    atlas = load_default_atlas()
+    index = RegionIndex.from_names(atlas.names)
+    images = np.stack([r.image for r in results]).astype(np.float32)
+    regions = index.columns(atlas.resample_to(images.shape[1:], affine))
+    sex = torch.tensor([{"M": 0.0, "F": 1.0}.get(r.row.get("sex"), float("nan")) for r in results])
+
+    def forward(x: torch.Tensor, s: int) -> torch.Tensor:  # (m, 1, X, Y, Z) -> (m,) years
+        return model.to_years(model.net(x, sex=sex[s].expand(len(x))).pred)
+
+    return HeldOut(forward, images, [float(r.row["age"]) for r in results],
+                   np.array([r.predicted_age for r in results]), regions, index,
+                   float(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).mean()))
+
+
+def _save_npz(path: Path, **arrays: object) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def attribute(folder: Path, data: HeldOut, method: str, reference: str, band_mm: float, n_null: int,
+              n_steps: int) -> Path:
+    """Per-subject region contributions of one (method, reference), saved once to ``attribution/``."""
+    from brainage.attribution.methods import attribute_regions
+
+    out = folder / "attribution" / f"{method}__{reference}.npz"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    c = attribute_regions(data.forward, data.images, data.ages, data.regions, data.index, method,  # type: ignore
+                          reference=reference, spacing=data.spacing, band_mm=band_mm, n_null=n_null,
+                          n_steps=n_steps)
+    _save_npz(out, values=c.values, own=c.own, shell=c.shell, sizes=c.sizes, region_voxels=c.region_voxels,
+              null_values=c.null_values, null_sizes=c.null_sizes, null_source=c.null_source,
+              seconds_per_subject=c.seconds_per_subject, reference=c.reference, band_mm=band_mm if c.is_band else -1)
+    return out
+
+
+def load_contributions(path: Path, index: object) -> object:
+    from brainage.attribution.methods import RegionContributions
+
+    z = np.load(path)
+    method = path.stem.split("__")[0]
+    band = float(z["band_mm"])
+    return RegionContributions(method, index, z["values"], z["own"], z["shell"], z["sizes"],  # type: ignore[arg-type]
+                               z["region_voxels"], z["null_values"], z["null_sizes"], z["null_source"],
+                               str(z["reference"]), float(z["seconds_per_subject"]), band if band > 0 else None)
+
+
+def effect_check(folder: Path, data: HeldOut, truth: dict) -> pd.DataFrame:
+    """Each planted effect, the displaced regions and the null regions occluded at once, with both references."""
+    from brainage.attribution.methods import set_contributions
+    from brainage.attribution.ranking import interval_table
+
+    out = folder / "effects.csv"
+    if out.is_file():
+        return pd.read_csv(out)
+    sets = {e["name"]: list(e["regions"]) for e in truth["effects"] if e["regions"]}
+    sets["displaced (not planted)"] = list(truth["indirect_regions"])
+    sets["null regions (control)"] = list(truth["null_regions"])
+    frames = []
+    for reference in ("young", "young_matched"):
+        values, voxels, _ = set_contributions(data.forward, data.images, data.ages, data.regions,  # type: ignore
+                                              data.index, sets, reference=reference)
+        table = interval_table(values, list(sets), seed=1)
+        frames.append(table.assign(voxels=voxels, reference=reference))
+    frame = pd.concat(frames, ignore_index=True)
+    frame.to_csv(out, index=False)
+    return frame
+
+
+def score(folder: Path, data: HeldOut, truth: dict, n_boot: int) -> list[dict]:
+    """precision@k per (method, reference) and ranking statistic; ranks of the planted regions."""
+    from brainage.attribution.ranking import rank_regions
+    from brainage.attribution.validation import precision_at_k
+
+    planted = list(truth["signal_regions"])
+    lenient = {*planted, *truth["indirect_regions"]}
+    atrophy = [r for e in truth["effects"] if e.get("kind") == "atrophy" for r in e["regions"]]
+    k = len(planted)
+    rows = []
+    for path in sorted((folder / "attribution").glob("*.npz")):
+        contrib = load_contributions(path, data.index)
+        table = rank_regions(contrib, n_boot=n_boot)  # type: ignore[arg-type]
+        table.to_csv(path.with_suffix(".csv"), index=False)
+        chance = k / len(table)
+        for statistic in ("null_corrected", "contribution"):
+            ranked = table.sort_values(statistic, ascending=False, kind="stable")["region"].tolist()
+            rows.append({
+                "method": contrib.method, "reference": path.stem.split("__")[1], "statistic": statistic,  # type: ignore
+                "k": k, "chance": chance, "precision": precision_at_k(ranked, planted),
+                "precision_planted_or_displaced": precision_at_k(ranked, lenient, k),
+                "atrophy_in_top_k": sum(r in ranked[:k] for r in atrophy), "atrophy_regions": len(atrophy),
+                "planted_ranks": {r: ranked.index(r) + 1 for r in planted if r in ranked},
+                "seconds_per_subject": contrib.seconds_per_subject, "subjects": len(contrib.values),  # type: ignore
+            })
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="results folder (resumable)")
@@ -111,14 +246,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30, configs/demo.yaml)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     parser.add_argument("--stage", choices=["train", "all"], default="all", help="stop after training, or run all")
+    parser.add_argument("--methods", nargs="+", default=[f"{m}__{r}" for m, r in RUNS],
+                        help="METHOD__REFERENCE runs (default: all of RUNS)")
+    parser.add_argument("--band-mm", type=float, default=6.0, help="band width of the band methods (mm)")
+    parser.add_argument("--nulls", type=int, default=24, help="size-matched null sets per subject")
+    parser.add_argument("--steps", type=int, default=32, help="integration steps / SHAP samples")
+    parser.add_argument("--max-subjects", type=int, default=None, help="held-out subjects attributed (default all)")
+    parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = {}
     for cohort in (c for c in COHORTS if c.name in args.cohorts):
         folder = args.out / cohort.name
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         print(f"{cohort.name}: cohort {root}", flush=True)
         best = train(folder, root, args.epochs)
         print(f"{cohort.name}: model {best} ({json.loads((best.parents[1] / 'done.json').read_text())})", flush=True)
+        if args.stage == "train":
+            continue
+        truth = json.loads((root / "ground_truth.json").read_text())
+        data = held_out(best, folder / "train" / "test.csv", args.max_subjects)
+        mae = float(np.mean(np.abs(data.predicted - np.asarray(data.ages))))
+        baseline = float(np.mean(np.abs(np.median(data.ages) - np.asarray(data.ages))))
+        print(f"{cohort.name}: {len(data.ages)} held-out scans, MAE {mae:.2f} y (median-age baseline {baseline:.2f})",
+              flush=True)
+        for run in args.methods:
+            method, reference = run.split("__")
+            path = attribute(folder, data, method, reference, args.band_mm, args.nulls, args.steps)
+            print(f"{cohort.name}: {path.name} done", flush=True)
+        effects = effect_check(folder, data, truth)
+        rows = score(folder, data, truth, args.boot)
+        results[cohort.name] = {"role": cohort.role, "effects": [e["name"] for e in truth["effects"]],
+                                "held_out": len(data.ages), "mae": mae, "baseline_mae": baseline, "scores": rows,
+                                "effect_check": effects.to_dict("records")}
+        (folder / "results.json").write_text(json.dumps(results[cohort.name], indent=1, default=float))
+    if results:
+        report(results)
     return 0
+
+
+def report(results: dict) -> None:
+    """Print the precision@k table (null-corrected ranking), the effect check and the JSON summary line."""
+    rows = [dict(cohort=c, **{k: v for k, v in row.items() if k != "planted_ranks"})
+            for c, r in results.items() for row in r["scores"] if row["statistic"] == "null_corrected"]
+    table = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    print("\nprecision@k (k = planted regions), ranking by the null-corrected contribution:")
+    print(table.pivot_table(index=["method", "reference"], columns="cohort", values="precision").round(2))
+    print("chance:", {c: round(r["scores"][0]["chance"], 3) for c, r in results.items()})
+    print("\natrophy regions in the top k:")
+    print(table.pivot_table(index=["method", "reference"], columns="cohort", values="atrophy_in_top_k"))
+    print("\nseconds per subject:")
+    print(table.pivot_table(index=["method", "reference"], columns="cohort", values="seconds_per_subject").round(1))
+    for c, r in results.items():
+        print(f"\n{c}: effect check (joint occlusion; MAE {r['mae']:.2f} y, baseline {r['baseline_mae']:.2f} y)")
+        print(pd.DataFrame(r["effect_check"]).round(3).to_string(index=False))
+    summary = {c: {"mae": r["mae"], "k": r["scores"][0]["k"], "chance": r["scores"][0]["chance"],
+                   "precision": {f"{row['method']}__{row['reference']}__{row['statistic']}": row["precision"]
+                                 for row in r["scores"]},
+                   "null_control": {e["reference"]: [e["contribution"], e["ci_low"], e["ci_high"]]
+                                    for e in r["effect_check"] if e["name"] == "null regions (control)"}}
+               for c, r in results.items()}
+    print(json.dumps(summary, default=float))
 
 
 if __name__ == "__main__":
