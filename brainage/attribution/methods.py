@@ -14,12 +14,8 @@ Every method answers "how many years does this region's difference from a young 
 - ``gradient_shap``: Captum ``GradientShap`` (expected gradients, Lundberg & Lee 2017; Erion et al. 2021) with the
   individual young scans as the baseline distribution, summed over regions.
 
-Reference (our choice, measured in the attribution benchmark): the young reference of
-:func:`brainage.attribution.occlusion.reference_image`, by default intensity-matched to each scan
-(``young_matched``): per-subject z-scoring inside the brain shifts every voxel when any region changes (a larger
-ventricle lowers the brain mean and widens its spread), so an unmatched reference makes untouched regions carry age.
-An affine map ``a * ref + b`` fitted to the scan over brain voxels by trimmed least squares (the 80 % best-fitting
-voxels, twice) undoes that global shift and keeps only regional differences.
+Reference: :mod:`brainage.attribution.reference`; by default the young reference intensity-matched to each scan
+(``young_matched``), which removes the global shift per-subject z-scoring gives every voxel when any region changes.
 
 Size-matched nulls: the same aggregation over shifted copies of region masks (``masks.null_sets``) gives what a
 voxel set of that size contributes with no region-specific effect; ``brainage.attribution.ranking`` subtracts it.
@@ -33,7 +29,6 @@ Letter legend: s subjects, m images per model call, r atlas regions, q null sets
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,88 +36,32 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from scipy import sparse
 from captum.attr import FeatureAblation, GradientShap, IntegratedGradients
+from scipy import sparse
 from tqdm.auto import tqdm
 
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.masks import VoxelSets, band_sets, colour_classes, null_sets, region_sets
+from brainage.attribution.reference import Reference, matched_reference, subject_baselines
 
 __all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
     "AblationPlan",
     "AgeForward",
-    "DEFAULT_METHOD",
     "Method",
-    "METHODS",
     "Reference",
     "RegionContributions",
     "ablation_contributions",
     "attribute_regions",
     "gradient_map",
-    "matched_reference",
     "set_contributions",
-    "subject_baselines",
 ]
 
 AgeForward = Callable[[torch.Tensor, int], torch.Tensor]  # (m, 1, X, Y, Z), subject s -> (m,) years
 Method = Literal["occlusion", "band_occlusion", "integrated_gradients", "band_integrated_gradients", "gradient_shap"]
 METHODS: tuple[str, ...] = get_args(Method)
-Reference = Literal["young_matched", "young", "cohort"]
 DEFAULT_METHOD: Method = "band_occlusion"
-TRIM = 0.8  # share of brain voxels kept by each trimmed least-squares pass of matched_reference
-MIN_YOUNG = 2
-
-
-def matched_reference(reference: np.ndarray, image: np.ndarray, passes: int = 2) -> np.ndarray:
-    """``a * reference + b`` fitted to ``image`` (both (X, Y, Z)) over voxels non-zero in both, by least squares on
-    the ``TRIM`` share of voxels with the smallest residuals (``passes`` refits); 0 where ``reference`` is 0."""
-    reference, image = np.asarray(reference, dtype=np.float64), np.asarray(image, dtype=np.float64)
-    if reference.shape != image.shape:
-        raise ValueError(f"reference {reference.shape} and image {image.shape} must share one grid")
-    both = (reference != 0) & (image != 0)
-    if both.sum() < 10:
-        raise ValueError(f"only {int(both.sum())} voxels are non-zero in both the reference and the image; expected "
-                         "two brain images on one grid")
-    r, x = reference[both], image[both]
-    keep = np.ones(len(r), dtype=bool)
-    for _ in range(passes + 1):
-        a, b = np.polyfit(r[keep], x[keep], 1)
-        residual = np.abs(x - (a * r + b))
-        keep = residual <= np.quantile(residual, TRIM)
-    return np.where(reference != 0, a * reference + b, 0.0).astype(np.float32)
-
-
-def _young(ages: Sequence[float], count: int) -> np.ndarray:
-    ages = np.asarray([math.nan if a is None else float(a) for a in ages], dtype=np.float64)
-    if len(ages) != count:
-        raise ValueError(f"need one age per image: {len(ages)} ages for {count} images")
-    known = np.flatnonzero(~np.isnan(ages))
-    if len(known) < 3:
-        raise ValueError(f"a young reference needs at least 3 scans with a known age, found {len(known)}")
-    return known[np.argsort(ages[known], kind="stable")][: max(MIN_YOUNG, len(known) // 3)]
-
-
-def subject_baselines(images: np.ndarray, ages: Sequence[float], reference: Reference = "young_matched"
-                      ) -> tuple[Callable[[int], np.ndarray], np.ndarray, str]:
-    """The baseline of each subject, the young scans (for GradientShap) and a sentence describing the reference.
-
-    Returns:
-        (``baseline(s)`` -> (X, Y, Z) float32, young indices (y,), description).
-    """
-    if reference not in get_args(Reference):
-        raise ValueError(f"reference must be one of {list(get_args(Reference))}, got {reference!r}")
-    young = _young(ages, len(images))
-    ages = np.asarray(ages, dtype=np.float64)
-    if reference == "cohort":
-        mean = images.mean(axis=0)
-        return (lambda s: mean), young, f"the voxel-wise mean of the {len(images)} scans"
-    mean = images[young].mean(axis=0)
-    described = (f"the voxel-wise mean of the {len(young)} youngest scans (ages {ages[young].min():.0f}-"
-                 f"{ages[young].max():.0f} y)")
-    if reference == "young":
-        return (lambda s: mean), young, described
-    return (lambda s: matched_reference(mean, images[s])), young, described + (
-        ", intensity-matched to each scan (a * ref + b, trimmed least squares over the brain)")
 
 
 def _single(forward: AgeForward, s: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -268,7 +207,7 @@ def attribute_regions(
     own_sets = region_sets(regions, r)
     band = method.startswith("band_")
     if band:
-        bands, shells = band_sets(regions, r, brain, band_mm, spacing)
+        bands, _shells = band_sets(regions, r, brain, band_mm, spacing)
         attributed = bands
     else:
         attributed = own_sets

@@ -19,49 +19,30 @@ ventricle enlargement (+0.49 y) but not the hippocampal (+0.01 y) or thin cortic
 +0.03 y), so a faithful ranking cannot put 12 of the 16 planted regions on top. A per-voxel normalised column is
 reported too; it is not used for ranking because it favours tiny regions with a few boundary voxels.
 
-The model is reached only through ``predict``: (m, X, Y, Z) float32 images -> (m,) predicted ages in years, so this
-module computes without importing torch and never touches the model's weights.
+The model is reached only through ``predict``: (m, X, Y, Z) float32 images -> (m,) predicted ages in years (numpy),
+and never touched otherwise; the occlusion itself is Captum's ``FeatureAblation``
+(:func:`brainage.attribution.methods.ablation_contributions`). The newer methods (band occlusion, integrated gradients,
+intensity-matched reference, size-matched nulls, bootstrap ranks) are in :mod:`brainage.attribution.methods` and
+:mod:`brainage.attribution.ranking`; this module keeps the report's original region occlusion and its table.
 
 Letter legend: s subjects, m images per model call, r atlas regions, (X, Y, Z) model-grid voxels.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from brainage.attribution.mapping import RegionIndex
+from brainage.attribution.masks import VoxelSets
+from brainage.attribution.methods import AblationPlan, ablation_contributions
+from brainage.attribution.reference import Reference, reference_image
 
-__all__ = ["Reference", "reference_image", "occlusion_deltas", "set_occlusion_deltas", "rank_sensitivity"]
-
-Reference = Literal["young", "cohort"]
-MIN_YOUNG = 2  # scans in the young reference at the least
-
-
-def reference_image(images: np.ndarray, ages: Sequence[float], kind: Reference = "young") -> tuple[np.ndarray, str]:
-    """The occlusion reference (X, Y, Z) of a stack (s, X, Y, Z) and a sentence describing it.
-
-    ``young``: voxel-wise mean of the youngest third of the scans with a known age (at least 2); falls back to the
-    cohort mean when fewer than 3 ages are known. ``cohort``: voxel-wise mean of all scans.
-    """
-    if kind not in ("young", "cohort"):
-        raise ValueError(f"occlusion reference must be 'young' or 'cohort', got {kind!r}")
-    ages = np.asarray([math.nan if a is None else float(a) for a in ages], dtype=np.float64)
-    if len(ages) != len(images):
-        raise ValueError(f"need one age per image: {len(ages)} ages for {len(images)} images")
-    known = np.flatnonzero(~np.isnan(ages))
-    if kind == "cohort" or len(known) < 3:
-        why = "" if kind == "cohort" else " (fewer than 3 known ages: no young reference)"
-        return images.mean(axis=0), f"the voxel-wise mean of the {len(images)} occluded scans{why}"
-    young = known[np.argsort(ages[known], kind="stable")][: max(MIN_YOUNG, len(known) // 3)]
-    return images[young].mean(axis=0), (f"the voxel-wise mean of the {len(young)} youngest occluded scans (ages "
-                                        f"{ages[young].min():.0f}-{ages[young].max():.0f} y)")
-
+__all__ = ["Reference", "occlusion_deltas", "rank_sensitivity", "reference_image", "set_occlusion_deltas"]
 
 def occlusion_deltas(
     predict: Callable[[np.ndarray, int], np.ndarray],
@@ -112,16 +93,14 @@ def set_occlusion_deltas(
     mean = stack.mean(axis=0) if reference is None else np.asarray(reference, dtype=np.float32)  # (X, Y, Z)
     if mean.shape != regions.shape:
         raise ValueError(f"reference image of shape {mean.shape} does not match the region grid {regions.shape}")
-    masks = [np.isin(regions, list(region_set)) for region_set in region_sets]  # q x (X, Y, Z)
-    deltas = np.full((len(stack), len(masks)), np.nan)
-    for s, image in enumerate(tqdm(stack, desc="occlusion", unit="subject", disable=None if progress else True)):
-        base = float(np.asarray(predict(image[None], s))[0])
-        for start in range(0, len(masks), batch_size):
-            chunk = masks[start : start + batch_size]
-            batch = np.repeat(image[None], len(chunk), axis=0)  # (m, X, Y, Z)
-            for i, mask in enumerate(chunk):
-                batch[i][mask] = mean[mask]
-            deltas[s, start : start + len(chunk)] = np.asarray(predict(batch, s), dtype=np.float64) - base
+    plan = AblationPlan.of(VoxelSets.from_masks([np.isin(regions, list(s)) for s in region_sets], regions.shape))
+
+    def forward(x: torch.Tensor, s: int) -> torch.Tensor:  # Captum's (m, 1, X, Y, Z) -> the caller's numpy predict
+        return torch.as_tensor(np.asarray(predict(x[:, 0].numpy(), s), dtype=np.float32))
+
+    deltas = np.full((len(stack), len(region_sets)), np.nan)
+    for s in tqdm(range(len(stack)), desc="occlusion", unit="subject", disable=None if progress else True):
+        deltas[s] = -ablation_contributions(forward, stack[s], plan, mean, s, batch_size)
     return deltas
 
 

@@ -41,11 +41,11 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import nibabel as nib

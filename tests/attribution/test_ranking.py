@@ -66,7 +66,7 @@ def test_rank_intervals_widen_with_noise():
     noisy = contrib
     noisy.values = noisy.values + np.random.default_rng(3).normal(0, 3.0, size=noisy.values.shape)
     loud = rank_regions(noisy, n_boot=300)
-    width = lambda t: (t["rank_high"] - t["rank_low"]).sum()  # noqa: E731
+    width = lambda t: (t["rank_high"] - t["rank_low"]).sum()
     assert width(loud) > width(quiet)
 
 

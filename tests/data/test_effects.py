@@ -84,7 +84,7 @@ def test_cohort_with_chosen_effects_changes_only_their_regions(tmp_path):
     """Same subjects (same seed, one site, no nuisance) at ages 10-20 (no effect) and 84-85: the difference is the
     planted effects only, inside the planted regions, their displaced neighbours and a few mm around them."""
     effects = parse_effects("atrophy:L-thalamusproper,intensity:R-precuneus", NAMES)
-    kw = dict(n=2, seed=3, spacing=SPACING, workers=1, nuisance=False, n_sites=1, effects=effects)
+    kw = {"n": 2, "seed": 3, "spacing": SPACING, "workers": 1, "nuisance": False, "n_sites": 1, "effects": effects}
     young = synth.synthesize_cohort(tmp_path / "young", age_range=(10.0, 20.0), **kw)
     old = synth.synthesize_cohort(tmp_path / "old", age_range=(84.0, 85.0), **kw)
     truth = json.loads((old / "ground_truth.json").read_text())
