@@ -158,22 +158,28 @@ def _save_npz(path: Path, **arrays: object) -> None:
     os.replace(tmp, path)
 
 
-def attribute(folder: Path, data: HeldOut, method: str, reference: str, band_mm: float, n_null: int,
-              n_steps: int) -> Path:
-    """Per-subject region contributions of one (method, reference), saved once to ``attribution/``."""
-    from brainage.attribution.methods import attribute_regions
+def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm: float, n_null: int,
+              n_steps: int) -> list[Path]:
+    """Per-subject region contributions of every (method, reference) run not yet on disk (``attribution/``); the
+    methods of one reference are computed together (shared model calls, timed apart)."""
+    from brainage.attribution.methods import attribute_methods
 
-    out = folder / "attribution" / f"{method}__{reference}.npz"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    c = attribute_regions(data.forward, data.images, data.ages, data.regions, data.index, method,  # type: ignore
-                          reference=reference, spacing=data.spacing, band_mm=band_mm, n_null=n_null,
-                          n_steps=n_steps)
-    _save_npz(out, values=c.values, own=c.own, shell=c.shell, sizes=c.sizes, region_voxels=c.region_voxels,
-              null_values=c.null_values, null_sizes=c.null_sizes, null_source=c.null_source,
-              seconds_per_subject=c.seconds_per_subject, reference=c.reference, band_mm=band_mm if c.is_band else -1)
-    return out
+    done = []
+    for reference in dict.fromkeys(r for _, r in runs):
+        paths = {m: folder / "attribution" / f"{m}__{reference}.npz" for m, r in runs if r == reference}
+        todo = [m for m, p in paths.items() if not p.is_file()]
+        if todo:
+            (folder / "attribution").mkdir(parents=True, exist_ok=True)
+            results = attribute_methods(data.forward, data.images, data.ages, data.regions, data.index,  # type: ignore
+                                        todo, reference=reference, spacing=data.spacing, band_mm=band_mm,
+                                        n_null=n_null, n_steps=n_steps, progress=True)
+            for method, c in results.items():
+                _save_npz(paths[method], values=c.values, own=c.own, shell=c.shell, sizes=c.sizes,
+                          region_voxels=c.region_voxels, null_values=c.null_values, null_sizes=c.null_sizes,
+                          null_source=c.null_source, seconds_per_subject=c.seconds_per_subject,
+                          reference=c.reference, band_mm=band_mm if c.is_band else -1)
+        done += list(paths.values())
+    return done
 
 
 def load_contributions(path: Path, index: object) -> object:
@@ -273,9 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = float(np.mean(np.abs(np.median(data.ages) - np.asarray(data.ages))))
         print(f"{cohort.name}: {len(data.ages)} held-out scans, MAE {mae:.2f} y (median-age baseline {baseline:.2f})",
               flush=True)
-        for run in args.methods:
-            method, reference = run.split("__")
-            path = attribute(folder, data, method, reference, args.band_mm, args.nulls, args.steps)
+        runs = [tuple(run.split("__")) for run in args.methods]
+        for path in attribute(folder, data, runs, args.band_mm, args.nulls, args.steps):  # type: ignore[arg-type]
             print(f"{cohort.name}: {path.name} done", flush=True)
         effects = effect_check(folder, data, truth)
         rows = score(folder, data, truth, args.boot)

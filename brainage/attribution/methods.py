@@ -53,6 +53,7 @@ __all__ = [
     "Reference",
     "RegionContributions",
     "ablation_contributions",
+    "attribute_methods",
     "attribute_regions",
     "gradient_map",
     "set_contributions",
@@ -131,11 +132,15 @@ def gradient_map(forward: AgeForward, image: np.ndarray, baseline: np.ndarray, s
         attr = IntegratedGradients(call).attribute(x, baselines=b, n_steps=n_steps, internal_batch_size=batch_size)
     elif method == "gradient_shap":
         b = torch.as_tensor(np.asarray(baseline, dtype=np.float32))[:, None]  # (b, 1, X, Y, Z)
-        torch.manual_seed(seed)
-        attr = torch.zeros_like(x)
-        for start in range(0, n_steps, batch_size):  # n_samples per call bounds the memory
-            n = min(batch_size, n_steps - start)
-            attr += GradientShap(call).attribute(x, baselines=b, n_samples=n, stdevs=0.0) * (n / n_steps)
+        state = np.random.get_state()  # Captum draws baselines and path points from numpy's global generator
+        np.random.seed(seed)
+        try:
+            attr = torch.zeros_like(x)
+            for start in range(0, n_steps, batch_size):  # n_samples per call bounds the memory
+                n = min(batch_size, n_steps - start)
+                attr += GradientShap(call).attribute(x, baselines=b, n_samples=n, stdevs=0.0) * (n / n_steps)
+        finally:
+            np.random.set_state(state)
     else:
         raise ValueError(f"gradient method must be integrated_gradients or gradient_shap, got {method!r}")
     return attr[0, 0].detach().cpu().numpy().astype(np.float64)
@@ -164,13 +169,46 @@ class RegionContributions:
         return self.band_mm is not None
 
 
-def attribute_regions(
+FAMILY: dict[str, str] = {"occlusion": "occlusion", "band_occlusion": "occlusion",
+                          "integrated_gradients": "integrated_gradients",
+                          "band_integrated_gradients": "integrated_gradients", "gradient_shap": "gradient_shap"}
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Voxel sets of one cohort grid: regions, bands, shells and their size-matched nulls."""
+
+    own: VoxelSets
+    own_nulls: VoxelSets
+    own_source: np.ndarray
+    bands: VoxelSets | None
+    shells: VoxelSets | None
+    band_nulls: VoxelSets | None
+    band_source: np.ndarray | None
+
+
+def _geometry(regions: np.ndarray, r: int, brain: np.ndarray, band: bool, band_mm: float, spacing: float,
+              n_null: int, seed: int) -> _Geometry:
+    own = region_sets(regions, r)
+    own_nulls, own_source = null_sets(own, brain, n_null, seed)
+    if not band:
+        return _Geometry(own, own_nulls, own_source, None, None, None, None)
+    bands, shells = band_sets(regions, r, brain, band_mm, spacing)
+    band_nulls, band_source = null_sets(bands, brain, n_null, seed + 1)
+    return _Geometry(own, own_nulls, own_source, bands, shells, band_nulls, band_source)
+
+
+def _stack(*sets: VoxelSets) -> VoxelSets:
+    return VoxelSets(sparse.vstack([v.matrix for v in sets]).tocsr(), sets[0].shape)
+
+
+def attribute_methods(
     forward: AgeForward,
     images: np.ndarray,
-    ages: Sequence[float],
+    ages: Sequence[float | None],
     regions: np.ndarray,
     index: RegionIndex,
-    method: Method = DEFAULT_METHOD,
+    methods: Sequence[Method] = (DEFAULT_METHOD,),
     *,
     reference: Reference = "young_matched",
     spacing: float = 3.0,
@@ -180,8 +218,12 @@ def attribute_regions(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = False,
-) -> RegionContributions:
-    """Contribution of every atlas region to each scan's predicted age, by ``method`` (see the module docstring).
+) -> dict[str, RegionContributions]:
+    """Contribution of every atlas region to each scan's predicted age by each of ``methods`` (module docstring).
+
+    Methods of one family share their model calls: region and band occlusion one region ablation pass (the band
+    method reports the region alone as ``own``), integrated gradients and its band variant one voxel map per scan.
+    ``seconds_per_subject`` is what each method costs alone (band occlusion: bands + regions).
 
     Args:
         forward: ``forward(images (m, 1, X, Y, Z), s) -> (m,)`` predicted ages in years of subject s.
@@ -189,57 +231,98 @@ def attribute_regions(
         ages: chronological ages of the scans (the young reference needs at least 3 known).
         regions: (X, Y, Z) region row per voxel (``index.columns`` of the resampled atlas), -1 = none.
         index: the region rows.
+        methods: any of ``METHODS``.
+        reference: see :mod:`brainage.attribution.reference`.
         spacing: model-grid voxel size in mm (band width conversion).
         band_mm: band width of the band methods.
-        n_null: null sets per subject (occlusion: extra model calls; gradient methods: free).
+        n_null: null sets per subject and set shape (occlusion: extra model calls; gradient methods: free).
         n_steps: integration steps (integrated gradients) or samples (gradient SHAP).
         batch_size: images per model call.
         seed: seed of the null placement and of gradient SHAP's sampling.
     """
-    if method not in METHODS:
-        raise ValueError(f"attribution method must be one of {list(METHODS)}, got {method!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"attribution methods must be among {list(METHODS)}, got {list(methods)}")
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[1:] != np.asarray(regions).shape:
         raise ValueError(f"images {images.shape} must be (subjects, X, Y, Z) on the region grid {np.shape(regions)}")
-    r = len(index)
+    r, n = len(index), len(images)
     baseline, young, described = subject_baselines(images, ages, reference)
     brain = np.any(images != 0, axis=0)  # (X, Y, Z)
-    own_sets = region_sets(regions, r)
-    band = method.startswith("band_")
-    if band:
-        bands, _shells = band_sets(regions, r, brain, band_mm, spacing)
-        attributed = bands
-    else:
-        attributed = own_sets
-    nulls, source = null_sets(attributed, brain, n_null, seed)
-    present = own_sets.sizes > 0
-    if method in ("occlusion", "band_occlusion"):
-        plan = AblationPlan.of(VoxelSets(sparse.vstack([attributed.matrix, nulls.matrix]).tocsr(), attributed.shape))
-        own_plan = AblationPlan.of(own_sets) if band else None
-    values, own, shell = (np.full((len(images), r), np.nan) for _ in range(3))
-    null_values = np.full((len(images), len(nulls)), np.nan)
-    start = time.perf_counter()
-    for s in tqdm(range(len(images)), desc=method, unit="subject", disable=None if progress else True):
-        base = baseline(s)
-        if method in ("occlusion", "band_occlusion"):
-            got = ablation_contributions(forward, images[s], plan, base, s, batch_size)
-            values[s], null_values[s] = got[:r], got[r:]
-            own[s] = ablation_contributions(forward, images[s], own_plan, base, s, batch_size) if band else values[s]
+    geo = _geometry(regions, r, brain, any(m.startswith("band_") for m in methods), band_mm, spacing, n_null, seed)
+    families = {FAMILY[m] for m in methods}
+    seconds: dict[str, float] = {}
+    # per family: (s, r) region sums/ablations, (s, q) their nulls, and the same for bands
+    own, own_null = np.full((n, r), np.nan), np.full((n, len(geo.own_nulls)), np.nan)
+    bands = np.full((n, r), np.nan) if geo.bands is not None else None
+    band_null = np.full((n, len(geo.band_nulls)), np.nan) if geo.band_nulls is not None else None
+    out: dict[str, RegionContributions] = {}
+
+    def result(method: str, values: np.ndarray, own_values: np.ndarray, nulls: np.ndarray, null_sets_: VoxelSets,
+               source: np.ndarray, sizes: np.ndarray, cost: float) -> RegionContributions:
+        values, own_values = values.copy(), own_values.copy()
+        absent = geo.own.sizes == 0
+        values[:, absent] = own_values[:, absent] = np.nan
+        return RegionContributions(method, index, values, own_values, values - own_values, sizes.astype(float),
+                                   geo.own.sizes.astype(float), nulls.copy(), null_sets_.sizes.astype(float), source,
+                                   described, cost, band_mm if method.startswith("band_") else None)
+
+    for family in sorted(families):
+        if family == "occlusion":
+            own_plan = AblationPlan.of(_stack(geo.own, geo.own_nulls))
+            band_plan = AblationPlan.of(_stack(geo.bands, geo.band_nulls)) if bands is not None else None
+            spent = {"own": 0.0, "band": 0.0}
+            for s in tqdm(range(n), desc="occlusion", unit="subject", disable=None if progress else True):
+                base = baseline(s)
+                start = time.perf_counter()
+                got = ablation_contributions(forward, images[s], own_plan, base, s, batch_size)
+                own[s], own_null[s] = got[:r], got[r:]
+                spent["own"] += time.perf_counter() - start
+                if band_plan is not None:
+                    start = time.perf_counter()
+                    got = ablation_contributions(forward, images[s], band_plan, base, s, batch_size)
+                    bands[s], band_null[s] = got[:r], got[r:]  # type: ignore[index]
+                    spent["band"] += time.perf_counter() - start
+            seconds["occlusion"] = spent["own"] / n
+            seconds["band_occlusion"] = (spent["own"] + spent["band"]) / n
         else:
-            kind = "gradient_shap" if method == "gradient_shap" else "integrated_gradients"
-            b = np.stack([matched_reference(images[y], images[s]) if reference == "young_matched" else images[y]
-                          for y in young]) if kind == "gradient_shap" else base
-            voxel = gradient_map(forward, images[s], b, s, kind, n_steps, batch_size, seed + s)  # (X, Y, Z)
-            own[s] = own_sets.sums(voxel)
-            values[s] = attributed.sums(voxel)
-            null_values[s] = nulls.sums(voxel)
-        shell[s] = values[s] - own[s]
-    seconds = (time.perf_counter() - start) / max(len(images), 1)
-    for array in (values, own, shell):
-        array[:, ~present] = np.nan
-    return RegionContributions(method, index, values, own, shell, attributed.sizes.astype(float),
-                               own_sets.sizes.astype(float), null_values, nulls.sizes.astype(float), source,
-                               described, seconds, band_mm if band else None)
+            start = time.perf_counter()
+            for s in tqdm(range(n), desc=family, unit="subject", disable=None if progress else True):
+                if family == "gradient_shap":
+                    b = np.stack([matched_reference(images[y], images[s]) if reference == "young_matched"
+                                  else images[y] for y in young])  # (y, X, Y, Z) young scans as baselines
+                else:
+                    b = baseline(s)
+                voxel = gradient_map(forward, images[s], b, s, family, n_steps, batch_size, seed + s)  # type: ignore
+                own[s], own_null[s] = geo.own.sums(voxel), geo.own_nulls.sums(voxel)
+                if bands is not None and family == "integrated_gradients":
+                    bands[s], band_null[s] = geo.bands.sums(voxel), geo.band_nulls.sums(voxel)  # type: ignore
+            seconds[family] = seconds["band_" + family] = (time.perf_counter() - start) / n
+        for method in methods:
+            if FAMILY[method] != family:
+                continue
+            if method.startswith("band_"):
+                out[method] = result(method, bands, own, band_null, geo.band_nulls, geo.band_source,  # type: ignore
+                                     geo.bands.sizes, seconds[method])  # type: ignore[union-attr]
+            else:
+                out[method] = result(method, own, own, own_null, geo.own_nulls, geo.own_source, geo.own.sizes,
+                                     seconds[method])
+    return {m: out[m] for m in methods}
+
+
+def attribute_regions(
+    forward: AgeForward,
+    images: np.ndarray,
+    ages: Sequence[float | None],
+    regions: np.ndarray,
+    index: RegionIndex,
+    method: Method = DEFAULT_METHOD,
+    **options: object,
+) -> RegionContributions:
+    """One method of :func:`attribute_methods` (same keyword options): the report's entry point."""
+    if method not in METHODS:
+        raise ValueError(f"attribution method must be one of {list(METHODS)}, got {method!r}")
+    return attribute_methods(forward, images, ages, regions, index, (method,), **options)[method]  # type: ignore
 
 
 def set_contributions(

@@ -9,7 +9,13 @@ import torch
 
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.masks import VoxelSets, band_sets, colour_classes, null_sets, region_sets
-from brainage.attribution.methods import METHODS, ablation_contributions, attribute_regions, gradient_map
+from brainage.attribution.methods import (
+    METHODS,
+    ablation_contributions,
+    attribute_methods,
+    attribute_regions,
+    gradient_map,
+)
 from brainage.attribution.reference import matched_reference
 
 SHAPE = (12, 10, 8)
@@ -117,3 +123,18 @@ def test_bad_arguments_are_named():
         attribute_regions(forward, images[:, :-1], ages, regions, index)
     with pytest.raises(ValueError, match="at least 3 scans with a known age"):
         attribute_regions(forward, images, [None] * len(images), regions, index)
+
+
+def test_methods_computed_together_equal_methods_computed_alone():
+    forward, _, images, regions, _, ages = _toy(subjects=5)
+    index = RegionIndex((1, 2, 3), ("L-a", "R-a", "B-c"))
+    options = dict(reference="young_matched", spacing=1.0, band_mm=1.0, n_null=4, n_steps=4, batch_size=3)
+    together = attribute_methods(forward, images, ages, regions, index, METHODS, **options)
+    assert list(together) == list(METHODS)
+    for method in METHODS:
+        alone = attribute_regions(forward, images, ages, regions, index, method, **options)
+        np.testing.assert_allclose(together[method].values, alone.values, atol=1e-4)
+        np.testing.assert_allclose(together[method].null_values, alone.null_values, atol=1e-4)
+    np.testing.assert_allclose(together["band_occlusion"].own, together["occlusion"].values, atol=1e-4)
+    np.testing.assert_allclose(together["band_integrated_gradients"].own, together["integrated_gradients"].values,
+                               atol=1e-4)
