@@ -15,6 +15,7 @@ from brainage.attribution.methods import (
     attribute_methods,
     attribute_regions,
     gradient_map,
+    set_contributions,
 )
 from brainage.attribution.reference import matched_reference
 
@@ -128,7 +129,7 @@ def test_bad_arguments_are_named():
 def test_methods_computed_together_equal_methods_computed_alone():
     forward, _, images, regions, _, ages = _toy(subjects=5)
     index = RegionIndex((1, 2, 3), ("L-a", "R-a", "B-c"))
-    options = dict(reference="young_matched", spacing=1.0, band_mm=1.0, n_null=4, n_steps=4, batch_size=3)
+    options = {"reference": "young_matched", "spacing": 1.0, "band_mm": 1.0, "n_null": 4, "n_steps": 4, "batch_size": 3}
     together = attribute_methods(forward, images, ages, regions, index, METHODS, **options)
     assert list(together) == list(METHODS)
     for method in METHODS:
@@ -138,3 +139,15 @@ def test_methods_computed_together_equal_methods_computed_alone():
     np.testing.assert_allclose(together["band_occlusion"].own, together["occlusion"].values, atol=1e-4)
     np.testing.assert_allclose(together["band_integrated_gradients"].own, together["integrated_gradients"].values,
                                atol=1e-4)
+
+
+def test_set_contributions_occlude_each_named_set_at_once():
+    forward, weight, images, regions, _, ages = _toy(subjects=6)
+    index = RegionIndex((1, 2, 3), ("L-a", "R-a", "B-c"))
+    sets = {"a": ["L-a", "R-a"], "c": ["B-c"], "unknown": ["X-missing"]}
+    values, voxels, described = set_contributions(forward, images, ages, regions, index, sets, reference="young")
+    young = images[:2].mean(axis=0)
+    for s in range(6):
+        assert values[s, 0] == pytest.approx(_expected(weight, images[s], young, np.isin(regions, [0, 1])), abs=1e-3)
+        assert values[s, 1] == pytest.approx(_expected(weight, images[s], young, regions == 2), abs=1e-3)
+    assert np.isnan(values[:, 2]).all() and voxels[2] == 0 and "2 youngest" in described
