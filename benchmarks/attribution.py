@@ -61,6 +61,7 @@ COHORTS = (
     Cohort("mix", 13, effects="atrophy:caudate,atrophy:amygdala,intensity:lateraloccipital*1.5,"
                               "intensity:rostralmiddlefrontal"),
     Cohort("random", 14, random_effects="atrophy=2,intensity=2"),
+    Cohort("demo", 1),  # the demo's own effects (make demo: seed 1): the null-control measurement of issue 14
 )
 
 
@@ -82,8 +83,10 @@ def build_cohort(cohort: Cohort, folder: Path, subjects: int, workers: int) -> P
         return out
     command = [sys.executable, "-m", "brainage.cli", "synth", "--n", str(subjects), "--out", str(out), "--seed",
                str(cohort.seed), "--spacing", "2", "--workers", str(workers), "--overwrite"]
-    command += ["--effects", cohort.effects] if cohort.effects else ["--random-effects", cohort.random_effects,
-                                                                     "--effect-seed", str(cohort.seed)]
+    if cohort.effects:
+        command += ["--effects", cohort.effects]
+    elif cohort.random_effects:
+        command += ["--random-effects", cohort.random_effects, "--effect-seed", str(cohort.seed)]
     _run(command, folder / "logs" / "synth.log")
     return out
 
@@ -215,6 +218,33 @@ def effect_check(folder: Path, data: HeldOut, truth: dict) -> pd.DataFrame:
     return frame
 
 
+def normalisation_check(folder: Path, data: HeldOut, test_csv: Path) -> dict:
+    """Where a null region's age signal can come from: the per-subject z-scoring parameters (brain mean and sd of the
+    raw scans) and the intensity map of the young reference onto each preprocessed scan (a, b), against age."""
+    import nibabel as nib
+    from scipy.stats import spearmanr
+
+    from brainage.attribution.reference import intensity_fit, reference_image
+
+    out = folder / "normalisation.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    table = pd.read_csv(test_csv).head(len(data.ages))
+    raw = [np.asarray(nib.load(p).dataobj, dtype=np.float64) for p in table["path"]]
+    mean = [float(x[x > 0].mean()) for x in raw]
+    sd = [float(x[x > 0].std()) for x in raw]
+    reference, _ = reference_image(data.images, data.ages, "young")
+    fits = [intensity_fit(reference, image) for image in data.images]
+    ages = np.asarray(data.ages)
+    result = {name: float(spearmanr(ages, values).statistic) for name, values in
+              (("rho_age_brain_mean", mean), ("rho_age_brain_sd", sd), ("rho_age_fit_a", [f[0] for f in fits]),
+               ("rho_age_fit_b", [f[1] for f in fits]))}
+    result |= {"fit_a_range": [min(f[0] for f in fits), max(f[0] for f in fits)],
+               "fit_b_range": [min(f[1] for f in fits), max(f[1] for f in fits)]}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def score(folder: Path, data: HeldOut, truth: dict, n_boot: int) -> list[dict]:
     """precision@k per (method, reference) and ranking statistic; ranks of the planted regions."""
     from brainage.attribution.ranking import rank_regions
@@ -283,10 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in attribute(folder, data, runs, args.band_mm, args.nulls, args.steps):  # type: ignore[arg-type]
             print(f"{cohort.name}: {path.name} done", flush=True)
         effects = effect_check(folder, data, truth)
+        normalisation = normalisation_check(folder, data, folder / "train" / "test.csv")
         rows = score(folder, data, truth, args.boot)
         results[cohort.name] = {"role": cohort.role, "effects": [e["name"] for e in truth["effects"]],
                                 "held_out": len(data.ages), "mae": mae, "baseline_mae": baseline, "scores": rows,
-                                "effect_check": effects.to_dict("records")}
+                                "effect_check": effects.to_dict("records"), "normalisation": normalisation}
         (folder / "results.json").write_text(json.dumps(results[cohort.name], indent=1, default=float))
     if results:
         report(results)
@@ -309,6 +340,8 @@ def report(results: dict) -> None:
     for c, r in results.items():
         print(f"\n{c}: effect check (joint occlusion; MAE {r['mae']:.2f} y, baseline {r['baseline_mae']:.2f} y)")
         print(pd.DataFrame(r["effect_check"]).round(3).to_string(index=False))
+        print("normalisation vs age (Spearman):", {k: round(v, 2) if isinstance(v, float) else v
+                                                   for k, v in r["normalisation"].items()})
     summary = {c: {"mae": r["mae"], "k": r["scores"][0]["k"], "chance": r["scores"][0]["chance"],
                    "precision": {f"{row['method']}__{row['reference']}__{row['statistic']}": row["precision"]
                                  for row in r["scores"]},

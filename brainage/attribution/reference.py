@@ -64,9 +64,9 @@ def reference_image(images: np.ndarray, ages: Sequence[float | None], kind: str 
                                         f"{known.min():.0f}-{known.max():.0f} y)")
 
 
-def matched_reference(reference: np.ndarray, image: np.ndarray, passes: int = 2) -> np.ndarray:
-    """``a * reference + b`` fitted to ``image`` (both (X, Y, Z)) over voxels non-zero in both, by least squares on
-    the ``TRIM`` share of voxels with the smallest residuals (``passes`` refits); 0 where ``reference`` is 0."""
+def intensity_fit(reference: np.ndarray, image: np.ndarray, passes: int = 2) -> tuple[float, float]:
+    """(a, b) of ``image ~ a * reference + b`` over voxels non-zero in both (both (X, Y, Z)), by least squares on the
+    ``TRIM`` share of voxels with the smallest residuals (``passes`` refits)."""
     reference, image = np.asarray(reference, dtype=np.float64), np.asarray(image, dtype=np.float64)
     if reference.shape != image.shape:
         raise ValueError(f"reference {reference.shape} and image {image.shape} must share one grid")
@@ -80,7 +80,15 @@ def matched_reference(reference: np.ndarray, image: np.ndarray, passes: int = 2)
         a, b = np.polyfit(r[keep], x[keep], 1)
         residual = np.abs(x - (a * r + b))
         keep = residual <= np.quantile(residual, TRIM)
-    return np.where(reference != 0, a * reference + b, 0.0).astype(np.float32)
+    return float(a), float(b)
+
+
+def matched_reference(reference: np.ndarray, image: np.ndarray, passes: int = 2) -> np.ndarray:
+    """The reference mapped onto ``image``'s intensities, ``a * reference + b`` (:func:`intensity_fit`); 0 where
+    ``reference`` is 0."""
+    a, b = intensity_fit(reference, image, passes)
+    return np.where(np.asarray(reference) != 0, a * np.asarray(reference, dtype=np.float64) + b, 0.0).astype(
+        np.float32)
 
 
 def subject_baselines(images: np.ndarray, ages: Sequence[float | None], reference: Reference = "young_matched"
