@@ -113,10 +113,13 @@ def test_ground_truth_formats_and_precision(tmp_path):
     (tmp_path / "synth.json").write_text(json.dumps({"signal_regions": {"L-hippocampus": 40}, "null_regions": {"A": 1},
                                                      "indirect_regions": {"L-caudate": 36},
                                                      "effects": [{"name": "atrophy",
-                                                                  "regions": {"L-hippocampus": 40}}]}))
+                                                                  "regions": {"L-hippocampus": 40}, "kind": "atrophy",
+                                                                  "displaced": {"L-caudate": 36}},
+                                                                 {"name": "wm", "regions": {}}]}))
     synth = load_ground_truth(tmp_path / "synth.json")
     assert (synth.regions, synth.null_regions, synth.indirect_regions) == (("L-hippocampus",), ("A",), ("L-caudate",))
-    assert synth.effects == (("atrophy", ("L-hippocampus",)),)
+    assert synth.effects == (("atrophy", ("L-hippocampus",)), ("wm", ()))
+    assert synth.kinds == (("atrophy", "atrophy"),) and synth.displaced == (("atrophy", ("L-caudate",)),)
     (tmp_path / "bad.json").write_text(json.dumps({"regions": [{"label": 3}]}))
     with pytest.raises(ValueError, match="no region name"):
         load_ground_truth(tmp_path / "bad.json")
