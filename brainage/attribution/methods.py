@@ -163,6 +163,7 @@ class RegionContributions:
     reference: str  # sentence describing the reference
     seconds_per_subject: float
     band_mm: float | None = None
+    maps: np.ndarray | None = None  # (s, X, Y, Z) voxel attributions (gradient methods with keep_maps=True)
 
     @property
     def is_band(self) -> bool:
@@ -218,6 +219,7 @@ def attribute_methods(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = False,
+    keep_maps: bool = False,
 ) -> dict[str, RegionContributions]:
     """Contribution of every atlas region to each scan's predicted age by each of ``methods`` (module docstring).
 
@@ -239,6 +241,7 @@ def attribute_methods(
         n_steps: integration steps (integrated gradients) or samples (gradient SHAP).
         batch_size: images per model call.
         seed: seed of the null placement and of gradient SHAP's sampling.
+        keep_maps: keep the voxel maps of the gradient methods (``RegionContributions.maps``; s x grid float32).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -257,6 +260,7 @@ def attribute_methods(
     bands = np.full((n, r), np.nan) if geo.bands is not None else None
     band_null = np.full((n, len(geo.band_nulls)), np.nan) if geo.band_nulls is not None else None
     out: dict[str, RegionContributions] = {}
+    maps: dict[str, np.ndarray] = {}
 
     def result(method: str, values: np.ndarray, own_values: np.ndarray, nulls: np.ndarray, null_sets_: VoxelSets,
                source: np.ndarray, sizes: np.ndarray, cost: float) -> RegionContributions:
@@ -265,7 +269,8 @@ def attribute_methods(
         values[:, absent] = own_values[:, absent] = np.nan
         return RegionContributions(method, index, values, own_values, values - own_values, sizes.astype(float),
                                    geo.own.sizes.astype(float), nulls.copy(), null_sets_.sizes.astype(float), source,
-                                   described, cost, band_mm if method.startswith("band_") else None)
+                                   described, cost, band_mm if method.startswith("band_") else None,
+                                   maps.get(FAMILY[method]))
 
     for family in sorted(families):
         if family == "occlusion":
@@ -287,6 +292,8 @@ def attribute_methods(
             seconds["band_occlusion"] = (spent["own"] + spent["band"]) / n
         else:
             start = time.perf_counter()
+            if keep_maps:
+                maps[family] = np.zeros(images.shape, dtype=np.float32)
             for s in tqdm(range(n), desc=family, unit="subject", disable=None if progress else True):
                 if family == "gradient_shap":
                     b = np.stack([matched_reference(images[y], images[s]) if reference == "young_matched"
@@ -295,6 +302,8 @@ def attribute_methods(
                     b = baseline(s)
                 voxel = gradient_map(forward, images[s], b, s, family, n_steps, batch_size, seed + s)  # type: ignore
                 own[s], own_null[s] = geo.own.sums(voxel), geo.own_nulls.sums(voxel)
+                if keep_maps:
+                    maps[family][s] = voxel
                 if bands is not None and family == "integrated_gradients":
                     bands[s], band_null[s] = geo.bands.sums(voxel), geo.band_nulls.sums(voxel)  # type: ignore
             seconds[family] = seconds["band_" + family] = (time.perf_counter() - start) / n

@@ -84,6 +84,10 @@ _GM_LEVEL = 0.65  # template T1 median of GM > 0.9
 _WM_LEVEL = 0.87  # template T1 of white matter
 _VENT_DECAY_MM = 10.0  # the ventricle expansion decays as exp(-|signed distance| / this)
 _HIPPO_DECAY_MM = 5.0
+# Effects chosen by option (our choice): growth and contraction both decay over 5 mm, so an atrophy changes the tissue
+# next to its structure. The demo's 10 mm ventricle field (x3 volume at 85 y) displaces 39 DK regions by >= 1 mm,
+# enough that a model trained on it reads ventricle growth from regions as far as the lingual gyrus.
+_EFFECT_DECAY_MM = 5.0
 _ACTIVE_MARGIN_MM = 15.0  # output voxels farther than this from the template brain never sample brain
 _MASK_LEVEL = 0.1  # sampled template intensity below this is background (the template brain is > ~0.25)
 _WM_TARGET = 1000.0  # stored intensity of template white matter at site scale 1
@@ -269,15 +273,14 @@ def _structure_warps() -> tuple[_StructureWarp, _StructureWarp]:
 
 @functools.lru_cache(maxsize=32)
 def _effect_warp(regions: tuple[str, ...], grow: bool) -> _StructureWarp:
-    """Warp of the union of atlas ``regions`` on the ICBM152 1 mm grid (decay as the ventricles when growing, as the
-    hippocampus when shrinking); cached."""
+    """Warp of the union of atlas ``regions`` on the ICBM152 1 mm grid (decay ``_EFFECT_DECAY_MM``); cached."""
     atlas = load_default_atlas()
     t1, t_aff = load_icbm152("t1")
     ids = atlas.ids_by_name()
     mask = np.isin(atlas.resample_to(t1.shape, t_aff), [ids[r] for r in regions])
     if not mask.any():
         raise ValueError(f"regions {regions} have no voxel on the ICBM152 grid")
-    return _structure_warp(mask, t_aff, _VENT_DECAY_MM if grow else _HIPPO_DECAY_MM, grow=grow)
+    return _structure_warp(mask, t_aff, _EFFECT_DECAY_MM, grow=grow)
 
 
 def _warp_models(effects: tuple[PlantedEffect, ...] | None) -> dict[str, _StructureWarp]:
@@ -640,9 +643,9 @@ def _default_effect_entries(groups: dict[str, dict[str, dict[str, int]]]) -> lis
 def _effect_entries(effects: tuple[PlantedEffect, ...], groups: dict[str, dict[str, dict[str, int]]]
                     ) -> list[dict[str, Any]]:
     mechanism = {
-        "shrink": f"surface-normal contraction along the signed distance to the regions (decay {_HIPPO_DECAY_MM} mm), "
+        "shrink": f"surface-normal contraction along the signed distance to the regions (decay {_EFFECT_DECAY_MM} mm), "
         "amplitude calibrated to the volume fraction; no intensity change",
-        "grow": f"surface-normal expansion along the signed distance to the regions (decay {_VENT_DECAY_MM} mm), "
+        "grow": f"surface-normal expansion along the signed distance to the regions (decay {_EFFECT_DECAY_MM} mm), "
         "amplitude calibrated to the volume ratio; no intensity change",
         "darken": "T1 inside the regions (1 mm soft edge) moves towards the CSF level; no shape change",
         "brighten": "T1 inside the regions (1 mm soft edge) moves towards the white-matter level; no shape change",
