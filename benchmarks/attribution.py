@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +36,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 ROOT = Path(__file__).resolve().parents[1]
-# (method, reference) runs per cohort: every method with the default intensity-matched young reference, plus today's
-# report method (region occlusion, unmatched young reference) as the baseline.
+# (method, reference) runs per cohort: every method with the intensity-matched young mean, the integrated gradients
+# also from individual young scans, plus the report's first method (region occlusion, unmatched young mean).
 RUNS = (("occlusion", "young"), ("occlusion", "young_matched"), ("band_occlusion", "young_matched"),
         ("integrated_gradients", "young_matched"), ("band_integrated_gradients", "young_matched"),
-        ("gradient_shap", "young_matched"))
+        ("gradient_shap", "young_matched"), ("integrated_gradients", "young_scans"),
+        ("band_integrated_gradients", "young_scans"))
 
 
 @dataclass(frozen=True)
@@ -165,27 +166,34 @@ def _save_npz(path: Path, **arrays: object) -> None:
 
 
 def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm: float, n_null: int,
-              n_steps: int) -> list[Path]:
+              n_steps: int, occlusion_subjects: int) -> list[Path]:
     """Per-subject region contributions of every (method, reference) run not yet on disk (``attribution/``); the
-    methods of one reference are computed together (shared model calls, timed apart)."""
-    from brainage.attribution.methods import attribute_methods
+    methods of one reference and family are computed together (shared model calls, timed apart). Gradient methods
+    attribute every held-out scan, occlusion methods the first ``occlusion_subjects`` (their cost is regions x scans
+    model calls); the reference always comes from all held-out scans."""
+    from brainage.attribution.methods import FAMILY, attribute_methods
 
     done = []
     for reference in dict.fromkeys(r for _, r in runs):
         paths = {m: folder / "attribution" / f"{m}__{reference}.npz" for m, r in runs if r == reference}
         todo = [m for m, p in paths.items() if not p.is_file()]
-        if todo:
+        for occlusion in (False, True):
+            group = [m for m in todo if (FAMILY[m] == "occlusion") == occlusion]
+            if not group:
+                continue
+            subjects = list(range(min(occlusion_subjects, len(data.ages)) if occlusion else len(data.ages)))
             (folder / "attribution").mkdir(parents=True, exist_ok=True)
             results = attribute_methods(data.forward, data.images, data.ages, data.regions, data.index,  # type: ignore
-                                        todo, reference=reference, spacing=data.spacing, band_mm=band_mm,
-                                        n_null=n_null, n_steps=n_steps, progress=True, keep_maps=True)
+                                        group, reference=reference, spacing=data.spacing, band_mm=band_mm,
+                                        n_null=n_null, n_steps=n_steps, progress=True, keep_maps=True,
+                                        subjects=subjects)
             for method, c in results.items():
                 if c.maps is not None and not method.startswith("band_"):  # voxel maps, for post-hoc analysis
                     _save_npz(paths[method].with_name(f"{method}__{reference}.maps.npz"), maps=c.maps)
                 _save_npz(paths[method], values=c.values, own=c.own, shell=c.shell, sizes=c.sizes,
                           region_voxels=c.region_voxels, null_values=c.null_values, null_sizes=c.null_sizes,
                           null_source=c.null_source, seconds_per_subject=c.seconds_per_subject,
-                          reference=c.reference, band_mm=band_mm if c.is_band else -1)
+                          reference=c.reference, band_mm=band_mm if c.is_band else -1, subjects=subjects)
         done += list(paths.values())
     return done
 
@@ -202,7 +210,7 @@ def load_contributions(path: Path, index: object) -> object:
 
 
 def effect_check(folder: Path, data: HeldOut, truth: dict) -> pd.DataFrame:
-    """Each planted effect, the displaced regions and the null regions occluded at once, with both references."""
+    """Each planted effect, the displaced regions and the null regions occluded at once, with each reference."""
     from brainage.attribution.methods import set_contributions
     from brainage.attribution.ranking import interval_table
 
@@ -213,7 +221,7 @@ def effect_check(folder: Path, data: HeldOut, truth: dict) -> pd.DataFrame:
     sets["displaced (not planted)"] = list(truth["indirect_regions"])
     sets["null regions (control)"] = list(truth["null_regions"])
     frames = []
-    for reference in ("young", "young_matched"):
+    for reference in ("young", "young_matched", "young_scans"):
         values, voxels, _ = set_contributions(data.forward, data.images, data.ages, data.regions,  # type: ignore
                                               data.index, sets, reference=reference)
         table = interval_table(values, list(sets), seed=1)
@@ -250,8 +258,9 @@ def normalisation_check(folder: Path, data: HeldOut, test_csv: Path) -> dict:
     return result
 
 
-def score(folder: Path, data: HeldOut, truth: dict, n_boot: int) -> list[dict]:
-    """precision@k per (method, reference) and ranking statistic; ranks of the planted regions."""
+def score(folder: Path, data: HeldOut, truth: dict, n_boot: int, common: int) -> list[dict]:
+    """precision@k per (method, reference), ranking statistic and subject set (all the method's scans, or the first
+    ``common`` held-out scans, which every method attributed); ranks of the planted regions."""
     from brainage.attribution.ranking import rank_regions
     from brainage.attribution.validation import precision_at_k
 
@@ -261,20 +270,26 @@ def score(folder: Path, data: HeldOut, truth: dict, n_boot: int) -> list[dict]:
     k = len(planted)
     rows = []
     for path in sorted(p for p in (folder / "attribution").glob("*.npz") if not p.name.endswith(".maps.npz")):
-        contrib = load_contributions(path, data.index)
-        table = rank_regions(contrib, n_boot=n_boot)  # type: ignore[arg-type]
-        table.to_csv(path.with_suffix(".csv"), index=False)
-        chance = k / len(table)
-        for statistic in ("null_corrected", "contribution"):
-            ranked = table.sort_values(statistic, ascending=False, kind="stable")["region"].tolist()
-            rows.append({
-                "method": contrib.method, "reference": path.stem.split("__")[1], "statistic": statistic,  # type: ignore
-                "k": k, "chance": chance, "precision": precision_at_k(ranked, planted),
-                "precision_planted_or_displaced": precision_at_k(ranked, lenient, k),
-                "atrophy_in_top_k": sum(r in ranked[:k] for r in atrophy), "atrophy_regions": len(atrophy),
-                "planted_ranks": {r: ranked.index(r) + 1 for r in planted if r in ranked},
-                "seconds_per_subject": contrib.seconds_per_subject, "subjects": len(contrib.values),  # type: ignore
-            })
+        full = load_contributions(path, data.index)
+        subsets = {"all": full}
+        if len(full.values) > common:  # type: ignore[attr-defined]
+            subsets[f"first {common}"] = replace(full, values=full.values[:common], own=full.own[:common],  # type: ignore
+                                                 shell=full.shell[:common], null_values=full.null_values[:common])
+        for subset, contrib in subsets.items():
+            table = rank_regions(contrib, n_boot=n_boot)  # type: ignore[arg-type]
+            if subset == "all":
+                table.to_csv(path.with_suffix(".csv"), index=False)
+            for statistic in ("null_corrected", "contribution"):
+                ranked = table.sort_values(statistic, ascending=False, kind="stable")["region"].tolist()
+                rows.append({
+                    "method": contrib.method, "reference": path.stem.split("__")[1],  # type: ignore[attr-defined]
+                    "statistic": statistic, "subset": subset, "subjects": len(contrib.values),  # type: ignore
+                    "k": k, "chance": k / len(table), "precision": precision_at_k(ranked, planted),
+                    "precision_planted_or_displaced": precision_at_k(ranked, lenient, k),
+                    "atrophy_in_top_k": sum(r in ranked[:k] for r in atrophy), "atrophy_regions": len(atrophy),
+                    "planted_ranks": {r: ranked.index(r) + 1 for r in planted if r in ranked},
+                    "seconds_per_subject": contrib.seconds_per_subject,  # type: ignore[attr-defined]
+                })
     return rows
 
 
@@ -294,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nulls", type=int, default=24, help="size-matched null sets per subject")
     parser.add_argument("--steps", type=int, default=32, help="integration steps / SHAP samples")
     parser.add_argument("--max-subjects", type=int, default=None, help="held-out subjects attributed (default all)")
+    parser.add_argument("--occlusion-subjects", type=int, default=20, help="held-out subjects the occlusion methods "
+                        "attribute (default 20; every method is also scored on these)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
@@ -316,11 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cohort.name}: {len(data.ages)} held-out scans, MAE {mae:.2f} y (median-age baseline {baseline:.2f})",
               flush=True)
         runs = [tuple(run.split("__")) for run in args.methods]
-        for path in attribute(folder, data, runs, args.band_mm, args.nulls, args.steps):  # type: ignore[arg-type]
+        for path in attribute(folder, data, runs, args.band_mm, args.nulls, args.steps,  # type: ignore[arg-type]
+                              args.occlusion_subjects):
             print(f"{cohort.name}: {path.name} done", flush=True)
         effects = effect_check(folder, data, truth)
         normalisation = normalisation_check(folder, data, folder / "train" / "test.csv")
-        rows = score(folder, data, truth, args.boot)
+        rows = score(folder, data, truth, args.boot, args.occlusion_subjects)
         results[cohort.name] = {"role": cohort.role, "effects": [e["name"] for e in truth["effects"]],
                                 "held_out": len(data.ages), "mae": mae, "baseline_mae": baseline, "scores": rows,
                                 "effect_check": effects.to_dict("records"), "normalisation": normalisation}
@@ -336,8 +354,9 @@ def report(results: dict) -> None:
             for c, r in results.items() for row in r["scores"] if row["statistic"] == "null_corrected"]
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
-    print("\nprecision@k (k = planted regions), ranking by the null-corrected contribution:")
-    print(table.pivot_table(index=["method", "reference"], columns="cohort", values="precision").round(2))
+    print("\nprecision@k (k = planted regions), ranking by the null-corrected contribution, per subject set:")
+    print(table.pivot_table(index=["method", "reference"], columns=["cohort", "subset"], values="precision").round(2))
+    table = table[table["subset"] == "all"]
     print("chance:", {c: round(r["scores"][0]["chance"], 3) for c, r in results.items()})
     print("\natrophy regions in the top k:")
     print(table.pivot_table(index=["method", "reference"], columns="cohort", values="atrophy_in_top_k"))
@@ -349,8 +368,8 @@ def report(results: dict) -> None:
         print("normalisation vs age (Spearman):", {k: round(v, 2) if isinstance(v, float) else v
                                                    for k, v in r["normalisation"].items()})
     summary = {c: {"mae": r["mae"], "k": r["scores"][0]["k"], "chance": r["scores"][0]["chance"],
-                   "precision": {f"{row['method']}__{row['reference']}__{row['statistic']}": row["precision"]
-                                 for row in r["scores"]},
+                   "precision": {f"{row['method']}__{row['reference']}__{row['statistic']}__{row['subset']}":
+                                 row["precision"] for row in r["scores"]},
                    "null_control": {e["reference"]: [e["contribution"], e["ci_low"], e["ci_high"]]
                                     for e in r["effect_check"] if e["name"] == "null regions (control)"}}
                for c, r in results.items()}

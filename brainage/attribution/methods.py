@@ -24,6 +24,14 @@ The model is reached only through ``forward(images, s)``: (m, 1, X, Y, Z) float3
 (m,) predicted ages in years (``s`` lets the caller add covariates such as sex). It must be differentiable for the
 gradient methods (no ``torch.inference_mode`` inside) and is never modified here; the caller loads it.
 
+Use (e.g. the report's collect stage, which loads the model)::
+
+    def forward(x, s):  # (m, 1, X, Y, Z) -> (m,) years; differentiable
+        return model.to_years(model.net(x, sex=sex[s].expand(len(x))).pred)
+
+    contrib = attribute_regions(forward, images, ages, regions, index)  # DEFAULT_METHOD, young_matched
+    table = brainage.attribution.ranking.rank_regions(contrib)  # one row per region, intervals, ranks
+
 Letter legend: s subjects, m images per model call, r atlas regions, q null sets, (X, Y, Z) model-grid voxels.
 """
 
@@ -220,6 +228,7 @@ def attribute_methods(
     seed: int = 0,
     progress: bool = False,
     keep_maps: bool = False,
+    subjects: Sequence[int] | None = None,
 ) -> dict[str, RegionContributions]:
     """Contribution of every atlas region to each scan's predicted age by each of ``methods`` (module docstring).
 
@@ -242,6 +251,8 @@ def attribute_methods(
         batch_size: images per model call.
         seed: seed of the null placement and of gradient SHAP's sampling.
         keep_maps: keep the voxel maps of the gradient methods (``RegionContributions.maps``; s x grid float32).
+        subjects: attribute only these scans (rows of the results, in this order); the reference and the brain mask
+            still come from all ``images``. Default: all.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -249,7 +260,10 @@ def attribute_methods(
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[1:] != np.asarray(regions).shape:
         raise ValueError(f"images {images.shape} must be (subjects, X, Y, Z) on the region grid {np.shape(regions)}")
-    r, n = len(index), len(images)
+    chosen = list(range(len(images))) if subjects is None else [int(i) for i in subjects]
+    if not chosen or min(chosen) < 0 or max(chosen) >= len(images):
+        raise ValueError(f"subjects must index the {len(images)} images, got {subjects}")
+    r, n = len(index), len(chosen)
     baseline, young, described = subject_baselines(images, ages, reference)
     brain = np.any(images != 0, axis=0)  # (X, Y, Z)
     geo = _geometry(regions, r, brain, any(m.startswith("band_") for m in methods), band_mm, spacing, n_null, seed)
@@ -277,36 +291,38 @@ def attribute_methods(
             own_plan = AblationPlan.of(_stack(geo.own, geo.own_nulls))
             band_plan = AblationPlan.of(_stack(geo.bands, geo.band_nulls)) if bands is not None else None
             spent = {"own": 0.0, "band": 0.0}
-            for s in tqdm(range(n), desc="occlusion", unit="subject", disable=None if progress else True):
+            for i, s in enumerate(tqdm(chosen, desc="occlusion", unit="subject", disable=None if progress else True)):
                 base = baseline(s)
                 start = time.perf_counter()
                 got = ablation_contributions(forward, images[s], own_plan, base, s, batch_size)
-                own[s], own_null[s] = got[:r], got[r:]
+                own[i], own_null[i] = got[:r], got[r:]
                 spent["own"] += time.perf_counter() - start
                 if band_plan is not None:
                     start = time.perf_counter()
                     got = ablation_contributions(forward, images[s], band_plan, base, s, batch_size)
-                    bands[s], band_null[s] = got[:r], got[r:]  # type: ignore[index]
+                    bands[i], band_null[i] = got[:r], got[r:]  # type: ignore[index]
                     spent["band"] += time.perf_counter() - start
             seconds["occlusion"] = spent["own"] / n
             seconds["band_occlusion"] = (spent["own"] + spent["band"]) / n
         else:
             start = time.perf_counter()
             if keep_maps:
-                maps[family] = np.zeros(images.shape, dtype=np.float32)
-            for s in tqdm(range(n), desc=family, unit="subject", disable=None if progress else True):
+                maps[family] = np.zeros((n, *images.shape[1:]), dtype=np.float32)
+            for i, s in enumerate(tqdm(chosen, desc=family, unit="subject", disable=None if progress else True)):
                 if family == "gradient_shap":
                     b = np.stack([matched_reference(images[y], images[s]) if reference == "young_matched"
                                   else images[y] for y in young])  # (y, X, Y, Z) young scans as baselines
                 else:
                     b = baseline(s)
                 voxel = gradient_map(forward, images[s], b, s, family, n_steps, batch_size, seed + s)  # type: ignore
-                own[s], own_null[s] = geo.own.sums(voxel), geo.own_nulls.sums(voxel)
+                own[i], own_null[i] = geo.own.sums(voxel), geo.own_nulls.sums(voxel)
                 if keep_maps:
-                    maps[family][s] = voxel
+                    maps[family][i] = voxel
                 if bands is not None and family == "integrated_gradients":
-                    bands[s], band_null[s] = geo.bands.sums(voxel), geo.band_nulls.sums(voxel)  # type: ignore
-            seconds[family] = seconds["band_" + family] = (time.perf_counter() - start) / n
+                    bands[i], band_null[i] = geo.bands.sums(voxel), geo.band_nulls.sums(voxel)  # type: ignore
+            seconds[family] = (time.perf_counter() - start) / n
+            if family == "integrated_gradients":
+                seconds["band_integrated_gradients"] = seconds[family]  # the same voxel maps, summed over bands
         for method in methods:
             if FAMILY[method] != family:
                 continue

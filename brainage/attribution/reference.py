@@ -9,6 +9,10 @@
   affine function of its young counterpart when only some regions changed (a larger ventricle lowers the brain mean
   and widens its spread), so an unmatched reference lets untouched regions carry age. Matching removes that global
   shift and keeps regional differences; the attribution benchmark measures both.
+- ``young_scans``: one individual young scan per subject (subject s gets young scan ``s mod y``, never itself),
+  intensity-matched as above. A mean image is smoother than any scan (it averages away noise and anatomical
+  variation), so replacing a large part of a scan by it leaves the scans the model was trained on; individual scans
+  stay on that manifold, and averaging over subjects averages over the young scans (as SHAP's background samples).
 - ``cohort``: the voxel-wise mean of all scans (old and young scans then move in opposite directions).
 """
 
@@ -30,7 +34,7 @@ __all__ = [
     "young_indices",
 ]
 
-Reference = Literal["young_matched", "young", "cohort"]
+Reference = Literal["young_matched", "young", "young_scans", "cohort"]
 MIN_YOUNG = 2  # scans in the young reference at the least
 TRIM = 0.8  # share of brain voxels kept by each trimmed least-squares pass of matched_reference
 
@@ -103,6 +107,15 @@ def subject_baselines(images: np.ndarray, ages: Sequence[float | None], referenc
     young = young_indices(ages, len(images))
     if len(young) == 0:
         raise ValueError("a young reference needs at least 3 scans with a known age")
+    if reference == "young_scans":
+        ages_known = np.asarray([math.nan if a is None else float(a) for a in ages])[young]
+
+        def scan(s: int) -> np.ndarray:
+            choice = [y for y in young if y != s]
+            return matched_reference(images[choice[s % len(choice)]], images[s])
+
+        return scan, young, (f"one of the {len(young)} youngest scans per subject (ages {ages_known.min():.0f}-"
+                             f"{ages_known.max():.0f} y, never the scan itself), intensity-matched to the scan")
     mean, described = reference_image(images, ages, "cohort" if reference == "cohort" else "young")
     mean = mean.astype(np.float32)
     if reference != "young_matched":

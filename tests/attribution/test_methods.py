@@ -151,3 +151,30 @@ def test_set_contributions_occlude_each_named_set_at_once():
         assert values[s, 0] == pytest.approx(_expected(weight, images[s], young, np.isin(regions, [0, 1])), abs=1e-3)
         assert values[s, 1] == pytest.approx(_expected(weight, images[s], young, regions == 2), abs=1e-3)
     assert np.isnan(values[:, 2]).all() and voxels[2] == 0 and "2 youngest" in described
+
+
+def test_a_subset_of_subjects_keeps_the_reference_of_all_scans():
+    forward, _, images, regions, _, ages = _toy(subjects=6)
+    index = RegionIndex((1, 2, 3), ("L-a", "R-a", "B-c"))
+    options = {"reference": "young", "spacing": 1.0, "n_null": 3, "n_steps": 4}
+    full = attribute_methods(forward, images, ages, regions, index, ["occlusion", "integrated_gradients"], **options)
+    part = attribute_methods(forward, images, ages, regions, index, ["occlusion", "integrated_gradients"],
+                             subjects=[4, 1], keep_maps=True, **options)
+    for method in ("occlusion", "integrated_gradients"):
+        np.testing.assert_allclose(part[method].values, full[method].values[[4, 1]], atol=1e-4)
+    assert part["integrated_gradients"].maps.shape == (2, *SHAPE) and part["occlusion"].maps is None
+    with pytest.raises(ValueError, match="subjects must index"):
+        attribute_methods(forward, images, ages, regions, index, ["occlusion"], subjects=[6], **options)
+
+
+def test_young_scan_references_are_individual_matched_scans_never_the_scan_itself():
+    from brainage.attribution.reference import subject_baselines
+
+    _, _, images, _, _, ages = _toy(subjects=7)  # youngest third: scans 0 and 1
+    baseline, young, described = subject_baselines(images, ages, "young_scans")
+    assert list(young) == [0, 1] and "never the scan itself" in described
+    np.testing.assert_allclose(baseline(0), matched_reference(images[1], images[0]), atol=1e-6)
+    np.testing.assert_allclose(baseline(1), matched_reference(images[0], images[1]), atol=1e-6)
+    picked = {int(np.argmin([np.abs(baseline(s) - matched_reference(images[y], images[s])).max() for y in (0, 1)]))
+              for s in range(2, 7)}
+    assert picked == {0, 1}  # the older scans cycle through both young scans
