@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="METHOD__REFERENCE runs (default: all of RUNS)")
     parser.add_argument("--band-mm", type=float, default=6.0, help="band width of the band methods (mm)")
     parser.add_argument("--nulls", type=int, default=24, help="size-matched null sets per subject")
-    parser.add_argument("--steps", type=int, default=32, help="integration steps / SHAP samples")
+    parser.add_argument("--steps", type=int, default=16, help="integration steps / SHAP samples (default 16)")
     parser.add_argument("--max-subjects", type=int, default=None, help="held-out subjects attributed (default all)")
     parser.add_argument("--occlusion-subjects", type=int, default=20, help="held-out subjects the occlusion methods "
                         "attribute (default 20; every method is also scored on these)")
