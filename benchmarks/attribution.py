@@ -258,6 +258,30 @@ def normalisation_check(folder: Path, data: HeldOut, test_csv: Path) -> dict:
     return result
 
 
+def completeness_check(folder: Path, data: HeldOut) -> dict:
+    """Integrated gradients' completeness on the MoE model: voxel sum vs f(x) - f(reference) per scan. Top-k routing
+    switches are jumps that gradients do not see, so the two differ by what the jumps add up to."""
+    import torch
+
+    from brainage.attribution.reference import subject_baselines
+
+    out = folder / "completeness.json"
+    maps_path = folder / "attribution" / "integrated_gradients__young_matched.maps.npz"
+    if out.is_file() or not maps_path.is_file():
+        return json.loads(out.read_text()) if out.is_file() else {}
+    sums = np.load(maps_path)["maps"].reshape(len(data.ages), -1).sum(axis=1)
+    baseline, _, _ = subject_baselines(data.images, data.ages, "young_matched")
+    with torch.no_grad():
+        gaps = np.array([float(data.forward(torch.as_tensor(data.images[s])[None, None], s)  # type: ignore[operator]
+                               - data.forward(torch.as_tensor(baseline(s))[None, None], s))  # type: ignore[operator]
+                         for s in range(len(data.ages))])
+    result = {"mean_abs_gap_years": float(np.mean(np.abs(gaps))), "mean_abs_error_years": float(np.mean(np.abs(
+        sums - gaps))), "relative_error": float(np.mean(np.abs(sums - gaps)) / np.mean(np.abs(gaps))),
+              "corr": float(np.corrcoef(sums, gaps)[0, 1])}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def score(folder: Path, data: HeldOut, truth: dict, n_boot: int, common: int) -> list[dict]:
     """precision@k per (method, reference), ranking statistic and subject set (all the method's scans, or the first
     ``common`` held-out scans, which every method attributed); ranks of the planted regions."""
@@ -338,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cohort.name}: {path.name} done", flush=True)
         effects = effect_check(folder, data, truth)
         normalisation = normalisation_check(folder, data, folder / "train" / "test.csv")
+        normalisation["ig_completeness"] = completeness_check(folder, data)
         rows = score(folder, data, truth, args.boot, args.occlusion_subjects)
         results[cohort.name] = {"role": cohort.role, "effects": [e["name"] for e in truth["effects"]],
                                 "held_out": len(data.ages), "mae": mae, "baseline_mae": baseline, "scores": rows,
