@@ -80,6 +80,22 @@ def _run(command: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed with exit code {code}; log {log}:\n{tail}")
 
 
+def _claim(folder: Path) -> bool:
+    """Claim a cohort for this process (``folder/.lock`` holds the PID); False while another live process has it, so
+    several benchmark processes can share the cohort list."""
+    lock = folder / ".lock"
+    folder.mkdir(parents=True, exist_ok=True)
+    if lock.is_file():
+        try:
+            os.kill(int(lock.read_text()), 0)
+            if int(lock.read_text()) != os.getpid():
+                return False
+        except (ProcessLookupError, ValueError):
+            pass  # stale lock of a finished process
+    lock.write_text(str(os.getpid()))
+    return True
+
+
 def build_cohort(cohort: Cohort, folder: Path, subjects: int, workers: int) -> Path:
     """Write the cohort once (``folder/cohort``, marked complete by ``ground_truth.json``)."""
     out = folder / "cohort"
@@ -344,11 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for cohort in (c for c in COHORTS if c.name in args.cohorts):
         folder = args.out / cohort.name
+        if not _claim(folder):
+            print(f"{cohort.name}: another benchmark process is on it; skipped", flush=True)
+            continue
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         print(f"{cohort.name}: cohort {root}", flush=True)
         best = train(folder, root, args.epochs)
         print(f"{cohort.name}: model {best} ({json.loads((best.parents[1] / 'done.json').read_text())})", flush=True)
         if args.stage == "train":
+            (folder / ".lock").unlink(missing_ok=True)
             continue
         truth = json.loads((root / "ground_truth.json").read_text())
         data = held_out(best, folder / "train" / "test.csv", args.max_subjects)
@@ -368,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "held_out": len(data.ages), "mae": mae, "baseline_mae": baseline, "scores": rows,
                                 "effect_check": effects.to_dict("records"), "normalisation": normalisation}
         (folder / "results.json").write_text(json.dumps(results[cohort.name], indent=1, default=float))
+        (folder / ".lock").unlink(missing_ok=True)
     if results:
         report(results)
     return 0
