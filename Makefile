@@ -5,7 +5,7 @@ PY        := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP     := $(VENV)/.installed
 
-.PHONY: install demo test browser clean
+.PHONY: install demo test test-fast browser clean
 
 install: $(STAMP)
 
@@ -20,7 +20,11 @@ demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash pipelines/demo.sh
 
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# the edit-test loop: everything not marked slow (no training, DDP, servers or end-to-end runs)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
 # Headless Chromium for the report screenshot test (Debian package; installed only when missing and root).
 browser:

@@ -5,7 +5,7 @@ For each cohort (``COHORTS``: atrophy only, intensity only, a mix, regions drawn
 cohort whose results are never reported as validation) the script
 1. writes the cohort with ``brainage synth --effects ...`` (2 mm, ground_truth.json names the planted regions);
 2. trains the demo model on it (``brainage fit --config configs/demo.yaml``, CPU) and keeps ``best.ckpt``;
-3. attributes the held-out subjects (``test.csv``) with every method of ``brainage.attribution.methods``, saving the
+3. attributes the held-out subjects (``test.csv``) with every method of ``brainage.report.attribute``, saving the
    per-subject region contributions (``attribution/<method>.npz``);
 4. ranks the regions (null-corrected statistic, bootstrap intervals; ``brainage.attribution.ranking``) and scores the
    ranking against the ground truth: precision@k with k = the number of planted regions, chance = k / regions.
@@ -136,7 +136,7 @@ def train(folder: Path, cohort_root: Path, epochs: int) -> Path:
 class HeldOut:
     """The trained model's held-out scans, preprocessed, with what attribution needs."""
 
-    forward: object  # brainage.attribution.methods.AgeForward
+    forward: object  # brainage.report.attribute.AgeForward
     images: np.ndarray  # (s, X, Y, Z)
     ages: list[float]
     predicted: np.ndarray  # (s,)
@@ -146,12 +146,12 @@ class HeldOut:
 
 
 def held_out(best: Path, test_csv: Path, limit: int | None = None) -> HeldOut:
-    """Load the checkpoint (here, not in brainage.attribution) and preprocess the held-out scans of ``test_csv``."""
+    """Load the checkpoint (here, as the report's collect stage does) and preprocess the held-out scans of ``test_csv``."""
     import torch
 
-    from brainage.attribution.atlas import load_default_atlas
     from brainage.attribution.mapping import RegionIndex
     from brainage.predict import load_model, predict_iter
+    from brainage.reference.atlas import load_default_atlas
 
     model = load_model(best, "cpu")
     table = pd.read_csv(test_csv)
@@ -187,7 +187,7 @@ def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm:
     methods of one reference and family are computed together (shared model calls, timed apart). Gradient methods
     attribute every held-out scan, occlusion methods the first ``occlusion_subjects`` (their cost is regions x scans
     model calls); the reference always comes from all held-out scans."""
-    from brainage.attribution.methods import FAMILY, attribute_methods
+    from brainage.report.attribute import FAMILY, attribute_methods
 
     done = []
     for reference in dict.fromkeys(r for _, r in runs):
@@ -215,7 +215,7 @@ def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm:
 
 
 def load_contributions(path: Path, index: object) -> object:
-    from brainage.attribution.methods import RegionContributions
+    from brainage.attribution.ranking import RegionContributions
 
     z = np.load(path)
     method = path.stem.split("__")[0]
@@ -227,8 +227,8 @@ def load_contributions(path: Path, index: object) -> object:
 
 def effect_check(folder: Path, data: HeldOut, truth: dict) -> pd.DataFrame:
     """Each planted effect, the displaced regions and the null regions occluded at once, with each reference."""
-    from brainage.attribution.methods import set_contributions
     from brainage.attribution.ranking import interval_table
+    from brainage.report.attribute import set_contributions
 
     out = folder / "effects.csv"
     if out.is_file():

@@ -8,14 +8,16 @@ workers), so every rate is per core. Paths timed, interleaved round by round, me
 
 - nifti: the declared chain on the file (LoadVolumed -> ValidateT1d -> ... -> ResizeWithPadOrCropd), what every
   item costs without a cache;
-- cache: `VolumeCache.read(entry)`, what a training item costs with `data.cache_dir` set;
+- cache: `VolumeCache.read(entry)`, what a training item costs with `data.cache_dir` set (load, key and CRC-32
+  checked, float32);
+- cache unchecked: the same `torch.load(mmap=True)` + float32 conversion without the integrity check, to price it;
 - cache+augment: the read plus the declared augmentation chain (what a training item really costs);
 - cache+hash: `VolumeCache.load(path)`, the first access in a run (SHA-1 of the source, then the read).
 
 Targets (the issue): cache >= 5x the nifti path and >= 40 volumes/s per core. The last printed line is one JSON
 object: {"cache_speedup": nifti time / cache time, "cache_volumes_per_s_per_core", "nifti_volumes_per_s_per_core",
-"cache_augment_volumes_per_s_per_core", "cache_hash_volumes_per_s_per_core", "targets_met", "config", "shape",
-"spacing_mm"}.
+"cache_augment_volumes_per_s_per_core", "cache_hash_volumes_per_s_per_core", "check_cost": cache time / unchecked
+time - 1, "targets_met", "config", "shape", "spacing_mm"}.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import yaml
+from monai.data import MetaTensor
 from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,13 @@ def _brain(shape: tuple[int, int, int] = (182, 218, 182), seed: int = 0) -> np.n
     return (inside * (500 + 2000 * texture)).astype(np.float32)
 
 
+def _read_unchecked(entry: Path) -> MetaTensor:
+    """What `VolumeCache.read` did before entries carried a checksum (CACHE_VERSION 1): load, convert to float32,
+    wrap with the affine; nothing verified."""
+    stored = torch.load(entry, map_location="cpu", weights_only=True, mmap=True)
+    return MetaTensor(stored["image"].float(), affine=stored["affine"].clone())
+
+
 def _time(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -69,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = Path(args.config) if Path(args.config).is_file() else ROOT / args.config
-    data = yaml.safe_load(config.read_text())["data"]
+    data = yaml.safe_load(config.read_text())  # a data section (configs/data/*.yaml)
     pre = Preprocessing(data.get("preprocessing"), data.get("augmentation"))
     transform, augmentation = pre.deterministic(), pre.augmentation()
     augmentation.set_random_state(seed=0)
@@ -83,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         entries = [cache.ensure(p, transform) for p in paths]  # warm-up + fill
         size_gz = np.mean([p.stat().st_size for p in paths]) / 2**20
         size_entry = np.mean([e.stat().st_size for e in entries]) / 2**20
-        timings: dict[str, list[float]] = {"nifti": [], "cache": [], "cache+augment": [], "cache+hash": []}
-        for _ in range(args.rounds):
+        timings: dict[str, list[float]] = {"nifti": [], "cache": [], "cache unchecked": [], "cache+augment": [],
+                                           "cache+hash": []}
+        reads = {"cache": VolumeCache.read, "cache unchecked": _read_unchecked}
+        for round_ in range(args.rounds):
             timings["nifti"].append(_time(lambda: [transform({"image": str(p)}) for p in paths]) / len(paths))
-            timings["cache"].append(_time(lambda: [VolumeCache.read(e) for e in entries]) / len(paths))
+            for name in sorted(reads, reverse=round_ % 2 == 1):  # the checked and unchecked reads take turns first
+                timings[name].append(_time(lambda read=reads[name]: [read(e) for e in entries]) / len(paths))
             timings["cache+augment"].append(_time(
                 lambda: [augmentation({"image": VolumeCache.read(e).as_tensor()}) for e in entries]) / len(paths))
             timings["cache+hash"].append(_time(lambda: [cache.load(p, transform) for p in paths]) / len(paths))
@@ -102,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               "nifti_volumes_per_s_per_core": round(1 / median["nifti"], 2),
               "cache_augment_volumes_per_s_per_core": round(1 / median["cache+augment"], 1),
               "cache_hash_volumes_per_s_per_core": round(1 / median["cache+hash"], 1),
+              "check_cost": round(median["cache"] / median["cache unchecked"] - 1, 3),
               "targets_met": bool(speedup >= TARGET_SPEEDUP and per_core >= TARGET_PER_CORE),
               "config": str(args.config), "shape": list(pre.shape), "spacing_mm": pre.spacing}
     print(json.dumps(result))

@@ -45,7 +45,7 @@ from brainage.data.preprocessing import Preprocessing
 from brainage.model import build_net
 from brainage.predict import load_model, predict_iter
 from brainage.predict.stream import available_cpus
-from brainage.training.card import checkpoint_metadata
+from brainage.contracts.checkpoint import checkpoint_metadata, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,12 +93,11 @@ def write_volumes(folder: Path, n: int, shape: tuple[int, int, int], spacing: fl
 def random_checkpoint(cfg: BenchConfig, path: Path) -> Path:
     """A random-init checkpoint with the configuration's net and preprocessing."""
     net_cfg = yaml.safe_load((ROOT / cfg.net_yaml).read_text())["model"]["net"]
-    data_cfg = yaml.safe_load((ROOT / cfg.data_yaml).read_text())["data"]
+    data_cfg = yaml.safe_load((ROOT / cfg.data_yaml).read_text())  # a data section
     net = build_net(net_cfg["class_path"].rsplit(".", 1)[1], net_cfg["init_args"])
     pre = Preprocessing(data_cfg["preprocessing"], augment=False)
     meta = checkpoint_metadata(net, pre.to_dict(), pre.contract(), 50.0, 15.0, {"age_mean": 50.0}, {}, None)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "brainage": meta}, path)
-    return path
+    return save_checkpoint(path, net.state_dict(), meta)
 
 
 def interleaved_medians(cases: list[tuple[int, Callable[[], None], Callable[[], None]]], repeats: int) -> list[float]:

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("brainage.training.cli", "evaluate a checkpoint on the test split (LightningCLI)"),
     "predict": ("brainage.predict", "batch brain-age prediction over NIfTI files -> predictions.csv"),
     "report": ("brainage.report.command", "expert-region attribution report (HTML, tables, NIfTI maps)"),
-    "calibrate": ("brainage.training.calibrate", "refit the age-bias correction of a model on your own controls"),
+    "calibrate": ("brainage.calibrate", "refit the age-bias correction of a model on your own controls"),
     "data": ("brainage.data.check", "inspect a dataset: `brainage data check DATASET` lists found and dropped scans"),
 }
 

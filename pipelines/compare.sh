@@ -1,37 +1,30 @@
 #!/usr/bin/env bash
-# Side-by-side comparison on ONE synthetic cohort, ONE split, ONE budget: ERMoE-ViT, dense ViT, softmax-top-k MoE ViT
-# (Switch balancing loss) and SFCN. Fit -> test on the held-out split -> one table (markdown + CSV).
-# Usage: pipelines/compare.sh [OUT]   env: N (subjects, 200), EPOCHS (15), SEED (1), MLFLOW_TRACKING_URI
-# Settings shared by every model: configs/experiment/compare.yaml; the models: configs/model/*.yaml.
+# Cross-validated, paired comparison (issue 13): ERMoE-ViT vs dense ViT, parameter-matched dense ViT, softmax top-k
+# MoE ViT (Switch loss) and SFCN on one synthetic cohort. K outer folds (every subject tested once), lr (and SFCN's
+# optimiser, and the ERMoE design) chosen per fold on an inner split, bias correction fitted on that inner split,
+# paired per-subject statistics. Protocol: configs/compare/*.yaml; logic: brainage.training.compare.
+# Usage: pipelines/compare.sh [OUT]
+#   env: N (subjects, 400), SEED (cohort seed, 1), PROTOCOL (configs/compare/cpu_3mm.yaml), THREADS (torch threads,
+#        2), ARMS (only these arms, default all), EXTRA (more arguments, e.g. "--set trainer.accelerator=gpu")
+# Resumable: rerun the same command and finished units are kept; adding a config to an arm fits only the new
+# candidates. Point 5 (mean pooling, longer budget): PROTOCOL=configs/compare/pool_mean.yaml with the same OUT.
+# Output: OUT/table.md, OUT/table.json, OUT/results/<arm>/fold<k>/, OUT/units/; the last line printed is one JSON
+# object with the full table.
 set -euo pipefail
 OUT=${1:-compare-output}
-N=${N:-200}
-EPOCHS=${EPOCHS:-15}
+N=${N:-400}
 SEED=${SEED:-1}
-EXPERIMENT=${EXPERIMENT:-brainage-compare}
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
-MODELS="ermoe:vit_ermoe_tiny dense:vit_dense_tiny softmax_moe:vit_softmax_moe_tiny sfcn:sfcn"
+PROTOCOL=${PROTOCOL:-configs/compare/cpu_3mm.yaml}
+THREADS=${THREADS:-2}
+start=$(date +%s)
 
 if [ ! -f "$OUT/cohort/participants.tsv" ]; then
-  echo "== synth: $N synthetic T1 scans =="
+  echo "== synth: brainage synth --n $N --seed $SEED --out $OUT/cohort =="
   brainage synth --n "$N" --seed "$SEED" --out "$OUT/cohort"
 fi
 
-for entry in $MODELS; do
-  name=${entry%%:*}; model=configs/model/${entry#*:}.yaml
-  run="$OUT/runs/$name"
-  layers=(--config configs/experiment/compare.yaml --config "$model" --data.root "$OUT/cohort"
-          --trainer.max_epochs "$EPOCHS" --trainer.logger.init_args.experiment_name "$EXPERIMENT")
-  echo "== fit $name ($model, $EPOCHS epochs) =="
-  rm -rf "$run"
-  brainage fit "${layers[@]}" --trainer.default_root_dir "$run" --trainer.logger.init_args.run_name "$name-fit"
-  best=$(find "$run" -name best.ckpt -print | head -n 1)
-  [ -n "$best" ] || { echo "no best.ckpt under $run" >&2; exit 1; }
-  echo "== test $name ($best) =="
-  brainage test "${layers[@]}" --trainer.default_root_dir "$run/test" \
-    --trainer.logger.init_args.run_name "$name-test" --ckpt_path "$best"
-done
-
-python -m brainage.training.compare --experiment "$EXPERIMENT" --out "$OUT/table" \
-  --models $(for entry in $MODELS; do printf '%s ' "${entry%%:*}"; done)
-echo "table: $OUT/table.md and $OUT/table.csv (MLflow: $MLFLOW_TRACKING_URI, experiment $EXPERIMENT)"
+echo "== compare: $PROTOCOL on $OUT/cohort =="
+# shellcheck disable=SC2086  # ARMS and EXTRA are word lists
+python -m brainage.training.compare run --protocol "$PROTOCOL" --root "$OUT/cohort" --out "$OUT" \
+  --threads "$THREADS" ${ARMS:+--arms $ARMS} ${EXTRA:-}
+echo "compare.sh finished in $(( $(date +%s) - start )) s" >&2

@@ -25,7 +25,7 @@ else
 fi
 
 echo "== 2/4 fit: configs/experiment/ixi.yaml + data/model ixi_$RES =="
-brainage fit --config configs/experiment/ixi.yaml --config "configs/data/ixi_$RES.yaml" \
+brainage fit --config configs/experiment/ixi.yaml --data "configs/data/ixi_$RES.yaml" \
   --config "configs/model/vit_ermoe_ixi_$RES.yaml" --data.root "$DATA" --trainer.default_root_dir "$OUT/train" "$@"
 best=$(find "$OUT/train" -name best.ckpt -print | head -n 1)
 [ -n "$best" ] || { echo "no best.ckpt under $OUT/train" >&2; exit 1; }

@@ -20,7 +20,7 @@ export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}
 # --signal=SIGUSR1 lets Lightning save a checkpoint and requeue the job before the time limit;
 # a resubmitted job continues with --ckpt_path last.
 srun brainage fit \
-  --config configs/experiment/ixi.yaml --config configs/data/ixi_1p5mm.yaml \
+  --config configs/experiment/ixi.yaml --data configs/data/ixi_1p5mm.yaml \
   --config configs/model/vit_ermoe_ixi_1p5mm.yaml --config configs/trainer/gpu.yaml \
   --trainer.devices "$GPUS" --trainer.num_nodes "$NODES" --trainer.strategy ddp \
   --data.num_workers "${SLURM_CPUS_PER_TASK:-8}" \

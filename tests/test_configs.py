@@ -12,8 +12,14 @@ from brainage.data.preprocessing import Preprocessing
 from brainage.training.cli import BrainAgeCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml"))
+# configs/compare/ holds comparison protocols, not CLI layers: tests/training/test_compare_protocol.py instantiates them
+CONFIGS = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "compare")
 BASE = ["configs/trainer/cpu.yaml", "configs/model/vit_ermoe_tiny.yaml", "configs/data/synthetic.yaml"]
+
+
+def _args(layers: list[str]) -> list[str]:
+    """CLI arguments: a data section (configs/data/*.yaml) is given as --data FILE, every other layer as --config."""
+    return [a for layer in layers for a in ("--data" if Path(layer).parts[1] == "data" else "--config", layer)]
 
 
 def _layers(config: Path) -> list[str]:
@@ -28,6 +34,16 @@ def _layers(config: Path) -> list[str]:
     return [b for b in BASE if Path(b).parts[1] != config.parts[1]] + [str(config)]
 
 
+def _data_section(config: Path) -> dict | None:
+    """The data section a config declares (a configs/data file, or the file its `data:` points to), else None."""
+    raw = yaml.safe_load((ROOT / config).read_text())
+    if config.parts[1] == "data":
+        return raw
+    if isinstance(raw.get("data"), str):
+        return yaml.safe_load(((ROOT / config).parent / raw["data"]).read_text())
+    return raw.get("data")
+
+
 def test_configs_found():
     assert Path("configs/demo.yaml") in CONFIGS and len(CONFIGS) >= 8
     for kind in ("model", "data", "trainer", "logger", "experiment"):
@@ -38,8 +54,9 @@ def test_configs_found():
 def test_config_instantiates(config, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    args = [a for layer in _layers(config) for a in ("--config", layer)]
+    args = _args(_layers(config))
     raw = yaml.safe_load((ROOT / config).read_text())
+    data = _data_section(config)
     if raw.get("trainer", {}).get("accelerator") == "gpu" and not torch.cuda.is_available():
         args += ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]  # the rest is still checked
     cli = BrainAgeCLI(args=args, run=False)
@@ -47,11 +64,11 @@ def test_config_instantiates(config, monkeypatch, tmp_path):
     if "model" in raw:
         expected = raw["model"]["net"]["class_path"].rsplit(".", 1)[1]
         assert type(net).__name__ == expected
-    if "data" in raw:  # the declared chain is the one built; its crop is the model's grid
-        assert cli.datamodule.preprocessing == Preprocessing(raw["data"]["preprocessing"], raw["data"]["augmentation"])
-        crop = [e for e in raw["data"]["preprocessing"] if e["class_path"].endswith(".ResizeWithPadOrCropd")]
+    if data is not None:  # the declared chain is the one built; its crop is the model's grid
+        assert cli.datamodule.preprocessing == Preprocessing(data["preprocessing"], data["augmentation"])
+        crop = [e for e in data["preprocessing"] if e["class_path"].endswith(".ResizeWithPadOrCropd")]
         assert list(cli.datamodule.preprocessing.shape) == crop[0]["init_args"]["spatial_size"]
-    if "data" in raw and "model" in raw:
+    if data is not None and "model" in raw:
         assert tuple(net.init_args["img_size"]) == cli.datamodule.preprocessing.shape
     assert cli.trainer is not None
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
-import tomllib
+import subprocess
+import sys
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,5 +59,10 @@ def test_mlflow_imported_in_one_module_only():
 
 
 def test_report_rendering_imports_no_torch():
-    for path in (ROOT / "brainage/report/render.py", ROOT / "brainage/report/figures.py"):
+    for name in ("render", "figures", "sections", "analysis", "write", "progress", "settings"):
+        path = ROOT / "brainage" / "report" / f"{name}.py"
         assert "torch" not in _imports(path), path
+    code = "import sys, brainage.report.sections, brainage.report.write; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert loaded.stdout.strip() == "False"  # not even through other modules: only collect runs the model

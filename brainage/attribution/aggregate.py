@@ -36,7 +36,7 @@ TableKind = Literal["top1", "gated"]
 
 
 class RoutingLike(Protocol):
-    """What the aggregator reads from ``brainage.model.LayerRouting`` (numpy arrays, batch dim removed)."""
+    """What the aggregator reads from a routing record (``brainage.contracts.routing.LayerRecord``)."""
 
     layer: int
     expert_index: np.ndarray  # (n, k)

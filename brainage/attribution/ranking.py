@@ -11,19 +11,45 @@ intervals, as tidy tables (one row per region) for the report.
   are kept: a negative contribution (the region makes the scan look younger than the reference) is a result, not
   noise to drop.
 
-Letter legend: s subjects, r regions, q null sets or named sets, B bootstrap replicates.
+Letter legend: s subjects, r regions, q null sets or named sets, B bootstrap replicates, (X, Y, Z) model grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.methods import RegionContributions
+from brainage.attribution.mapping import RegionIndex
 
-__all__ = ["bootstrap_means", "interval_table", "null_corrected", "null_rate", "rank_regions"]
+__all__ = ["RegionContributions", "bootstrap_means", "interval_table", "null_corrected", "null_rate", "rank_regions"]
+
+
+@dataclass
+class RegionContributions:
+    """Per-subject region contributions of one attribution method (years; ``brainage.report.attribute`` computes
+    them), with what ranking and reporting need."""
+
+    method: str
+    regions: RegionIndex
+    values: np.ndarray  # (s, r) contribution of each region (its band for band methods); NaN = not on the grid
+    own: np.ndarray  # (s, r) the region alone (equals values for non-band methods)
+    shell: np.ndarray  # (s, r) band minus region (0 for non-band methods)
+    sizes: np.ndarray  # (r,) voxels attributed (band or region)
+    region_voxels: np.ndarray  # (r,) voxels of the region itself
+    null_values: np.ndarray  # (s, q) contributions of the size-matched null sets
+    null_sizes: np.ndarray  # (q,) voxels of each null set
+    null_source: np.ndarray  # (q,) region row each null set copies
+    reference: str  # sentence describing the reference
+    seconds_per_subject: float
+    band_mm: float | None = None
+    maps: np.ndarray | None = None  # (s, X, Y, Z) voxel attributions (gradient methods with keep_maps=True)
+
+    @property
+    def is_band(self) -> bool:
+        return self.band_mm is not None
 
 
 def null_rate(null_values: np.ndarray, null_sizes: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 - ``young`` (our choice since the first report): the voxel-wise mean of the youngest third of the scans with a known
   age (at least 2), the same idea as the baseline input of integrated gradients (Sundararajan et al. 2017): a region's
   contribution is then the number of years its deviation from a young brain adds, with the sign of ageing.
-- ``young_matched`` (default of :mod:`brainage.attribution.methods`): the young reference mapped to each scan by an
+- ``young_matched`` (default of :mod:`brainage.report.attribute`): the young reference mapped to each scan by an
   affine intensity fit ``a * ref + b`` over brain voxels (trimmed least squares: the ``TRIM`` share of voxels with the
   smallest residuals, refitted twice). Per-subject z-scoring inside the brain makes every voxel of an old scan an
   affine function of its young counterpart when only some regions changed (a larger ventricle lowers the brain mean

@@ -3,14 +3,14 @@
 Every image is validated and preprocessed once in `setup` (in parallel threads); a file that fails is dropped with
 its reason logged, so nothing crashes mid-epoch. Without `cache_dir` the preprocessed tensors are held in memory;
 with it they are written once to a persistent on-disk cache (`brainage.data.cache`) and read per item, so later runs
-skip decoding and the cohort need not fit in RAM. Random augmentation runs on the cached tensors.
+skip decoding and the cohort need not fit in RAM. A cache that cannot be written stops `setup` with
+`CacheWriteError` (never a dropped scan); an entry that fails its checksum when an item is read is rebuilt from the
+source file. Random augmentation runs on the cached tensors.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -22,8 +22,9 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
-from brainage.data.cache import VolumeCache, failure_reason, load_volume
-from brainage.data.inputs import read_inputs
+from brainage.contracts.atomic import atomic_path
+from brainage.data.cache import CacheWriteError, VolumeCache, failure_reason, load_volume
+from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.data.splits import split_subjects
 from brainage.data.preprocessing import Preprocessing
 
@@ -35,16 +36,20 @@ log = logging.getLogger(__name__)
 def _ensure(cache: VolumeCache, transform: Callable[[dict], dict], path: str) -> tuple[Path | None, str | None]:
     try:
         return cache.ensure(path, transform), None
+    except CacheWriteError:
+        raise  # the cache's problem, not the scan's
     except Exception as err:  # noqa: BLE001 - as in load_volume
         return None, failure_reason(path, err)
 
 
 class CachedVolumes(Dataset):
-    """Preprocessed volumes (in-memory tensors, or entries of a `VolumeCache` read per item) with per-item random
-    augmentation."""
+    """Preprocessed volumes (in-memory tensors, or entries of `cache` read and checked per item, rebuilt from the row's
+    `path` with `transform` when damaged) with per-item random augmentation."""
 
-    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor | Path], augmentation) -> None:
+    def __init__(self, rows: pd.DataFrame, images: list[torch.Tensor | Path], augmentation,
+                 cache: VolumeCache | None = None, transform: Callable[[dict], dict] | None = None) -> None:
         self.rows, self.images, self.augmentation = rows.reset_index(drop=True), images, augmentation
+        self.cache, self.transform = cache, transform
 
     def __len__(self) -> int:
         return len(self.images)
@@ -52,14 +57,14 @@ class CachedVolumes(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.rows.iloc[index]
         image = self.images[index]
-        image = VolumeCache.read(image).as_tensor() if isinstance(image, Path) else image  # (1, X, Y, Z)
+        if isinstance(image, Path):
+            image = self.cache.fetch(image, row["path"], self.transform).as_tensor()  # (1, X, Y, Z)
         image = self.augmentation({"image": image})["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image  # MONAI MetaTensor -> plain tensor
-        sex = {"M": 0.0, "F": 1.0}.get(row["sex"], math.nan)
         return {
             "image": image.float(),  # (1, X, Y, Z)
             "age": torch.tensor(float(row["age"]), dtype=torch.float32),
-            "sex": torch.tensor(sex, dtype=torch.float32),
+            "sex": torch.tensor(sex_code(row["sex"]), dtype=torch.float32),
             "subject_id": str(row["subject_id"]),
             "site": "" if row["site"] is None or row["site"] != row["site"] else str(row["site"]),
         }
@@ -89,8 +94,13 @@ class BrainAgeDataModule(pl.LightningDataModule):
         cache_dir: persistent preprocessed-volume cache shared across runs and processes (None = in memory only).
         fold: k-fold cross-validation: subjects outside the test split are dealt into `num_folds` stratified folds
             and fold `fold` is the validation split (None = a single val_fraction split).
-        num_folds: number of folds when `fold` is set.
+        num_folds: number of folds when `fold` or `test_fold` is set.
         leave_site_out: every subject scanned at this site forms the test split (site generalisation).
+        test_fold: outer k-fold cross-validation: subjects are dealt into `num_folds` stratified folds and fold
+            `test_fold` is the test split (every subject is tested once over the folds); `val_fraction` is then the
+            share of the OTHER subjects used for validation, and `test_fraction` is unused.
+        include_failed: also train on scans that `brainage prepare` flagged in its manifest (qc_status=fail); by
+            default they are left out and listed with the reason, as in predict, report and calibrate.
     """
 
     def __init__(self, root: str, preprocessing: list[dict] | None = None, augmentation: list[dict] | None = None,
@@ -98,7 +108,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
                  augment: bool = True, batch_size: int = 8, num_workers: int = 0, preprocess_threads: int = 2,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42,
                  cache_dir: str | None = None, fold: int | None = None, num_folds: int = 5,
-                 leave_site_out: str | None = None) -> None:
+                 leave_site_out: str | None = None, test_fold: int | None = None,
+                 include_failed: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = root
@@ -106,9 +117,10 @@ class BrainAgeDataModule(pl.LightningDataModule):
                                            shape=None if shape is None else tuple(shape), augment=augment)
         self.batch_size, self.num_workers, self.preprocess_threads = batch_size, num_workers, preprocess_threads
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
-        self.fold, self.num_folds, self.leave_site_out = fold, num_folds, leave_site_out
+        self.fold, self.num_folds, self.leave_site_out, self.test_fold = fold, num_folds, leave_site_out, test_fold
         self.cache_dir = cache_dir
-        self.cache: VolumeCache | None = None  # built in setup (holds a lock: not picklable)
+        self.include_failed = include_failed
+        self.cache: VolumeCache | None = None  # built in setup
         self.table: pd.DataFrame | None = None
         self.dropped: list[dict] = []
         self.datasets: dict[str, CachedVolumes] = {}
@@ -117,7 +129,7 @@ class BrainAgeDataModule(pl.LightningDataModule):
         """Read the manifest, drop rows without age, and assign subject-level splits."""
         if not Path(self.root).exists():
             raise FileNotFoundError(f"data root {self.root!r} does not exist; expected a BIDS folder or a manifest")
-        table = read_inputs([self.root])
+        table = read_inputs([self.root], include_failed=self.include_failed)
         self.dropped = list(table.attrs.get("dropped", []))
         no_age = table["age"].isna()
         self.dropped += [{"source": self.root, "subject_id": r.subject_id, "path": r.path,
@@ -126,7 +138,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
         if len(table) < 3:
             raise ValueError(f"{self.root}: found {len(table)} images with a known age; expected at least 3")
         table["split"] = split_subjects(table, self.val_fraction, self.test_fraction, self.seed, fold=self.fold,
-                                        num_folds=self.num_folds, leave_site_out=self.leave_site_out)
+                                        num_folds=self.num_folds, leave_site_out=self.leave_site_out,
+                                        test_fold=self.test_fold)
         return table
 
     def setup(self, stage: str | None = None) -> None:
@@ -139,14 +152,18 @@ class BrainAgeDataModule(pl.LightningDataModule):
         # (MetaTensor | None, reason) in memory, (entry Path | None, reason) with the cache
         prepare = partial(load_volume, transform) if self.cache is None else partial(_ensure, self.cache, transform)
         with ThreadPoolExecutor(max(1, self.preprocess_threads)) as pool:
-            results = list(pool.map(prepare, table["path"]))
+            try:
+                results = list(pool.map(prepare, table["path"]))
+            except CacheWriteError:
+                pool.shutdown(cancel_futures=True)  # stop decoding the rest: the run cannot go on
+                raise
         ok = [image is not None for image, _ in results]
         for (image, reason), row in zip(results, table.itertuples()):
             if image is None:
                 self.dropped.append({"source": self.root, "subject_id": row.subject_id, "path": row.path,
                                      "reason": reason})
-        for item in self.dropped:
-            log.warning("dropped %s (%s): %s", item["subject_id"], item["path"], item["reason"])
+        for line in skipped_lines(self.dropped):
+            log.warning(line)
         self.table = table[ok].reset_index(drop=True)
         self.write_splits()
         # in memory: drop MONAI metadata; cached: keep the entry paths
@@ -154,7 +171,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test"):
             index = [i for i, s in enumerate(self.table["split"]) if s == split]
             augmentation = self.preprocessing.augmentation() if split == "train" else Compose([])
-            self.datasets[split] = CachedVolumes(self.table.iloc[index], [images[i] for i in index], augmentation)
+            self.datasets[split] = CachedVolumes(self.table.iloc[index], [images[i] for i in index], augmentation,
+                                                 self.cache, transform)
         for split, minimum in (("train", 2), ("val", 2)):
             if len(self.datasets[split]) < minimum:
                 raise ValueError(f"{self.root}: the {split} split has {len(self.datasets[split])} usable scans; "
@@ -171,9 +189,8 @@ class BrainAgeDataModule(pl.LightningDataModule):
         columns = ["subject_id", "session", "path", "age", "sex", "site", "split"]
         for name, rows in (("splits.csv", self.table), ("test.csv", self.table[self.table["split"] == "test"])):
             rows = rows.assign(path=rows["path"].map(lambda p: str(Path(p).resolve())))[columns]
-            tmp = folder / f".{name}.tmp"
-            rows.to_csv(tmp, index=False)
-            os.replace(tmp, folder / name)
+            with atomic_path(folder / name) as tmp:
+                rows.to_csv(tmp, index=False)
 
     def train_ages(self) -> torch.Tensor:
         return torch.tensor(self.datasets["train"].rows["age"].to_numpy(), dtype=torch.float32)

@@ -5,9 +5,10 @@ with the reference MONAI chain; two steps take most of it:
 
 - **gzip inflate** (~85 ms of nibabel's ~100 ms load). `IsalNibabelReader` inflates with ISA-L (`isal`, about 2x
   faster than zlib) and hands the bytes to nibabel and MONAI's `NibabelReader`, so header handling, dtype, affine
-  and metadata are MONAI's own and the array is bit-identical. Without `isal` installed, or for anything it does not
-  recognise (not a single-file NIfTI-1/2, corrupt or truncated data), it falls back to the reference reader, so
-  errors read exactly as before.
+  and metadata are MONAI's own and the array is bit-identical. It inflates the header first and then no more than
+  the header claims (as nibabel reads), so a stream longer than its header says cannot blow up memory. Without
+  `isal` installed, or for anything it does not recognise (not a single-file NIfTI-1/2, corrupt or truncated data),
+  it falls back to the reference reader, so errors read exactly as before.
 - **`Spacingd` resampling** (~260 ms: an affine `grid_sample` in float64 over the whole output grid). After
   `Orientationd(RAS)` an axis-aligned input maps onto the output grid by a per-axis scale and shift, and trilinear
   interpolation with border padding then factorises into three 1D linear interpolations (one per axis).
@@ -34,6 +35,8 @@ from monai.data.utils import compute_shape_offset, correct_nifti_header_if_neces
 from monai.networks.utils import to_norm_affine
 from monai.transforms import Compose, LoadImage, MapTransform, Spacingd
 
+from brainage.data.transforms import claimed_bytes, nifti_header
+
 try:  # ISA-L inflate, about 2x zlib; optional (stdlib gzip via nibabel when missing)
     from isal import isal_zlib
 except ImportError:  # pragma: no cover - exercised only where isal is not installed
@@ -50,7 +53,7 @@ __all__ = [
 ]
 
 HAVE_ISAL = isal_zlib is not None
-_NIFTI_BY_HEADER_SIZE = {348: nib.Nifti1Image, 540: nib.Nifti2Image}  # sizeof_hdr, first int32 of the file
+_IMAGE_CLASS = {nib.Nifti1Header: nib.Nifti1Image, nib.Nifti2Header: nib.Nifti2Image}
 
 
 class IsalNibabelReader(NibabelReader):
@@ -79,13 +82,16 @@ class IsalNibabelReader(NibabelReader):
         if not lower.endswith((".nii", ".nii.gz")):
             return None
         raw = Path(name).read_bytes()
-        if lower.endswith(".gz"):
-            raw = isal_zlib.decompress(raw, wbits=47)  # 32 + 15: gzip or zlib header, auto-detected
-        size = int.from_bytes(raw[:4], "little")
-        klass = _NIFTI_BY_HEADER_SIZE.get(size) or _NIFTI_BY_HEADER_SIZE.get(int.from_bytes(raw[:4], "big"))
-        if klass is None:
+        gz = lower.endswith(".gz")
+        header = nifti_header(isal_zlib.decompressobj(wbits=47).decompress(raw, 540) if gz else raw[:540])
+        if header is None:
             return None
-        return correct_nifti_header_if_necessary(klass.from_bytes(raw))
+        size = int(header["vox_offset"]) + claimed_bytes(header)[1]  # what nibabel would read: no more
+        if gz:
+            raw = isal_zlib.decompressobj(wbits=47).decompress(raw, size)  # 32 + 15: gzip or zlib header
+        if len(raw) < size:  # truncated or several gzip members: the reference reader handles (and words) it
+            return None
+        return correct_nifti_header_if_necessary(_IMAGE_CLASS[type(header)].from_bytes(raw[:size]))
 
 
 def source_coordinates(xform: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[torch.Tensor]:

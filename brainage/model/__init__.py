@@ -5,11 +5,12 @@ softmax top-k MoE with Switch loss, EMoE router arXiv 2601.12137, SFCN Peng et a
 from __future__ import annotations
 
 from brainage.model.diagnostics import collect_diagnostics
-from brainage.model.mlp import Mlp, make_mlp
+from brainage.model.mlp import Mlp
 from brainage.model.moe import MoEConfig, MoEMlp, orthonormalize_, switch_load_balancing_loss
 from brainage.model.registry import NETS, build_net
 from brainage.model.routing import LayerRouting, ModelOutput, Routing, SlotOutput
 from brainage.model.sfcn import SFCN
+from brainage.model.slot import make_mlp
 from brainage.model.vit import BrainAgeViT
 
 __all__ = [

@@ -7,7 +7,10 @@ Pure functions, plus :func:`collect_diagnostics` which runs a net once and retur
   max / mean, and the entropy of the load distribution (nats);
 - routing entropy: mean over tokens of ``-sum_e p_e log p_e`` of the router softmax (nats);
 - mutual coherence (eigen router only): ``max_{i != j} sigma_max(V_i^T V_j)`` and its mean over pairs i < j
-  (0 = orthogonal subspaces, 1 = a shared direction);
+  (0 = orthogonal subspaces, 1 = a shared direction), on the bases the router scores (the routing sub-bases of design
+  "subbasis"; at design "fullrank" every pair of full-rank bases spans R^d, so the coherence is 1 and the greedy gap
+  0 by construction: subspace selection does not apply there). :func:`basis_coherence` reads it from the weights
+  alone, without data (the training callback logs it at init);
 - greedy gap (eigen router only): ``F(S) = ||P_S x||^2 / ||x||^2``, the energy of x in the union of the chosen
   experts' subspaces. Greedy S = top-k by the router score; S* = argmax over all C(E, k) subsets (exhaustive when
   C(E, k) <= 5000, else the gap is NaN). Our choices: the union basis is the left singular vectors of the
@@ -35,6 +38,7 @@ __all__ = [
     "mutual_coherence",
     "subset_energy",
     "greedy_gap",
+    "basis_coherence",
     "collect_diagnostics",
     "MAX_SUBSETS",
 ]
@@ -133,6 +137,22 @@ def _layer_index(name: str, fallback: int) -> int:
     return int(match.group(1)) if match else fallback
 
 
+def _moe_slots(net: nn.Module) -> list[tuple[str, MoEMlp]]:
+    """(``layer{i}`` key, slot) of every MoE slot of ``net``, in module order."""
+    slots = [(name, m) for name, m in net.named_modules() if isinstance(m, MoEMlp)]
+    return [(f"layer{_layer_index(name, pos)}", m) for pos, (name, m) in enumerate(slots)]
+
+
+@torch.no_grad()
+def basis_coherence(net: nn.Module) -> dict[str, float]:
+    """``layer{i}/coherence_max`` and ``layer{i}/coherence_mean`` of every eigen-routed slot, from its scored bases."""
+    result: dict[str, float] = {}
+    for key, slot in _moe_slots(net):
+        if isinstance(slot.experts, EigenExperts):
+            result[f"{key}/coherence_max"], result[f"{key}/coherence_mean"] = mutual_coherence(slot.experts.bases())
+    return result
+
+
 @torch.no_grad()
 def collect_diagnostics(
     net: nn.Module, x: Tensor, sex: Tensor | None = None, max_tokens: int = 512
@@ -141,9 +161,10 @@ def collect_diagnostics(
 
     Keys: ``layer{i}/load_cv``, ``load_max_over_mean``, ``load_entropy``, ``routing_entropy`` for every MoE slot, and
     ``coherence_max``, ``coherence_mean``, ``greedy_gap_mean``, ``greedy_gap_p95``, ``greedy_mismatch`` for eigen
-    slots (computed on at most ``max_tokens`` evenly spaced tokens). Nets without MoE slots give an empty dict.
+    slots (computed on at most ``max_tokens`` evenly spaced tokens), ``temperature`` for slots that learn it. Nets
+    without MoE slots give an empty dict.
     """
-    slots = [(name, m) for name, m in net.named_modules() if isinstance(m, MoEMlp)]
+    slots = _moe_slots(net)
     captured: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
 
     def hook_for(pos: int):
@@ -163,24 +184,23 @@ def collect_diagnostics(
         for h in handles:
             h.remove()
 
-    result: dict[str, float] = {}
-    for pos, (name, slot) in enumerate(slots):
+    result: dict[str, float] = basis_coherence(net)
+    for pos, (key, slot) in enumerate(slots):
         if pos not in captured:
             continue
         tokens, expert_index, probs = captured[pos]
-        key = f"layer{_layer_index(name, pos)}"
         load = load_stats(expert_index, slot.num_experts)
         result[f"{key}/load_cv"] = load["cv"]
         result[f"{key}/load_max_over_mean"] = load["max_over_mean"]
         result[f"{key}/load_entropy"] = load["entropy"]
         result[f"{key}/routing_entropy"] = routing_entropy(probs)
+        if slot.cfg.temperature_mode == "learned":
+            result[f"{key}/temperature"] = float(slot.temperature())
         if isinstance(slot.experts, EigenExperts):
             flat = tokens.reshape(-1, tokens.shape[-1])  # (b, n, d) -> (t, d)
             pick = torch.linspace(0, flat.shape[0] - 1, min(max_tokens, flat.shape[0])).round().long()
             sample = flat[pick]  # (t', d)
-            bases = slot.experts.bases()
-            result[f"{key}/coherence_max"], result[f"{key}/coherence_mean"] = mutual_coherence(bases)
-            gap = greedy_gap(sample, bases, slot.cfg.top_k, slot.experts.scores(sample)[0])
+            gap = greedy_gap(sample, slot.experts.bases(), slot.cfg.top_k, slot.experts.scores(sample)[0])
             result[f"{key}/greedy_gap_mean"] = gap["mean"]
             result[f"{key}/greedy_gap_p95"] = gap["p95"]
             result[f"{key}/greedy_mismatch"] = gap["mismatch_frac"]

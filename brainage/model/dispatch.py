@@ -7,9 +7,9 @@ expert stays in the autograd graph even when its group is empty, so DDP needs no
 
 In torch 2.13 the fake kernel of ``grouped_mm`` accepts bf16 only; fp32 goes through a thin custom op so that
 ``torch.compile`` can still trace the layer. ``grouped_mm`` needs 16-byte aligned strides (widths that are multiples
-of 4 in fp32, of 8 in bf16). When a shape or dtype does not allow it, or when ``impl="loop"`` is asked for,
-:func:`grouped_linear` falls back to a loop over contiguous per-expert slices; that fallback reads the group sizes on
-the host (one sync) and is therefore not ``torch.compile(fullgraph=True)``-friendly.
+of 4 in fp32, of 8 in bf16) and runs in fp32, bf16 and fp16 only. When a shape or dtype does not allow it, or when
+``impl="loop"`` is asked for, :func:`grouped_linear` falls back to a loop over contiguous per-expert slices; that
+fallback reads the group sizes on the host (one sync) and is therefore not ``torch.compile(fullgraph=True)``-friendly.
 
 Letters: t tokens, k experts per token, e experts, i input width, o output width.
 """
@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Dispatch", "DispatchImpl", "plan_dispatch", "grouped_linear", "combine", "compute_dtype"]
+__all__ = ["Dispatch", "DispatchImpl", "plan_dispatch", "grouped_linear", "combine", "compute_dtype", "router_dtype"]
 
 DispatchImpl = Literal["auto", "grouped_mm", "loop"]
 
 _HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # e.g. float64 takes the loop
 
 
 class Dispatch(NamedTuple):
@@ -56,6 +57,11 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
+
+
+def router_dtype(x: Tensor) -> torch.dtype:
+    """The dtype router scores run in: float32, or float64 for float64 inputs (never lower than float32)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 @torch.library.custom_op("brainage::grouped_mm", mutates_args=())
@@ -113,7 +119,9 @@ def grouped_linear(
         (t*k, o) in ``x``'s dtype.
     """
     w_t = weight.to(x.dtype).transpose(1, 2)  # (e, i, o) view: grouped_mm is fastest on this column-major layout
-    use_grouped = impl == "grouped_mm" or (impl == "auto" and _HAS_GROUPED_MM and _aligned(x, w_t))
+    out_aligned = (weight.shape[1] * x.element_size()) % 16 == 0  # the (t*k, o) output's row stride
+    supported = x.dtype in _GROUPED_MM_DTYPES and _aligned(x, w_t) and out_aligned
+    use_grouped = impl == "grouped_mm" or (impl == "auto" and _HAS_GROUPED_MM and supported)
     if use_grouped:
         # native op for bf16 (its fake kernel traces); the custom-op wrapper for other dtypes
         gmm = F.grouped_mm if x.dtype == torch.bfloat16 else _grouped_mm_op

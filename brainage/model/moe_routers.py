@@ -9,7 +9,8 @@
   that penalty is ~0, so it is dropped); the second basis ``P`` of the public code is not used by its router and is
   omitted.
 
-Both return float32 logits computed with autocast disabled. Letters: t tokens, e experts, d width, r rank.
+Both return float32 logits (float64 for float64 inputs) computed with autocast disabled.
+Letters: t tokens, e experts, d width, r rank.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from brainage.model.moe_experts import random_orthonormal, qr_retract_
+from brainage.model.dispatch import router_dtype
+from brainage.model.moe_experts import qr_retract_, random_orthonormal
 
 __all__ = ["SoftmaxRouter", "EMoERouter"]
 
 
 class SoftmaxRouter(nn.Module):
     """Linear gating ``logits = x W_g^T`` in float32."""
+
+    decayed_parameters = ("weight",)  # weight-decay opt-in (brainage.training.optim)
 
     def __init__(self, dim: int, num_experts: int) -> None:
         super().__init__()
@@ -33,7 +37,8 @@ class SoftmaxRouter(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (t, d) -> logits (t, e) float32."""
         with torch.autocast(x.device.type, enabled=False):
-            return x.float() @ self.weight.float().t()
+            xf = x.to(router_dtype(x))  # (t, d)
+            return xf @ self.weight.to(xf.dtype).t()
 
 
 class EMoERouter(nn.Module):
@@ -49,7 +54,8 @@ class EMoERouter(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (t, d) -> logits (t, e) float32 (before the temperature)."""
         with torch.autocast(x.device.type, enabled=False):
-            z = x.float() @ self.q  # (t, r)
+            xf = x.to(router_dtype(x))  # (t, d)
+            z = xf @ self.q.to(xf.dtype)  # (t, r)
             energy = z.square() / z.square().sum(dim=-1, keepdim=True).clamp_min(1e-12)  # (t, r)
             mix = self.masks.softmax(dim=0) * self.log_lambda.exp()  # (e, r): softmax over experts, times gamma_r
             return energy @ mix.t() + self.bias  # (t, e)

@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainage.model.attention import Attention
-from brainage.model.mlp import make_mlp
 from brainage.model.moe import MoEConfig
 from brainage.model.patch_embed import PatchEmbed3d
 from brainage.model.routing import LayerRouting, ModelOutput, SlotOutput
 from brainage.model.serialize import to_jsonable
+from brainage.model.slot import make_mlp
 
 __all__ = ["Block", "BrainAgeViT", "resolve_moe_layers", "sex_covariate"]
 

@@ -1,8 +1,9 @@
 """brainage.predict: batch brain-age prediction over NIfTI files (`brainage predict`).
 
-Modules: `model` (safe loading from a .ckpt, `runs:/` or `models:/` URI; input-contract check), `stream` (decode in
-workers, predict in batches, flip TTA), `output` (rows, fsynced journal, atomic CSV), `distributed` (Lightning DDP
-with per-rank shards), `command` (the CLI). Research use only, not for diagnosis.
+Modules: `model` (safe loading from a .ckpt, `runs:/` or `models:/` URI; input-contract check), `decode` (decode
+worker processes that survive a worker's death, header size limit), `stream` (predict in batches, flip TTA,
+non-finite outputs as errors), `output` (rows, fsynced journal, output lock, atomic CSV), `distributed` (Lightning
+DDP with per-rank shards), `command` (the CLI). Research use only, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -1,25 +1,33 @@
 """`brainage predict`: batch brain-age prediction over NIfTI files into one CSV that never loses a row.
 
 Exit codes: 0 = every row ok; 1 = at least one row has status=error (all rows are still written); 2 = usage error,
-no inputs, or the model cannot be loaded.
+no inputs, the model cannot be loaded, or the output cannot be written (a folder, an unwritable or full disk, another
+predict writing it): one line on stderr, checked before the work starts where it can be (the output lock doubles as a
+write probe); a disk that fills up during the run also ends with exit 2, the rows done so far kept in the journal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from brainage.prepare.manifest import read_prepared_inputs
+from brainage.data.inputs import read_inputs, skipped_lines
+from brainage.data.transforms import DEFAULT_MAX_VOXELS
 from brainage.predict.model import LoadedModel, ModelLoadError, load_model
 from brainage.predict.output import (
     OUTPUT_COLUMNS,
     Journal,
+    OutputError,
+    OutputLock,
     assemble,
+    journal_files,
     journal_path,
     read_journals,
     record,
@@ -46,10 +54,12 @@ EPILOG = """examples:
   brainage predict --model best.ckpt --input scans/ --output out.csv --devices 2 --accelerator gpu   # DDP
 
 models: a .ckpt written by `brainage fit`, runs:/<run_id>[/artifact path] or models:/<name>/<version> (MLflow store
-from --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Loaded with torch.load(weights_only=True);
-anything that is not a brainage checkpoint is refused, and the card's input contract must match its preprocessing.
+from --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). Loaded weights-only and checked
+(brainage.contracts.checkpoint): anything that is not a brainage checkpoint, or holds non-finite weights, is refused,
+and the card's input contract must match its preprocessing.
 
-output columns (one row per input, in input order):
+output columns (one row per input, in input order: the order of --input; the files of a folder, dataset or glob
+sorted by subject id, session and path; a manifest's rows in file order):
   subject_id, session, path; age (when known); predicted_age; corrected_age (the model's age-bias correction,
   = predicted_age when the model has none); brain_age_gap = predicted_age - age; corrected_gap = corrected_age - age;
   uncertainty (std over flip TTA, with --tta); status (ok | error); error (the reason).
@@ -57,8 +67,12 @@ output columns (one row per input, in input order):
 interrupted runs: finished batches are journaled in OUTPUT.partial (fsynced). Rerun the same command to skip the
 files already done; the CSV is written atomically at the end and is the same as an uninterrupted run's.
 
-exit codes: 0 all rows ok; 1 some rows failed (they are still written, with status=error); 2 usage error, no inputs
-or unusable model.
+bad files: a missing, corrupt, truncated, non-3D, NaN or constant scan, one whose header claims more than
+--max-voxels voxels (checked before decoding), one whose decode worker dies (e.g. killed when memory runs out), a
+file name that is not UTF-8, or a prediction that is NaN/inf: each is a row with status=error and the reason.
+
+exit codes: 0 all rows ok; 1 some rows failed (they are still written, with status=error); 2 usage error, no inputs,
+unusable model, or an output that cannot be written (a folder, unwritable or full disk, another predict on it).
 Research use only, not for diagnosis.
 """
 
@@ -91,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Lightning devices; more than 1 (or --num-nodes > 1) runs DDP with one process each")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for DDP (cpu, gpu, auto)")
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes for DDP (run the command on every node)")
+    parser.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS,
+                        help="refuse (as an error row, before decoding) a file whose header claims more voxels "
+                             f"(default 512^3 = {DEFAULT_MAX_VOXELS:,}, 26x a 1 mm head: 0.5 GB as float32)")
     parser.add_argument("--include-failed", action="store_true",
                         help="also predict scans that `brainage prepare` flagged in its manifest (qc_status=fail)")
     parser.add_argument("--verbose", action="store_true", help="progress bar and every failed file")
@@ -110,9 +127,10 @@ def run_settings(args: argparse.Namespace, model: LoadedModel) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.num_nodes, args.threads or 1) < 1 or (args.workers is not None and args.workers < 0):
-        parser.error(f"--batch-size ({args.batch_size}), --num-nodes ({args.num_nodes}) and --threads "
-                     f"({args.threads}) must be >= 1 and --workers ({args.workers}) >= 0")
+    if min(args.batch_size, args.num_nodes, args.threads or 1, args.max_voxels) < 1 or (
+            args.workers is not None and args.workers < 0):
+        parser.error(f"--batch-size ({args.batch_size}), --num-nodes ({args.num_nodes}), --threads ({args.threads}) "
+                     f"and --max-voxels ({args.max_voxels}) must be >= 1 and --workers ({args.workers}) >= 0")
     workers = default_workers() if args.workers is None else args.workers
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or available_cpus())  # decode workers run one thread each, mostly idle
@@ -122,18 +140,40 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
 
 
+def _rank_zero_process() -> bool:
+    """Whether this process is (or launches) global rank 0: the launchers' rank variables are unset or 0."""
+    return all(os.environ.get(name, "0") == "0"
+               for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
+
+
 def _run(args: argparse.Namespace, workers: int) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    progress = sys.stderr.isatty() or args.verbose
     distributed = _devices(args.devices) != 1 or args.num_nodes > 1
     try:
-        model = load_model(args.model, "cpu" if distributed else args.device, args.tracking_uri)
-        table = read_prepared_inputs(args.input, include_failed=args.include_failed)
-    except (ModelLoadError, ValueError) as err:
+        with OutputLock(args.output) if _rank_zero_process() else contextlib.nullcontext():
+            return _predict(args, workers, distributed)
+    except OutputError as err:
         print(f"brainage predict: {err}", file=sys.stderr)
         return 2
-    for item in table.attrs.get("dropped", []):
-        print(f"skipped {item['subject_id']} ({item['path']}): {item['reason']}", file=sys.stderr)
+    except OSError as err:  # past reading the inputs only writes raise: the journal, the CSV or the routing maps
+        journals = ", ".join(str(p) for p in journal_files(args.output)) or "none yet"
+        print(f"brainage predict: cannot write {err.filename or args.output} ({err.strerror or err}); the rows "
+              f"finished so far are kept (journal: {journals}): free space and rerun the same command to resume",
+              file=sys.stderr)
+        return 2
+
+
+def _predict(args: argparse.Namespace, workers: int, distributed: bool) -> int:
+    progress = sys.stderr.isatty() or args.verbose
+    try:
+        model = load_model(args.model, "cpu" if distributed else args.device, args.tracking_uri)
+        table = read_inputs(args.input, include_failed=args.include_failed)
+    except (ModelLoadError, ValueError, OSError) as err:  # OSError: an input folder or manifest cannot be read
+        print(f"brainage predict: {err}", file=sys.stderr)
+        return 2
+    model.max_voxels = args.max_voxels
+    for line in skipped_lines(table.attrs.get("dropped", [])):
+        print(line, file=sys.stderr)
     if table.empty:
         print(f"brainage predict: no usable NIfTI files found in {args.input}", file=sys.stderr)
         return 2
@@ -154,11 +194,12 @@ def _run(args: argparse.Namespace, workers: int) -> int:
         if done:
             log.warning("resuming: %d of %d inputs already done (journal %s)", len(keys) - len(todo), len(keys),
                         journal_path(args.output))
-        with Journal(journal_path(args.output), settings) as journal:
+        results = predict_iter(model, table, return_routing=args.save_routing is not None,
+                               batch_size=args.batch_size, num_workers=workers, progress=progress, tta=args.tta,
+                               indices=todo)
+        with Journal(journal_path(args.output), settings) as journal, contextlib.closing(results):
             batch = []
-            for result in predict_iter(model, table, return_routing=args.save_routing is not None,
-                                       batch_size=args.batch_size, num_workers=workers, progress=progress,
-                                       tta=args.tta, indices=todo):
+            for result in results:
                 batch.append(result)
                 if result.error:
                     log.info("error: %s", result.error)

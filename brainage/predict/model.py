@@ -1,5 +1,6 @@
 """Safe model loading for prediction: a checkpoint file, an MLflow run (`runs:/<id>`) or a registered model
-(`models:/<name>/<version>`), read with `torch.load(weights_only=True)` only.
+(`models:/<name>/<version>`), read through `brainage.contracts.checkpoint` (weights only, every entry checked, finite
+weights).
 
 A file that is not a brainage checkpoint is refused with a clear error, never unpickled. The deterministic
 preprocessing chain stored in the checkpoint is rebuilt through the allow-list of `brainage.data.preprocessing`
@@ -10,7 +11,6 @@ normalisation) is checked against that chain, so a model is never fed inputs it 
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from brainage.contracts.checkpoint import CheckpointError, read_checkpoint
 from brainage.data.fastpath import accelerate
 from brainage.data.preprocessing import Preprocessing, PreprocessingError
+from brainage.data.transforms import DEFAULT_MAX_VOXELS, LoadVolumed
 from brainage.model import build_net
-from brainage.training.card import CHECKPOINT_FORMAT
 
 __all__ = [
     "MODEL_URI_SCHEMES",
@@ -50,11 +51,17 @@ class LoadedModel:
     target_mean: float
     target_std: float
     device: torch.device
+    max_voxels: int = DEFAULT_MAX_VOXELS  # files whose header claims more are refused before decoding
 
     @property
     def transform(self) -> Callable[[dict], dict]:
-        """The preprocessing's deterministic chain with faster equivalent steps (`brainage.data.fastpath`)."""
-        return accelerate(self.preprocessing.deterministic())
+        """The preprocessing's deterministic chain with faster equivalent steps (`brainage.data.fastpath`), its
+        loader refusing files whose header claims more than `max_voxels` voxels."""
+        chain = accelerate(self.preprocessing.deterministic())
+        for step in chain.transforms:
+            if isinstance(step, LoadVolumed):
+                step.max_voxels = self.max_voxels
+        return chain
 
     @property
     def num_experts(self) -> int:
@@ -111,32 +118,22 @@ def load_model(spec: str | Path, device: str = "cpu", tracking_uri: str | None =
     """
     path = resolve_model_path(spec, tracking_uri)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}: cannot be read as a weights-only checkpoint ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); brainage never unpickles arbitrary "
-                             f"objects") from err
-    meta = checkpoint.get("brainage") if isinstance(checkpoint, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ModelLoadError(f"{path}: not a brainage checkpoint (found keys {found}); expected a 'brainage' entry "
-                             f"with format {CHECKPOINT_FORMAT!r}")
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as err:
+        raise ModelLoadError(str(err)) from None
     try:
-        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+        preprocessing = Preprocessing.from_dict(checkpoint.preprocessing)
     except PreprocessingError as err:
-        raise ModelLoadError(f"{path}: the checkpoint's preprocessing spec is refused: {err}") from err
-    except KeyError as err:
-        raise ModelLoadError(f"{path}: brainage checkpoint has no preprocessing entry ({err})") from err
+        raise ModelLoadError(f"{path}: the checkpoint's preprocessing spec is refused: {err}") from None
     try:
-        check_input_contract(meta["card"], preprocessing, meta["net"]["init_args"], str(spec))
-        net = build_net(meta["net"]["name"], meta["net"]["init_args"])
-        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
-        target_mean, target_std = float(meta["target"]["mean"]), float(meta["target"]["std"])
+        check_input_contract(checkpoint.card, preprocessing, checkpoint.net_init_args, str(spec))
+        net = build_net(checkpoint.net_name, checkpoint.net_init_args)
+        net.load_state_dict(checkpoint.net_state)
     except ModelLoadError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelLoadError(f"{path}: brainage checkpoint is incomplete or inconsistent ({type(err).__name__}: "
-                             f"{err})") from err
+                             f"{err})") from None
     target = torch.device(device)
-    return LoadedModel(net.eval().to(target), preprocessing, meta["card"], target_mean, target_std, target)
+    return LoadedModel(net.eval().to(target), preprocessing, checkpoint.card, checkpoint.target_mean,
+                       checkpoint.target_std, target)

@@ -1,4 +1,4 @@
-"""Prediction rows, the resumable journal and the atomic CSV: a run never loses a row.
+"""Prediction rows, the resumable journal, the output lock and the atomic CSV: a run never loses a row.
 
 Every finished batch is appended to a journal next to the output (`<output>.partial`, or `<output>.partial.rank<r>`
 per process under DDP), flushed and fsynced. A run killed at any point (even SIGKILL) and restarted with the same
@@ -6,31 +6,44 @@ model and options reads the journals, skips the inputs already done and appends 
 assembled in input order and written atomically (temporary file + fsync + rename), so it is the same file an
 uninterrupted run writes. The journal's first line records the settings that produced its rows; a journal written
 with other settings is ignored and replaced.
+
+Journal format (v2, our choice): one JSON object per line, ASCII only (`ensure_ascii`), so a record is complete
+exactly when its line end is on disk, whatever its fields hold (a subject id with a newline was a quoted multi-line
+CSV field in v1, and a kill inside it left a journal that could not be read back). Reading stops at the first line
+that is unterminated or not a record; the next run truncates the journal there and appends after it.
+
+Output lock: `<output>.lock` is held with `fcntl.flock` for the whole run (by the process of global rank 0 under
+DDP), so a second predict on the same output stops at once with one line instead of interleaving journals; the
+lock file, written with the holder's pid, doubles as the probe that the output's folder can take files. It is
+removed when the run ends; a kill leaves the file, but not the lock, which the kernel drops with the process.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import glob
-import io
 import json
 import logging
 import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Self, TextIO
+from typing import BinaryIO, Self
 
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.routing_io import routing_filename, save_routing
+from brainage.contracts.atomic import atomic_path
+from brainage.contracts.routing import ScanRouting, routing_filename, save_routing
 from brainage.predict.stream import SubjectResult
 
 __all__ = [
     "JOURNAL_COLUMNS",
     "OUTPUT_COLUMNS",
     "Journal",
+    "OutputError",
+    "OutputLock",
     "assemble",
     "journal_files",
     "journal_path",
@@ -48,7 +61,7 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ["subject_id", "session", "path", "age", "predicted_age", "corrected_age", "brain_age_gap",
                   "corrected_gap", "uncertainty", "status", "error"]
 JOURNAL_COLUMNS = ["key", *OUTPUT_COLUMNS]
-_MAGIC = "# brainage-predict journal v1 "
+_MAGIC = "# brainage-predict journal v2 "
 
 
 def _years(value: float | None) -> str:
@@ -91,24 +104,38 @@ def journal_files(output: Path) -> list[Path]:
     return sorted(p for p in output.parent.glob(f"{glob.escape(output.name)}.partial*") if p.is_file())
 
 
-def _header(settings: dict) -> str:
-    return _MAGIC + json.dumps(settings, sort_keys=True) + "\n"
+def _header(settings: dict) -> bytes:
+    return (_MAGIC + json.dumps(settings, sort_keys=True) + "\n").encode()
+
+
+def _record(row: dict) -> bytes:
+    return (json.dumps({c: row[c] for c in JOURNAL_COLUMNS}, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def _parse(line: bytes) -> dict | None:
+    """The journal row on one line, or None when the line is not one (torn, damaged)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(row, dict) and list(row) == JOURNAL_COLUMNS and all(isinstance(v, str) for v in row.values())):
+        return None
+    return row
 
 
 def _complete_records(path: Path, settings: dict) -> tuple[list[dict], int] | None:
     """(rows, byte length of the complete part) of a journal written with `settings`; None if it is not one."""
     data = path.read_bytes()
-    header = _header(settings).encode()
-    columns = (",".join(JOURNAL_COLUMNS) + "\r\n").encode()
-    if not data.startswith(header + columns):
+    header = _header(settings)
+    if not data.startswith(header):
         return None
-    end = data.rfind(b"\n") + 1  # a record torn by a kill has no line end: drop it
-    rows = []
-    body = data[len(header) + len(columns):end].decode()
-    for record in csv.reader(io.StringIO(body)):
-        if len(record) != len(JOURNAL_COLUMNS):
-            break  # torn record: ignore it and anything after it
-        rows.append(dict(zip(JOURNAL_COLUMNS, record)))
+    rows, end = [], len(header)
+    while (stop := data.find(b"\n", end)) >= 0:  # a record torn by a kill has no line end: never read
+        row = _parse(data[end:stop])
+        if row is None:
+            break  # damaged: ignore it and anything after it
+        rows.append(row)
+        end = stop + 1
     return rows, end
 
 
@@ -133,22 +160,20 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         found = _complete_records(path, settings) if path.exists() else None
         if found is None:  # new journal, or one from other settings: start it over
-            with open(path, "w", newline="") as handle:
+            with open(path, "wb") as handle:
                 handle.write(_header(settings))
-                csv.writer(handle).writerow(JOURNAL_COLUMNS)
                 self._sync(handle)
         else:
             os.truncate(path, found[1])  # drop a torn last record before appending
-        self._handle: TextIO = open(path, "a", newline="")  # noqa: SIM115 - open for the journal's lifetime
-        self._writer = csv.DictWriter(self._handle, fieldnames=JOURNAL_COLUMNS)
+        self._handle: BinaryIO = open(path, "ab")  # noqa: SIM115 - open for the journal's lifetime
 
     @staticmethod
-    def _sync(handle: TextIO) -> None:
+    def _sync(handle: BinaryIO) -> None:
         handle.flush()
         os.fsync(handle.fileno())
 
     def write(self, rows: Iterable[dict]) -> None:
-        self._writer.writerows({"key": row_key(r), **r} for r in rows)
+        self._handle.write(b"".join(_record({"key": row_key(r), **r}) for r in rows))
         self._sync(self._handle)
 
     def close(self) -> None:
@@ -161,6 +186,57 @@ class Journal:
         self.close()
 
 
+class OutputError(OSError):
+    """The output cannot be written (a folder, an unwritable or full disk) or another predict holds it."""
+
+
+def _cannot_write(output: Path, err: OSError) -> OutputError:
+    return OutputError(f"cannot write next to --output {output} ({err.strerror or err}); expected a writable folder "
+                       f"with free space")
+
+
+class OutputLock:
+    """`<output>.lock`, held with flock while a run writes `output` (see the module docstring)."""
+
+    def __init__(self, output: Path) -> None:
+        self.output, self.path = output, output.with_name(f"{output.name}.lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> Self:
+        if self.output.is_dir():
+            raise OutputError(f"--output {self.output} is a folder; expected the path of a CSV file to write")
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            while self.fd is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise OutputError(f"another brainage predict (pid {holder}) is writing --output {self.output} "
+                                      f"(lock {self.path}); wait for it to finish or choose another --output") from None
+                if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    self.fd = fd
+                else:  # the holder removed the file between our open and flock: lock the new one
+                    os.close(fd)
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}\n".encode())
+            os.fsync(self.fd)  # the probe: a full disk fails here, before any work
+        except OutputError:
+            raise
+        except OSError as err:
+            self.__exit__()
+            raise _cannot_write(self.output, err) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # removed while still held: a waiting run re-checks the inode
+            os.close(self.fd)
+            self.fd = None
+
+
 def record(journal: Journal, results: list[SubjectResult], routing_dir: Path | None = None,
            shape: tuple[int, int, int] | None = None) -> None:
     """Save the routing maps of a batch (when asked), then journal its rows: a journaled row has its map on disk."""
@@ -168,7 +244,7 @@ def record(journal: Journal, results: list[SubjectResult], routing_dir: Path | N
         for r in results:
             if r.error is None and r.routing:
                 name = routing_filename(str(r.row["subject_id"]), result_row(r)["session"], r.index)
-                save_routing(routing_dir / name, r.affine, shape, r.predicted_age, r.routing)
+                save_routing(routing_dir / name, ScanRouting(r.affine, shape, r.predicted_age, tuple(r.routing)))
     journal.write(result_row(r) for r in results)
 
 
@@ -183,20 +259,10 @@ def assemble(keys: list[str], done: dict[str, dict]) -> list[dict]:
 
 def write_csv_atomic(rows: list[dict], path: Path, columns: list[str]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: readers never see a half-written CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a crash
-    finally:
-        os.close(folder)
 
 
 def remove_journals(output: Path) -> None:

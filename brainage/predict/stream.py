@@ -1,38 +1,36 @@
-"""Streaming inference over a manifest: decode + preprocess in DataLoader workers, predict in the main process.
+"""Streaming inference over a manifest: decode + preprocess in worker processes, predict in batches in this one.
 
-Memory is bounded by the batches in flight (workers x prefetch), never by the number of files: results are yielded
-one scan at a time and images/routing are dropped unless asked for. A file that cannot be read or fails validation
-comes back as a `SubjectResult` with an error, never an exception. Optional test-time augmentation (TTA) predicts the
-scan and its left-right mirror (flip of the RAS x axis) in one forward pass; the prediction is their mean and the
-uncertainty their spread (population std of the two).
+Memory is bounded by the items in flight (`brainage.predict.decode.ScanLoader`'s window), never by the number of
+files: results are yielded one scan at a time and images/routing are dropped unless asked for. A file that cannot be
+read, fails validation or kills its decode worker comes back as a `SubjectResult` with an error, never an exception;
+so does a scan whose prediction is not finite (NaN or inf: a model whose weights overflow on it), which is never
+reported as a prediction. Optional test-time augmentation (TTA) predicts the scan and its left-right mirror (flip of
+the RAS x axis) in one forward pass; the prediction is their mean and the uncertainty their spread (population std of
+the two).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from nibabel.filebasedimages import ImageFileError
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from brainage.data.transforms import ImageError
+from brainage.contracts.bias import apply_bias_correction
+from brainage.contracts.routing import LayerRecord, layer_records
+from brainage.data.inputs import sex_code
+from brainage.predict.decode import ScanLoader
 from brainage.predict.model import LoadedModel
-from brainage.training.bias import apply_bias_correction
 
 __all__ = [
-    "ScanDataset",
     "SubjectResult",
     "available_cpus",
     "default_workers",
-    "explain_failure",
     "predict_batch",
     "predict_iter",
     "scan_loader",
@@ -48,56 +46,10 @@ class SubjectResult:
     error: str | None
     affine: np.ndarray | None = None  # (4, 4) model-grid voxel -> MNI mm
     image: np.ndarray | None = None  # (X, Y, Z) preprocessed input, when keep_image
-    routing: list | None = None  # list[LayerRouting] of numpy arrays, batch dim removed (unflipped pass)
+    routing: list[LayerRecord] | None = None  # per MoE layer, of the unflipped pass
     corrected_age: float | None = None  # bias-corrected; equals predicted_age when the model has no correction
     uncertainty: float | None = None  # std of the prediction over flip TTA; None without TTA
     index: int | None = None  # position of the row in the table given to predict_iter
-
-
-def explain_failure(path: str, err: BaseException) -> str:
-    """One clear line naming the file, what was found and what was expected, from a decode/validation failure."""
-    cause = err
-    while cause.__cause__ is not None:  # MONAI wraps the reader's error in RuntimeErrors
-        cause = cause.__cause__
-    detail = " ".join(str(cause).split())
-    if isinstance(cause, ImageError):
-        return detail  # already names the file, what was found and what was expected
-    if isinstance(cause, zlib.error) or "gzip" in detail.lower() or "crc check" in detail.lower():
-        return f"{path}: corrupt gzip data ({detail}); expected a readable .nii.gz file"
-    if isinstance(cause, EOFError) or "ended before" in detail or ("Expected" in detail and "bytes" in detail):
-        return f"{path}: truncated file ({detail}); expected a complete NIfTI image"
-    if isinstance(cause, ImageFileError):
-        return f"{path}: not a NIfTI image ({detail}); expected a .nii or .nii.gz file"
-    return f"{path}: cannot be read as a NIfTI image ({type(cause).__name__}: {detail})"
-
-
-class ScanDataset(Dataset):
-    """Decode + preprocess one file per item; failures come back as a reason, not an exception."""
-
-    def __init__(self, paths: list[str], transform: Callable, indices: list[int] | None = None) -> None:
-        self.paths, self.transform = paths, transform
-        self.indices = list(range(len(paths))) if indices is None else indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> dict:
-        index = self.indices[position]  # items carry the row index, so results map back to the full table
-        path = self.paths[index]
-        if not Path(path).is_file():
-            found = "a folder" if Path(path).is_dir() else "nothing"
-            return {"index": index, "image": None, "affine": None,
-                    "error": f"{path}: file not found (found {found}); expected a .nii or .nii.gz file"}
-        try:
-            image = self.transform({"image": path})["image"]  # (1, X, Y, Z) MetaTensor
-        except Exception as err:  # noqa: BLE001 - any decoder/validation failure becomes this row's reason
-            return {"index": index, "image": None, "affine": None, "error": explain_failure(path, err)}
-        return {"index": index, "image": image.as_tensor(), "affine": np.asarray(image.affine, dtype=np.float64),
-                "error": None}
-
-
-def _keep_list(items: list[dict]) -> list[dict]:
-    return items
 
 
 def available_cpus() -> int:
@@ -109,36 +61,29 @@ def default_workers() -> int:
     return max(1, min(4, available_cpus() - 1))
 
 
-def _one_thread_per_worker(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode; the main process keeps its threads for the model
-
-
 def scan_loader(model: LoadedModel, paths: list[str], indices: list[int] | None = None, batch_size: int = 4,
-                num_workers: int | None = None, prefetch_factor: int = 4) -> DataLoader:
-    """DataLoader of lists of ScanDataset items (`paths[i]` for i in `indices`, default all), in order.
-
-    `num_workers=None` = min(4, CPUs - 1), at least 1; workers run one torch thread each.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+                num_workers: int | None = None, prefetch_factor: int = 4) -> ScanLoader:
+    """Batches (lists) of decoded items of `paths[i]` for i in `indices` (default all), in order, refusing files
+    whose header claims more than `model.max_voxels`. `num_workers=None` = min(4, CPUs - 1), at least 1."""
     workers = default_workers() if num_workers is None else num_workers
-    return DataLoader(ScanDataset(paths, model.transform, indices), batch_size=batch_size, num_workers=workers,
-                      collate_fn=_keep_list, prefetch_factor=prefetch_factor if workers else None,
-                      worker_init_fn=_one_thread_per_worker if workers else None)
+    return ScanLoader(paths, model.transform, indices, batch_size, workers, prefetch_factor, model.max_voxels)
 
 
-def _sex_code(value: object) -> float:
-    return {"M": 0.0, "F": 1.0}.get(value, math.nan)
+def _not_finite(path: str, values: dict[str, float | None]) -> str | None:
+    """The error of a scan whose prediction (or its correction or TTA spread) is NaN or inf; None when finite."""
+    bad = [f"{name} {value:g}" for name, value in values.items() if value is not None and not math.isfinite(value)]
+    return None if not bad else (f"{path}: model output is not finite ({', '.join(bad)}); expected a finite age "
+                                 f"(the model's weights overflow on this scan)")
 
 
 def predict_batch(model: LoadedModel, items: list[dict], rows: list[dict], return_routing: bool = False,
                   keep_image: bool = False, tta: bool = False) -> list[SubjectResult]:
-    """Results of one loader batch (ScanDataset items indexing `rows`), in the order of `items`."""
+    """Results of one loader batch (`decode_scan` items indexing `rows`), in the order of `items`."""
     good = [it for it in items if it["image"] is not None]
     ages, spread, routing = {}, {}, {}
     if good:
         images = torch.stack([it["image"] for it in good]).to(model.device)  # (b, 1, X, Y, Z)
-        sex = torch.tensor([_sex_code(rows[it["index"]].get("sex")) for it in good], device=model.device)
+        sex = torch.tensor([sex_code(rows[it["index"]].get("sex")) for it in good], device=model.device)
         b = len(good)
         if tta:
             images = torch.cat([images, images.flip(2)])  # (2b, 1, X, Y, Z): the scan, then its x-mirror
@@ -146,22 +91,25 @@ def predict_batch(model: LoadedModel, items: list[dict], rows: list[dict], retur
         with torch.inference_mode():
             out = model.net(images, sex=sex, return_routing=return_routing)
         years = model.to_years(out.pred).cpu().double().numpy().reshape(-1, b)  # (1 or 2, b)
-        pred, std = years.mean(axis=0), years.std(axis=0)  # (b,), (b,)
+        with np.errstate(invalid="ignore", over="ignore"):  # a non-finite output becomes an error row below
+            pred, std = years.mean(axis=0), years.std(axis=0)  # (b,), (b,)
         for j, it in enumerate(good):
             ages[it["index"]], spread[it["index"]] = float(pred[j]), float(std[j])
             if return_routing and out.routing:
-                routing[it["index"]] = [layer._replace(expert_index=layer.expert_index[j].cpu().numpy(),
-                                                       gates=layer.gates[j].cpu().numpy(),
-                                                       probs=layer.probs[j].cpu().numpy())
-                                        for layer in out.routing]
+                routing[it["index"]] = layer_records(out.routing, j)
     results = []
     for it in items:
         i = it["index"]
-        age = ages.get(i)
-        image = it["image"][0].numpy() if keep_image and it["image"] is not None else None
+        age, error = ages.get(i), it["error"]
         corrected = None if age is None else float(apply_bias_correction(age, model.bias_correction))
-        results.append(SubjectResult(rows[i], age, it["error"], it["affine"], image, routing.get(i), corrected,
-                                     spread.get(i) if tta else None, i))
+        broken = _not_finite(str(rows[i]["path"]), {"predicted age": age, "corrected age": corrected,
+                                                    "TTA spread": spread.get(i) if tta else None})
+        if broken is not None:  # never reported as a prediction: an error row
+            error, age, corrected = broken, None, None
+            routing.pop(i, None)
+        image = it["image"][0].numpy() if keep_image and it["image"] is not None and error is None else None
+        results.append(SubjectResult(rows[i], age, error, it["affine"] if error is None else None, image,
+                                     routing.get(i), corrected, spread.get(i) if tta and error is None else None, i))
     return results
 
 

@@ -2,8 +2,8 @@
 
 Submodules: :mod:`~brainage.prepare.command` (CLI, dataset runner), :mod:`~brainage.prepare.steps`,
 :mod:`~brainage.prepare.register` and :mod:`~brainage.prepare.qc` (need the ``prepare`` extra: SimpleITK, deepbet),
-:mod:`~brainage.prepare.manifest` (pandas only, used by predict) and :mod:`~brainage.prepare.phantom` (synthetic raw
-heads with a known pose, for tests). Nothing is imported eagerly, so ``import brainage.prepare`` works without the
+:mod:`~brainage.prepare.phantom` (synthetic raw heads with a known pose, for tests). The manifest it writes is
+the contract of :mod:`brainage.data.manifest`, which every command reads. Nothing is imported eagerly, so ``import brainage.prepare`` works without the
 extra.
 """
 

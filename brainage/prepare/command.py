@@ -2,7 +2,7 @@
 
 Offline and pip-installable (``pip install brainage[prepare]``: SimpleITK, deepbet); no FSL, FreeSurfer or MATLAB.
 Steps in :mod:`brainage.prepare.steps`, QC in :mod:`brainage.prepare.qc`, the manifest in
-:mod:`brainage.prepare.manifest`. Subjects run in worker processes (one ITK / torch thread each, so the output does not
+:mod:`brainage.data.manifest`. Subjects run in worker processes (one ITK / torch thread each, so the output does not
 depend on ``--workers``); each subject's image, QC PNG and record are written to temporary files and moved into place
 (``os.replace``), the record last, so an interrupted run resumes by skipping subjects whose record and image exist.
 
@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from brainage.contracts.atomic import write_bytes_atomic
 from brainage.data.inputs import read_inputs
-from brainage.prepare.manifest import MANIFEST_COLUMNS, SkullStrip
+from brainage.data.manifest import MANIFEST_COLUMNS, SkullStrip
 
 __all__ = ["PrepareSettings", "main", "output_key", "prepare_dataset", "prepare_subject"]
 
@@ -60,12 +61,6 @@ def output_key(subject_id: str, session: str = "") -> str:
     if not key:
         raise ValueError(f"subject id {subject_id!r} / session {session!r} give an empty file name")
     return key
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 def _paths(out: Path, key: str) -> dict[str, Path]:
@@ -106,16 +101,16 @@ def prepare_subject(row: dict, out: Path | str, settings: PrepareSettings) -> di
         out_img.set_sform(grid, code=4)  # 4 = MNI_152
         out_img.set_qform(grid, code=4)
         out_img.header["descrip"] = b"brainage prepare (research only)"
-        _atomic_write(paths["image"], gzip.compress(out_img.to_bytes(), 6, mtime=0))  # mtime 0: same bytes every run
+        write_bytes_atomic(paths["image"], gzip.compress(out_img.to_bytes(), 6, mtime=0))  # mtime 0: same bytes every run
         title = f"{key}  NCC {check.ncc:.3f}  coverage {check.coverage:.1%}  {check.status}"
-        _atomic_write(paths["png"], qc.qc_png(result.data, settings.spacing, title))
+        write_bytes_atomic(paths["png"], qc.qc_png(result.data, settings.spacing, title))
     except Exception as err:  # noqa: BLE001 - one bad scan must not stop the cohort; the reason goes to the manifest
         log.warning("%s: %s: %s", row["path"], type(err).__name__, err)
         record |= {"qc_ncc": None, "qc_coverage": None, "qc_status": "fail",
                    "qc_reason": f"error: {type(err).__name__}: {err}"}
         for stale in (paths["image"], paths["png"]):  # from an earlier run: they must not pass for this one
             stale.unlink(missing_ok=True)
-    _atomic_write(paths["record"], (json.dumps(record, indent=1) + "\n").encode())
+    write_bytes_atomic(paths["record"], (json.dumps(record, indent=1) + "\n").encode())
     return record
 
 
@@ -182,9 +177,9 @@ def prepare_dataset(inputs: list[str] | str, out: Path | str, settings: PrepareS
     records.update(zip(todo, results))
     ordered = [records[i] for i in range(len(rows))]
     manifest = pd.DataFrame(ordered).reindex(columns=MANIFEST_COLUMNS)
-    _atomic_write(out / "manifest.csv", manifest.to_csv(index=False).encode())
+    write_bytes_atomic(out / "manifest.csv", manifest.to_csv(index=False).encode())
     pngs = {r["key"]: png.read_bytes() for r in ordered if (png := _paths(out, r["key"])["png"]).is_file()}
-    _atomic_write(out / "qc.html", qc.qc_html(ordered, pngs).encode())
+    write_bytes_atomic(out / "qc.html", qc.qc_html(ordered, pngs).encode())
     return manifest
 
 

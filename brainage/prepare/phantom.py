@@ -1,6 +1,6 @@
 """Synthetic *raw* T1 heads with a known pose, for testing ``brainage prepare`` on real geometry.
 
-The ICBM152 2009a T1 (Fonov et al. 2011, shipped by nilearn; :func:`brainage.data.templates.load_icbm152`) is moved
+The ICBM152 2009a T1 (Fonov et al. 2011, shipped by nilearn; :func:`brainage.reference.templates.load_icbm152`) is moved
 by a known similarity transform (rotation, translation, isotropic scale), wrapped in a skull-like shell (CSF rim,
 dark bone, bright scalp), multiplied by a smooth bias field (as N4 models it: Tustison et al. 2010, IEEE TMI 29:1310)
 and written on a scanner-like grid that is not the MNI grid. The ground truth is the 4x4 map from MNI mm to the raw
@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from brainage.data.templates import load_icbm152
+from brainage.reference.templates import load_icbm152
 
 __all__ = ["RawHead", "pose_matrix", "rms_displacement", "synthetic_raw_head"]
 

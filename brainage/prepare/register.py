@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from brainage.data.templates import load_icbm152, mni_grid
+from brainage.reference.templates import load_icbm152, mni_grid
 
 __all__ = ["REGISTRATION_SPACING_MM", "SAMPLING_SEED", "affine_register", "from_sitk", "resample_to_grid",
            "set_threads", "template_on_grid", "template_sitk", "to_sitk", "transform_to_ras"]

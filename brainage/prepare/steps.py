@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from brainage.prepare.manifest import SkullStrip
+from brainage.data.manifest import SkullStrip
 from brainage.prepare.register import (affine_register, from_sitk, resample_to_grid, template_sitk, to_sitk,
                                        transform_to_ras)
 

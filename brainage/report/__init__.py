@@ -1,5 +1,6 @@
-"""Reports: render attribution results (tables, NIfTI maps, figures) as a self-contained HTML page.
+"""Reports: the expert-region attribution report as a pipeline, collect -> analyse -> render -> write.
 
-``render`` and ``figures`` import no torch (style note 13: attribution computes, report renders); ``command`` drives
-the model through ``brainage.attribution.cohort`` and is imported only by the CLI.
+``collect`` is the only module that runs the model (through ``brainage.predict``); ``analysis`` computes with the
+pure ``brainage.attribution`` library; ``sections``, ``render`` and ``figures`` draw HTML and PNG and import no torch
+(style note 13: attribution computes, report renders); ``write`` saves files; ``command`` is the CLI.
 """

@@ -4,7 +4,6 @@ and MLflow export."""
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -16,15 +15,20 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from brainage import tracking
-from brainage.model.diagnostics import collect_diagnostics
-from brainage.training.bias import fit_bias_correction
-from brainage.training.card import update_card, write_card_json
+from brainage.contracts.atomic import write_text_atomic
+from brainage.contracts.bias import fit_bias_correction
+from brainage.contracts.card import write_card_json
+from brainage.contracts.checkpoint import read_checkpoint, update_card
+from brainage.model.diagnostics import basis_coherence, collect_diagnostics
 
 __all__ = ["RoutingDiagnostics", "FitSummary", "TrackedConfig", "Throughput", "validation_predictions"]
 
 
 class RoutingDiagnostics(pl.Callback):
-    """Log the theory's per-layer MoE diagnostics (load CV, routing entropy, coherence, greedy gap) each epoch.
+    """Log the theory's per-layer MoE diagnostics (load CV, routing entropy, coherence, greedy gap) each epoch, and the
+    mutual coherence of the scored expert bases before the first step (``moe/layer{i}/coherence_max_init``,
+    ``coherence_mean_init``; fresh runs only, not on resume) and at the end of training (``..._final``), so that a
+    run shows whether training lowered it.
 
     Args:
         max_tokens: tokens sampled for the greedy-vs-exhaustive gap.
@@ -33,6 +37,23 @@ class RoutingDiagnostics(pl.Callback):
     def __init__(self, max_tokens: int = 256) -> None:
         self.max_tokens = max_tokens
         self.last: dict[str, float] = {}
+        self.initial: dict[str, float] = {}
+        self.final: dict[str, float] = {}
+
+    @staticmethod
+    def _log_coherence(trainer: pl.Trainer, pl_module: pl.LightningModule, suffix: str) -> dict[str, float]:
+        values = basis_coherence(pl_module.net)
+        if values and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"moe/{k}_{suffix}": v for k, v in values.items()}, step=trainer.global_step)
+        return values
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self.initial = self._log_coherence(trainer, pl_module, "init")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.final = self._log_coherence(trainer, pl_module, "final")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx != 0 or trainer.sanity_checking:
@@ -140,10 +161,10 @@ class FitSummary(pl.Callback):
 def validation_predictions(net: torch.nn.Module, checkpoint: str | Path, dataset, batch_size: int,
                            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(ages, predicted ages) of every sample of `dataset` with the weights of `checkpoint`, on one process."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(checkpoint)
     net = copy.deepcopy(net).to(device).eval()  # the live module keeps its weights (Lightning's convention)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    mean, std = ckpt["brainage"]["target"]["mean"], ckpt["brainage"]["target"]["std"]
+    net.load_state_dict(ckpt.net_state)
+    mean, std = ckpt.target_mean, ckpt.target_std
     ages, predicted = [], []
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size):
@@ -160,10 +181,6 @@ class TrackedConfig(SaveConfigCallback):
         if trainer.global_rank != 0:
             return
         text = self.parser.dump(self.config, skip_none=False)
-        folder = Path(trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".config.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, folder / self.config_filename)
+        write_text_atomic(Path(trainer.default_root_dir) / self.config_filename, text)
         if tracking.is_tracker(trainer.logger):
             tracking.log_text(trainer.logger, text, "config.yaml")

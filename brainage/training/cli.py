@@ -28,7 +28,7 @@ EPILOG = """examples:
   brainage fit --config configs/demo.yaml
   brainage fit --config configs/demo.yaml --trainer.max_epochs 5 --model.net.init_args.moe.top_k 1
   brainage fit --config configs/trainer/cpu.yaml --config configs/model/vit_ermoe_tiny.yaml \\
-               --config configs/data/synthetic.yaml --config configs/logger/mlflow.yaml --data.root cohort
+               --data configs/data/synthetic.yaml --config configs/logger/mlflow.yaml --data.root cohort
   brainage test --config configs/demo.yaml --ckpt_path demo-output/train/checkpoints/best.ckpt
   brainage fit --config configs/demo.yaml --print_config
 """

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from brainage.training.bias import apply_bias_correction
+from brainage.contracts.bias import apply_bias_correction
 
 __all__ = ["METRIC_NAMES", "BrainAgeMetrics", "brain_age_metrics", "site_key"]
 

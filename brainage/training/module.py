@@ -7,7 +7,9 @@ ranks under DDP.
 The target is standardised with the training cohort's mean and std (stored in the checkpoint). Loss: L1 by
 default (MSE, Huber configurable) plus the net's own auxiliary loss (Switch balance or the optional ERMoE
 orthogonality regulariser; zero for plain ERMoE, which needs no balancing loss, arXiv 2511.10971). ERMoE bases are
-re-orthonormalised by QR retraction after every optimizer step, outside `forward`.
+re-orthonormalised by QR retraction after every optimizer step, outside `forward`. Optimiser (AdamW or SGD),
+weight-decay groups and the warm-up + cosine schedule: `brainage.training.optim`. `predict_step` returns per-subject
+predictions (`Trainer.predict`), as the comparison pipeline reads them.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from torch import nn
 from torch.utils.data import RandomSampler
 
 from brainage.model import orthonormalize_
-from brainage.training.card import checkpoint_metadata
+from brainage.contracts.checkpoint import checkpoint_metadata
 from brainage.training.metrics import BrainAgeMetrics
+from brainage.training.optim import build_optimizer, warmup_cosine
 
 __all__ = ["BrainAgeModule"]
 
@@ -38,21 +41,29 @@ class BrainAgeModule(pl.LightningModule):
     Args:
         net: the network (e.g. `brainage.model.BrainAgeViT`, `brainage.model.SFCN`), given as class_path/init_args.
         loss: regression loss on the standardised age: "l1" (default), "mse" or "huber".
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay on matrices (not on norms, biases or spectra).
+        lr: peak learning rate.
+        weight_decay: decay on weight matrices only (never on biases, norms, embeddings, spectra or bases; the rule is
+            in `brainage.training.optim`); decoupled for AdamW, an L2 term for SGD.
         warmup_epochs: linear warm-up length in epochs (fractional allowed), then cosine decay to min_lr_ratio * lr.
         min_lr_ratio: final learning rate as a fraction of lr.
         aux_loss_weight: multiplier on the net's auxiliary loss (already weighted inside the MoE config).
+        optimizer: "adamw" (default) or "sgd" (with `momentum`; Peng et al. 2021 trained SFCN with SGD).
+        momentum: SGD momentum (unused by AdamW).
     """
 
     def __init__(self, net: nn.Module, loss: Literal["l1", "mse", "huber"] = "l1", lr: float = 1e-3,
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0, min_lr_ratio: float = 0.01,
-                 aux_loss_weight: float = 1.0) -> None:
+                 aux_loss_weight: float = 1.0, optimizer: Literal["adamw", "sgd"] = "adamw",
+                 momentum: float = 0.9) -> None:
         super().__init__()
         if loss not in _LOSSES:
             raise ValueError(f"loss={loss!r}; expected one of {sorted(_LOSSES)}")
         if lr <= 0:
             raise ValueError(f"lr={lr} must be > 0")
+        if optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer={optimizer!r}; expected 'adamw' or 'sgd'")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum={momentum} must be in [0, 1)")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.register_buffer("age_mean", torch.tensor(50.0))
@@ -157,24 +168,20 @@ class BrainAgeModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Per-subject predictions of a batch: subject_id (list), age and predicted age in years, (b,) each."""
+        predicted = self(batch["image"], batch.get("sex")).float()  # (b,)
+        return {"subject_id": list(batch["subject_id"]), "age": batch["age"].float().cpu(),
+                "predicted": predicted.cpu()}
+
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay = [p for n, p in self.net.named_parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for n, p in self.net.named_parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        hp = self.hparams
+        optimizer = build_optimizer(self.net, hp.optimizer, hp.lr, hp.weight_decay, hp.momentum)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = max(1, int(self.hparams.warmup_epochs * steps_per_epoch))
-        floor = self.hparams.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        warmup = max(1, int(hp.warmup_epochs * steps_per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoint metadata --------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainage.attribution.atlas import VENTRICLE_LABELS, Atlas, load_atlas, load_default_atlas
-from brainage.data.templates import load_icbm152
+from brainage.reference.atlas import VENTRICLE_LABELS, Atlas, load_atlas, load_default_atlas
+from brainage.reference.templates import load_icbm152
 
 
 def _write_atlas(tmp_path: Path, labels: np.ndarray, affine: np.ndarray, table: str, name: str = "names.tsv"):

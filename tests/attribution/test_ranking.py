@@ -7,8 +7,14 @@ import pandas as pd
 import pytest
 
 from brainage.attribution.mapping import RegionIndex
-from brainage.attribution.methods import RegionContributions
-from brainage.attribution.ranking import bootstrap_means, interval_table, null_corrected, null_rate, rank_regions
+from brainage.attribution.ranking import (
+    RegionContributions,
+    bootstrap_means,
+    interval_table,
+    null_corrected,
+    null_rate,
+    rank_regions,
+)
 
 
 def _contributions(seed: int = 0, subjects: int = 40) -> tuple[RegionContributions, np.ndarray]:

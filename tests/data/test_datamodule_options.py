@@ -46,3 +46,19 @@ def test_datamodule_folds_and_leave_site_out(tmp_path, write_nifti, brain_like, 
     assert set(table.loc[table["split"] == "test", "site"]) == {"S1"}
     assert set(table.loc[table["split"] != "test", "site"]) == {"S0"}
     assert (table["split"] == "val").sum() == 2
+
+
+def test_datamodule_outer_folds_no_leakage(tmp_path, write_nifti, brain_like):
+    root = _cohort(tmp_path, write_nifti, brain_like, n=9)
+    kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, preprocess_threads=1, batch_size=2,
+                  val_fraction=0.34, num_folds=3)
+    tested = []
+    for fold in range(3):
+        dm = BrainAgeDataModule(root, test_fold=fold, **kwargs)
+        dm.setup("fit")
+        ids = {s: set(dm.datasets[s].rows["subject_id"]) for s in ("train", "val", "test")}
+        assert len(ids["test"]) == 3 and len(ids["val"]) == 2 and len(ids["train"]) == 4
+        assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+        assert {s for batch in dm.test_dataloader() for s in batch["subject_id"]} == ids["test"]
+        tested += sorted(ids["test"])
+    assert sorted(tested) == [f"sub-{i:02d}" for i in range(9)]

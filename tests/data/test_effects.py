@@ -12,10 +12,10 @@ import pytest
 import yaml
 from scipy import ndimage as ndi
 
-from brainage.attribution.atlas import load_default_atlas
 from brainage.data import synth
 from brainage.data.effects import PlantedEffect, draw_effects, parse_counts, parse_effects, read_effects_option
-from brainage.data.templates import mni_grid
+from brainage.reference.atlas import load_default_atlas
+from brainage.reference.templates import mni_grid
 
 NAMES = list(load_default_atlas().names.values())
 SPACING = 3.0

@@ -16,7 +16,7 @@ from monai.transforms import Compose, LoadImage, Spacingd
 from brainage.data.fastpath import HAVE_ISAL, AxisAlignedSpacingd, IsalNibabelReader, accelerate, nifti_loader
 from brainage.data.preprocessing import Preprocessing
 from brainage.data.transforms import LoadVolumed
-from brainage.predict.stream import explain_failure
+from brainage.predict.decode import explain_failure
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

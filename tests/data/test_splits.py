@@ -76,3 +76,33 @@ def test_split_options_are_checked_naming_values():
         split_subjects(table, leave_site_out="site-9")
     with pytest.raises(ValueError, match="fold=5, num_folds=5"):
         split_subjects(table, fold=5, num_folds=5)
+
+
+@pytest.mark.parametrize("num_folds", [3, 5])
+def test_outer_folds_test_every_subject_once_and_validate_inside_the_training_part(num_folds):
+    table = _table(n_subjects=47, sessions=2)
+    splits = [split_subjects(table, val_fraction=0.2, seed=4, test_fold=k, num_folds=num_folds)
+              for k in range(num_folds)]
+    subjects = set(table["subject_id"])
+    tests = [set(table.loc[s == "test", "subject_id"]) for s in splits]
+    assert set().union(*tests) == subjects and sum(map(len, tests)) == len(subjects)  # tested exactly once
+    assert max(map(len, tests)) - min(map(len, tests)) <= 1
+    for split, test in zip(splits, tests):
+        assert (table.assign(split=split).groupby("subject_id")["split"].nunique() == 1).all()  # one role each
+        val = set(table.loc[split == "val", "subject_id"])
+        train = set(table.loc[split == "train", "subject_id"])
+        assert not (val & test) and not (train & test) and not (val & train)
+        assert train | val | test == subjects and len(val) == round(0.2 * (len(subjects) - len(test)))
+    ages = [table.loc[s == "test", "age"].median() for s in splits]
+    assert max(ages) - min(ages) < 15  # stratified by age
+    assert split_subjects(table, val_fraction=0.2, seed=4, test_fold=0, num_folds=num_folds).equals(splits[0])
+
+
+def test_outer_fold_options_are_checked():
+    table = _table(n_subjects=10, sessions=1)
+    with pytest.raises(ValueError, match="test_fold=3, num_folds=3"):
+        split_subjects(table, test_fold=3, num_folds=3)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        split_subjects(table, test_fold=0, fold=1, num_folds=3)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        split_subjects(table, test_fold=0, num_folds=3, leave_site_out="site-1")

@@ -13,9 +13,9 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
-from brainage.attribution.atlas import load_default_atlas, resample_labels
+from brainage.reference.atlas import load_default_atlas, resample_labels
 from brainage.data import synth
-from brainage.data.templates import load_icbm152, mni_grid
+from brainage.reference.templates import load_icbm152, mni_grid
 
 SPACING = 3.0
 
@@ -88,7 +88,7 @@ def test_volumes_are_skull_stripped_mni(cohort):
 
 def test_reference_ventricle_volume_follows_the_nominal_ratio():
     """Warp the template ventricle mask with the calibrated field: the volume ratio 30 -> 70 y is ~2 as documented."""
-    from brainage.attribution.atlas import lateral_ventricle_masks
+    from brainage.reference.atlas import lateral_ventricle_masks
 
     ctx = synth._build_context(SPACING)
     left, right, affine = lateral_ventricle_masks()

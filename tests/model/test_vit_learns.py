@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from brainage.model import BrainAgeViT, MoEConfig, orthonormalize_
+
+pytestmark = pytest.mark.slow  # trains a ViT
 
 SIZE = 16
 

@@ -1,11 +1,11 @@
-"""Fixtures for predict tests (helpers in predict_fixtures.py)."""
+"""Fixtures for predict tests (helpers in tests/helpers/predict.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from predict_fixtures import save_checkpoint
+from tests.helpers.predict import save_checkpoint
 
 
 @pytest.fixture(scope="module")

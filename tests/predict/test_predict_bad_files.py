@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 
 import numpy as np
-from predict_fixtures import brain, read_rows, write_scan
+from tests.helpers.predict import brain, read_rows, write_scan
 
 from brainage.predict import main
 

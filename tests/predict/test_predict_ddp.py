@@ -7,11 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from predict_fixtures import read_rows, write_scan, write_scans
+import pytest
 
 from brainage.predict import load_model, main
 from brainage.predict.command import build_parser, run_settings
 from brainage.predict.output import Journal, journal_path
+from tests.helpers.predict import read_rows, write_scan, write_scans
+
+pytestmark = pytest.mark.slow  # 2-process DDP prediction
 
 
 def test_two_process_ddp_merges_every_row_once(tmp_path, tiny_ckpt):

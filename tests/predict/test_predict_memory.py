@@ -5,9 +5,12 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
-from predict_fixtures import write_scans
+import pytest
 
 from brainage.predict import main
+from tests.helpers.predict import write_scans
+
+pytestmark = pytest.mark.slow  # predicts 200 files
 
 
 def _peak_rss_kib() -> int:

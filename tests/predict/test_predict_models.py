@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 import torch
-from predict_fixtures import GRID, SPACING, read_rows, save_checkpoint, write_scans
+from tests.helpers.predict import GRID, SPACING, read_rows, save_checkpoint, write_scans
 
 from brainage.data.datamodule import BrainAgeDataModule
 from brainage.data.preprocessing import Preprocessing, default_deterministic

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from predict_fixtures import read_rows, save_checkpoint, write_scans
+from tests.helpers.predict import read_rows, save_checkpoint, write_scans
 
-from brainage.attribution.routing_io import load_routing, routing_filename
+from brainage.contracts.routing import load_routing, routing_filename
 from brainage.predict import OUTPUT_COLUMNS, load_model, main
 from brainage.predict.command import build_parser
 
@@ -35,7 +35,7 @@ def test_tta_bias_correction_and_gaps(tmp_path, capsys):
     lines = out.read_text().splitlines()
     assert lines[0].split(",") == OUTPUT_COLUMNS
     rows = read_rows(out)
-    assert [r["subject_id"] for r in rows] == ["s0", "s1", "s2"]  # stable order: sorted by subject
+    assert [r["subject_id"] for r in rows] == ["s2", "s1", "s0"]  # the manifest's order
     model = load_model(ckpt)
     for row in rows:
         pred, std = _reference(model, row["path"], tta=True)
@@ -64,7 +64,7 @@ def test_without_tta_or_correction_and_routing_maps(tmp_path, tiny_ckpt, capsys)
         saved = load_routing(routing / routing_filename(row["subject_id"], row["session"], index))
         assert saved.shape == (16, 16, 16) and len(saved.layers) == 1
         assert saved.predicted_age == pytest.approx(float(row["predicted_age"]), abs=0.006)
-        assert saved.layers[0]["expert_index"].shape == (8, 2)  # (n tokens, k)
+        assert saved.layers[0].expert_index.shape == (8, 2)  # (n tokens, k)
     assert sorted(p.name for p in routing.iterdir()) == sorted(
         routing_filename(r["subject_id"], r["session"], i) for i, r in enumerate(rows))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from predict_fixtures import read_rows, write_scans
+from tests.helpers.predict import read_rows, write_scans
 
 from brainage.predict import main
 

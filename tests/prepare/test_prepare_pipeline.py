@@ -15,12 +15,13 @@ from scipy import ndimage as ndi
 pytest.importorskip("SimpleITK", reason="the 'prepare' extra (SimpleITK) is not installed")
 
 from brainage.data.inputs import read_inputs  # noqa: E402
-from brainage.data.templates import load_icbm152, mni_grid  # noqa: E402
+from brainage.reference.templates import load_icbm152, mni_grid  # noqa: E402
 from brainage.prepare.command import PrepareSettings, main, prepare_subject  # noqa: E402
-from brainage.prepare.manifest import load_prepared_manifest, read_prepared_inputs  # noqa: E402
 from brainage.prepare.phantom import rms_displacement, synthetic_raw_head  # noqa: E402
 from brainage.prepare.register import template_on_grid  # noqa: E402
 from brainage.prepare.steps import deepbet_available  # noqa: E402
+
+pytestmark = pytest.mark.slow  # registration and skull stripping end to end
 
 SPACING = 2.0  # output grid for the tests (the default is 1 mm)
 RAW_SPACING = 3.0  # downsampled raw inputs keep the tests fast
@@ -85,21 +86,20 @@ def test_manifest_flags_the_broken_head_and_is_read_by_read_inputs(prepared):
     assert "covers" in manifest.loc["sub-cropped", "qc_reason"]
     assert manifest.loc["sub-good", "age"] == "42.5" and manifest.loc["sub-good", "sex"] == "F"
     assert manifest.loc["sub-good", "site"] == "A"
-    # fit / predict read it as a plain manifest: paths resolve next to the manifest, on the model's MNI grid.
-    table = read_inputs(str(out / "manifest.csv"))
+    # every command reads it through read_inputs: paths resolve next to the manifest, on the model's MNI grid.
+    table = read_inputs(str(out / "manifest.csv"), include_failed=True)
     assert list(table["subject_id"]) == ["sub-cropped", "sub-good", "sub-rot90"]
     img = nib.load(table.loc[1, "path"])
     shape, affine = mni_grid(SPACING)
     assert img.shape == shape and np.allclose(img.affine, affine)
     data = np.asarray(img.dataobj)
     assert data.dtype == np.float32 and data.min() == 0.0 and (data > 0).mean() > 0.1  # skull-stripped brain
-    # predict's reader skips the flagged scan unless told otherwise, and says why.
-    kept = load_prepared_manifest(out / "manifest.csv")
+    # by default the flagged scans are skipped, with the reason.
+    kept = read_inputs([str(out / "manifest.csv")])
     assert list(kept["subject_id"]) == ["sub-good"]
     assert sorted(d["subject_id"] for d in kept.attrs["dropped"]) == ["sub-cropped", "sub-rot90"]
     assert all("QC fail" in d["reason"] for d in kept.attrs["dropped"])
-    assert len(load_prepared_manifest(out / "manifest.csv", include_failed=True)) == 3
-    assert list(read_prepared_inputs([str(out / "manifest.csv")])["subject_id"]) == ["sub-good"]
+    assert len(read_inputs([str(out / "manifest.csv")], include_failed=True)) == 3
 
 
 def test_registration_recovers_the_known_pose_within_2mm_rms(prepared):

@@ -27,7 +27,7 @@ from brainage.training.cli import BrainAgeCLI
 ROOT = Path(__file__).resolve().parents[2]
 SUBJECTS, SEED, SPACING, EPOCHS = 400, 1, 2.0, 30  # pipelines/demo.sh and configs/demo.yaml
 # about 6 min on an idle 2-core machine; the suite-wide 900 s limit is too tight on a loaded or slower CI runner
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # trains the demo model
 PRECISION_BOUND = 0.375  # 6 of 16 planted regions in the top 16; chance = 16 / 85 = 0.19
 
 

@@ -47,7 +47,7 @@ def test_user_strings_are_shown_as_text_not_markup(tmp_path):
     parsed = _parse(document)
     assert "script" not in parsed.tags and "<script" not in document
     text = "".join(parsed.text)
-    assert text.count(EVIL) == 10  # title, h1, meta, h2, p, td, h4, summary, li, bare str block: all plain text
+    assert text.count(EVIL) == 11  # title, h1, meta, contents, h2, p, td, h4, summary, li, bare str: all plain text
     assert 'L-"x"&<b>' in text and "b" not in parsed.tags
     assert "41.5" in document and "<td></td>" in document  # NaN shown as an empty cell
     path = R.write_html(tmp_path / "out" / "index.html", document)
@@ -57,7 +57,7 @@ def test_user_strings_are_shown_as_text_not_markup(tmp_path):
 def test_figures_are_embedded_and_the_page_needs_no_network():
     png = prediction_scatter_png([20, 40, 60], [25, 38, 66])
     document = R.page("t", [("Figures", [R.figure(png, "scatter <1>")])])
-    (src,) = _parse(document).srcs
+    (src,) = [s for s in _parse(document).srcs if not s.startswith("#")]  # "#...": the contents' in-page links
     assert src.startswith("data:image/png;base64,")
     assert base64.b64decode(src.split(",", 1)[1]) == png
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", document) and "@import" not in document

@@ -17,15 +17,18 @@ import pytest
 import torch
 from matplotlib import image as mpimg
 
-from brainage.attribution.routing_io import routing_filename, save_routing
+from brainage.contracts.checkpoint import checkpoint_metadata, save_checkpoint
+from brainage.contracts.routing import ScanRouting, routing_filename, save_routing
 from brainage.data.inputs import read_inputs
-from brainage.data.synth import synthesize_cohort
 from brainage.data.preprocessing import Preprocessing
+from brainage.data.synth import synthesize_cohort
 from brainage.model import BrainAgeViT, MoEConfig
 from brainage.predict import load_model, predict_iter
-from brainage.report.command import _run_id, main
+from brainage.report.command import main
+from brainage.report.settings import run_id_of
 from brainage.tracking import run_artifacts
-from brainage.training.card import checkpoint_metadata
+
+pytestmark = pytest.mark.slow  # the report end to end
 
 SHAPE = (24, 32, 24)
 EVIL = "<script>alert(1)</script>"
@@ -49,9 +52,7 @@ def checkpoint(tmp_path_factory) -> Path:
                       moe=MoEConfig(num_experts=3, top_k=2))
     pre = Preprocessing(spacing=6.0, shape=SHAPE, augment=False)
     meta = checkpoint_metadata(net, pre.to_dict(), pre.contract(), 50.0, 15.0, {"age_mean": 50.0}, {}, None)
-    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "brainage": meta}, path)
-    return path
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.ckpt", net.state_dict(), meta)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,9 @@ def test_report_writes_tables_maps_and_a_self_contained_page(report):
     page = (report / "index.html").read_text()
     assert "Research use only" in page and "Validation against ground truth" in page and "precision@" in page
     assert "How to read this report" in page and "youngest" in page  # occlusion reference named in the page
-    assert page.count("data:image/png;base64,") >= 1 + 3 + 1 + 1 + 1  # scatter, 3 experts, occlusion, subject, groups
+    # scatter, the layers' expert maps as two compact grids (dominant expert; expert by layer), occlusion map,
+    # subject, groups
+    assert page.count("data:image/png;base64,") >= 1 + 2 + 1 + 1 + 1
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
 
 
@@ -139,8 +142,8 @@ def test_report_is_logged_to_the_mlflow_run(report, mlflow_run):
     artifacts = set(run_artifacts(uri, run_id))
     assert {"report/index.html", "report/tables/predictions.csv", "report/maps/layer1_expert2_freq.nii.gz",
             "report/tables/groups_bag.csv"} <= artifacts
-    assert _run_id(f"runs:/{run_id}") == run_id and _run_id(f"runs:/{run_id}/checkpoints/best.ckpt") == run_id
-    assert _run_id("best.ckpt") is None
+    assert run_id_of(f"runs:/{run_id}") == run_id and run_id_of(f"runs:/{run_id}/checkpoints/best.ckpt") == run_id
+    assert run_id_of("best.ckpt") is None
 
 
 def _chromium() -> str | None:
@@ -174,7 +177,8 @@ def test_report_from_saved_routing(cohort, checkpoint, tmp_path, capsys):
     for index, result in enumerate(predict_iter(model, table, return_routing=True, num_workers=0)):
         # named as `brainage predict --save-routing` names them: subject, session and the input row index
         name = routing_filename(result.row["subject_id"], result.row["session"], index)
-        save_routing(folder / name, result.affine, model.preprocessing.shape, result.predicted_age, result.routing)
+        save_routing(folder / name, ScanRouting(result.affine, model.preprocessing.shape, result.predicted_age,
+                                                tuple(result.routing)))
         predicted[result.row["subject_id"]] = result.predicted_age
     (folder / routing_filename(table["subject_id"].iloc[3], "", 3)).unlink()  # one scan without routing -> error row
     (folder / routing_filename(table["subject_id"].iloc[0], "", 0)).rename(  # the plain name is found too
@@ -183,6 +187,8 @@ def test_report_from_saved_routing(cohort, checkpoint, tmp_path, capsys):
     code = main(["--routing", str(folder), "--input", str(cohort), "--out", str(out), "--no-occlusion",
                  "--shuffles", "10", "--subject-figures", "0", "--group-by", "diagnosis"])
     assert code == 1
+    stages = [line for line in capsys.readouterr().err.splitlines() if line.startswith("report: ")]
+    assert [line.split(" ")[2] for line in stages if line.endswith("...")] == ["routing", "analyse", "render", "write"]
     rows = pd.read_csv(out / "tables" / "predictions.csv")
     assert rows["status"].tolist() == ["ok"] * 3 + ["error"] and "no saved routing" in rows["error"].iloc[-1]
     for subject, age in zip(rows["subject_id"][:3], rows["predicted_age"][:3]):

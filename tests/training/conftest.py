@@ -1,4 +1,4 @@
-"""Fixtures of the training tests (helpers in training_fixtures.py): one tiny synthetic cohort per session."""
+"""Fixtures of the training tests (helpers in tests/helpers/training.py): one tiny synthetic cohort per session."""
 
 from __future__ import annotations
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 
 import mlflow
-import pandas as pd
 import pytest
 import torch
 
 from brainage.predict import load_model
-from brainage.training.bias import fit_bias_correction
-from brainage.training.calibrate import main as calibrate_main
+from brainage.contracts.checkpoint import read_checkpoint
+from brainage.contracts.bias import fit_bias_correction
+from brainage.calibrate import main as calibrate_main
 from brainage.training.callbacks import validation_predictions
 from brainage.training.cli import BrainAgeCLI
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
+
+pytestmark = pytest.mark.slow  # trains a model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def trained(cohort12, tmp_path_factory):
 def test_correction_is_fitted_on_validation_with_the_best_weights(trained):
     run_dir, uri, cli = trained
     best = run_dir / "checkpoints" / "best.ckpt"
-    card = torch.load(best, map_location="cpu", weights_only=True)["brainage"]["card"]
+    card = read_checkpoint(best).card
     correction = card["bias_correction"]
     assert correction["fit_on"].startswith("validation split, n=4")
     age, predicted = validation_predictions(cli.model.net, best, cli.datamodule.datasets["val"], 2, torch.device("cpu"))
@@ -72,8 +74,8 @@ def test_calibrate_refits_on_user_controls(trained, cohort12, tmp_path, capsys):
     fit = loaded.card["bias_correction"]
     assert fit["fit_on"] == f"user controls: {cohort12}, n=12" and fit["n"] == 12
     assert json.loads(out.with_suffix(".card.json").read_text())["bias_correction"] == fit
-    original = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    calibrated = torch.load(out, map_location="cpu", weights_only=True)
+    original = read_checkpoint(run_dir / "checkpoints" / "best.ckpt").raw
+    calibrated = read_checkpoint(out).raw
     assert all(torch.equal(original["state_dict"][k], v) for k, v in calibrated["state_dict"].items())
 
 
@@ -86,29 +88,3 @@ def test_calibrate_errors_and_help(tmp_path, capsys, cohort12):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "models:/" in text and "de Lange" in text
-
-
-def test_comparison_table_from_mlflow_runs(trained, tmp_path):
-    from brainage.training.compare import main as compare_main
-
-    run_dir, _, _ = trained
-    uri = f"sqlite:///{tmp_path / 'compare.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("cmp", artifact_location=str(tmp_path / "artifacts"))
-    fit = client.create_run(experiment, run_name="tiny-fit")
-    for key, value in (("moe/layer0/load_cv", 0.2), ("moe/layer1/load_cv", 0.4), ("epoch", 2)):
-        client.log_metric(fit.info.run_id, key, value)
-    client.log_artifact(fit.info.run_id, str(run_dir / "checkpoints" / "best.ckpt"), "checkpoints")
-    client.set_terminated(fit.info.run_id)
-    test = client.create_run(experiment, run_name="tiny-test")
-    for key, value in (("test/mae", 4.5), ("test/r", 0.9), ("test/r_bag_age", -0.3)):
-        client.log_metric(test.info.run_id, key, value)
-    client.set_terminated(test.info.run_id)
-    out = tmp_path / "table"
-    assert compare_main(["--experiment", "cmp", "--models", "tiny", "--out", str(out), "--tracking-uri", uri]) == 0
-    row = pd.read_csv(out.with_suffix(".csv")).iloc[0]
-    state = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert row["parameters"] == sum(v.numel() for k, v in state.items() if k.startswith("net."))
-    assert row["expert load CV"] == pytest.approx(0.3) and row["test MAE (y)"] == 4.5 and row["epochs"] == 3
-    assert "| tiny | 4.50 |" in out.with_suffix(".md").read_text()
-    assert compare_main(["--experiment", "cmp", "--models", "other", "--out", str(out), "--tracking-uri", uri]) == 2

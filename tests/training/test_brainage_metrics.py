@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from brainage.training.bias import apply_bias_correction, fit_bias_correction
+from brainage.contracts.bias import apply_bias_correction, fit_bias_correction
 from brainage.training.metrics import BrainAgeMetrics, brain_age_metrics, site_key
 
 

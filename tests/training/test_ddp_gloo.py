@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from brainage.predict import load_model, predict_iter
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
+
+pytestmark = pytest.mark.slow  # 2-process DDP training
 
 
 def test_ddp_two_cpu_processes_gather_all_validation_samples(cohort12, tmp_path):

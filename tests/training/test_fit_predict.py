@@ -9,9 +9,14 @@ import mlflow
 import pytest
 import torch
 
+from brainage.model.diagnostics import basis_coherence
 from brainage.predict import load_model, main as predict_main
+from brainage.contracts.checkpoint import read_checkpoint
+from brainage.training.callbacks import RoutingDiagnostics
 from brainage.training.cli import BrainAgeCLI
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
+
+pytestmark = pytest.mark.slow  # trains a model
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def test_fit_writes_checkpoint_card_and_split_manifests(fitted):
     run_dir, _, cli = fitted
     best = run_dir / "checkpoints" / "best.ckpt"
     assert best.exists() and (run_dir / "checkpoints" / "best.card.json").exists()
-    meta = torch.load(best, map_location="cpu", weights_only=True)["brainage"]
+    meta = read_checkpoint(best).raw["brainage"]
     assert meta["net"]["name"] == "BrainAgeViT"
     assert meta["preprocessing"]["shape"] == [24, 32, 24]
     assert "not for diagnosis" in meta["card"]["intended_use"]
@@ -46,7 +51,7 @@ def test_predict_runs_the_chain_the_datamodule_trained_with(fitted):
     """The checkpoint stores the declared deterministic chain; predict rebuilds it, giving the same tensor."""
     run_dir, _, cli = fitted
     trained = cli.datamodule.preprocessing
-    meta = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["brainage"]
+    meta = read_checkpoint(run_dir / "checkpoints" / "best.ckpt").raw["brainage"]
     assert meta["preprocessing"]["deterministic"] == trained.spec
     model = load_model(run_dir / "checkpoints" / "best.ckpt")
     assert model.preprocessing.spec == trained.spec and model.preprocessing.augmentation_spec == []
@@ -64,8 +69,16 @@ def test_mlflow_run_holds_params_metrics_config_and_checkpoint(fitted):
     history = client.get_metric_history(run.info.run_id, "val/mae")
     assert len(history) == 2  # one per epoch
     for key in ("val/rmse", "val/r", "val/r2", "val/bag_mean", "val/r_bag_age", "val/n", "train/mae",
-                "perf/volumes_per_s", "moe/layer0/load_cv", "moe/layer0/coherence_max"):
+                "perf/volumes_per_s", "moe/layer0/load_cv", "moe/layer0/coherence_max",
+                "moe/layer0/coherence_max_init", "moe/layer0/coherence_mean_init", "moe/layer0/coherence_max_final"):
         assert key in run.data.metrics, key
+    # the coherence before the first step is logged at step 0, the final one equals the trained net's bases
+    (init,) = client.get_metric_history(run.info.run_id, "moe/layer0/coherence_max_init")
+    assert init.step == 0 and 0 < init.value <= 1 + 1e-6
+    diagnostics = next(c for c in cli.trainer.callbacks if isinstance(c, RoutingDiagnostics))
+    assert diagnostics.final == basis_coherence(cli.model.net)
+    final = run.data.metrics["moe/layer0/coherence_max_final"]
+    assert final == pytest.approx(diagnostics.final["layer0/coherence_max"])
     assert 0 <= run.data.metrics["perf/data_wait_fraction"] < 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "model"} <= artifacts

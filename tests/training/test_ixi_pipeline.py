@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # runs pipelines/ixi.sh end to end
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ("Guys", "HH", "IOP")

@@ -22,7 +22,9 @@ from brainage import tracking
 from brainage.data.inputs import read_inputs
 from brainage.predict import load_model, predict_iter
 from brainage.training.cli import BrainAgeCLI
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
+
+pytestmark = pytest.mark.slow  # a real `mlflow server` and training
 
 
 def _free_port() -> int:

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from brainage.training.cli import BrainAgeCLI
-from training_fixtures import fit_args
+from tests.helpers.training import fit_args
+
+pytestmark = pytest.mark.slow  # trains, kills and resumes
 
 KILLER = '''
 import os
@@ -52,7 +54,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(cohort12, tmp_path, two_th
     killed_dir = tmp_path / "killed"
     (tmp_path / "helpers").mkdir()
     (tmp_path / "helpers" / "exit_after.py").write_text(KILLER)
-    env = {**os.environ, **two_threads, "PYTHONPATH": str(tmp_path / "helpers")}
+    # keep the caller's PYTHONPATH: the subprocess must import the same brainage as this process
+    path = os.pathsep.join(p for p in (str(tmp_path / "helpers"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **two_threads, "PYTHONPATH": path}
     brainage = Path(sys.executable).parent / "brainage"
     proc = subprocess.run([str(brainage), "fit", *_args(cohort12, killed_dir), "--trainer.callbacks+",
                            "exit_after.ExitMidEpoch"], env=env, capture_output=True, text=True, timeout=300)

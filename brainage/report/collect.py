@@ -1,0 +1,313 @@
+"""Collect stage of `brainage report`: everything that reads user files or runs the model.
+
+Reads the inputs (``brainage.data.inputs``), the atlas and the ground truth; runs the model once over the inputs with
+routing (``brainage.predict.predict_iter(return_routing=True)``, ERMoE routing, arXiv 2511.10971), or reads the
+routing maps `brainage predict --save-routing DIR` saved; then attributes the predicted age of the first scans to
+atlas regions with ``--attribution-method`` (:mod:`brainage.report.attribute`, Captum; default region occlusion) and,
+with ground truth, occludes every planted effect's regions at once. Routing goes straight into a
+:class:`~brainage.attribution.aggregate.RoutingAggregator` (memory O(tokens) per subject); preprocessed images are
+kept only for the attributed scans and dropped once attribution is done. The model is only called, never modified
+(routing under ``torch.inference_mode``; attribution needs gradients for the gradient methods). Nothing here writes
+files: :mod:`brainage.report.write` does.
+
+Routing arrives in one form whether the model runs here or `brainage predict --save-routing` saved it: the routing
+record of ``brainage.contracts.routing`` (:class:`ScanRouting` of :class:`LayerRecord` per MoE layer).
+
+Letter legend: s attributed scans, m images per model call, r atlas regions, q region sets (planted effects),
+(X, Y, Z) model-grid voxels.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
+from brainage.attribution.groups import read_group_column
+from brainage.attribution.ranking import RegionContributions
+from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
+from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
+from brainage.data.inputs import read_inputs, sex_code, skipped_lines
+from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
+from brainage.reference.atlas import load_atlas, load_default_atlas
+from brainage.report.attribute import AgeForward, attribute_regions, set_contributions
+from brainage.report.progress import StageProgress
+from brainage.report.settings import GROUP_COLUMN, ReportSettings
+
+__all__ = ["ReportInputs", "AttributionRun", "Collected", "read_report_inputs", "read_saved_routing", "collect"]
+
+ATTRIBUTION_BATCH = 8  # images per model call of attribution
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """The resolved inputs: the model (None with saved routing only), one row per scan, atlas and ground truth."""
+
+    model: LoadedModel | None
+    table: pd.DataFrame  # read_inputs columns (+ GROUP_COLUMN with --group-by)
+    atlas: AtlasLike
+    truth: GroundTruth | None
+    extra_columns: tuple[str, ...]  # input columns copied into the predictions table
+
+
+@dataclass(frozen=True)
+class AttributionRun:
+    """Region attribution of the kept scans on the cohort's main geometry (``brainage.report.attribute``)."""
+
+    contributions: RegionContributions  # (s, r) per-subject region contributions and their size-matched nulls
+    described: str  # the scans, the method and the reference image, in words
+    effect_names: tuple[str, ...] = ()
+    effect_regions: tuple[int, ...] = ()  # regions of each planted-effect set found in the atlas
+    effect_voxels: np.ndarray | None = None  # (q,) voxels of each set on the model grid
+    effect_values: np.ndarray | None = None  # (s, q) contribution (years) when all regions of a set are occluded
+
+
+@dataclass
+class Collected:
+    """What the model (or the saved routing) produced for the report, before any analysis."""
+
+    inputs: ReportInputs
+    aggregator: RoutingAggregator | None
+    predictions: pd.DataFrame  # predict's OUTPUT_COLUMNS plus sex, site and the extra columns
+    subject_rows: list[int] = field(default_factory=list)  # predictions row of each aggregator subject
+    attribution: AttributionRun | None = None
+
+
+@dataclass
+class _Kept:
+    """Preprocessed inputs kept for attribution, with what the model needs beside the image."""
+
+    images: list[np.ndarray] = field(default_factory=list)  # (X, Y, Z)
+    geometry: list[int] = field(default_factory=list)
+    sex: list[object] = field(default_factory=list)
+    age: list[float] = field(default_factory=list)  # NaN = unknown
+
+    def add(self, result: SubjectResult, geometry: int, limit: int) -> None:
+        if result.image is not None and len(self.images) < limit:
+            self.images.append(result.image)
+            self.geometry.append(geometry)
+            self.sex.append(result.row.get("sex"))
+            age = result.row.get("age")
+            self.age.append(math.nan if age is None else float(age))
+
+
+def _fill_ages(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Unknown ages of ``table`` from the 'age' column of a predictions/manifest CSV (matched on path, else id)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--predictions file not found: {path}")
+    other = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    if "age" not in other.columns:
+        raise ValueError(f"{path}: no 'age' column; found columns {list(other.columns)}")
+    key = "path" if "path" in other.columns else "subject_id"
+    if key not in other.columns:
+        raise ValueError(f"{path}: needs a 'path' or 'subject_id' column to match inputs; found {list(other.columns)}")
+    ages = dict(zip(other[key].astype(str), pd.to_numeric(other["age"], errors="coerce")))
+    table = table.copy()
+    known = table["age"].astype(float)
+    table["age"] = [a if not math.isnan(a) else ages.get(str(k), math.nan) for a, k in zip(known, table[key])]
+    return table
+
+
+def read_report_inputs(settings: ReportSettings) -> ReportInputs:
+    """Load the model, read the input scans, the atlas and the ground truth (errors name the file and the fix)."""
+    model = None
+    if settings.model is not None:
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(settings.model, device, settings.tracking_uri)
+    table = read_inputs(list(settings.inputs), include_failed=settings.include_failed)
+    for line in skipped_lines(table.attrs.get("dropped", [])):
+        print(line, file=sys.stderr)
+    if table.empty:
+        raise ValueError(f"no NIfTI files found in {list(settings.inputs)}")
+    if settings.max_subjects:
+        table = table.head(settings.max_subjects)
+    if settings.predictions:
+        table = _fill_ages(table, settings.predictions)
+    extra: tuple[str, ...] = ()
+    if settings.group_by:
+        extra = (GROUP_COLUMN,)
+        table = table.assign(**{GROUP_COLUMN: read_group_column(list(settings.inputs), table, settings.group_by)})
+    atlas = load_atlas(settings.atlas, settings.atlas_names) if settings.atlas else load_default_atlas()
+    truth_path = settings.ground_truth or find_ground_truth(list(settings.inputs))
+    truth = load_ground_truth(truth_path) if truth_path else None
+    return ReportInputs(model, table, atlas, truth, extra)
+
+
+def read_saved_routing(path: Path) -> ScanRouting:
+    """One scan's saved routing record (``brainage predict --save-routing``); ValueError when it has no MoE layer."""
+    saved = load_routing(path)
+    if not saved.layers:
+        raise ValueError("it holds no MoE layer")
+    return saved
+
+
+def _output_row(result: SubjectResult, extra_columns: Sequence[str]) -> dict:
+    row = result_row(result)
+    row.update({column: result.row.get(column) for column in ("sex", "site", *extra_columns)})
+    return row
+
+
+def _frame(rows: list[dict], extra_columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=[*OUTPUT_COLUMNS, "sex", "site", *extra_columns])
+
+
+def _route_with_model(inputs: ReportInputs, keep: int, settings: ReportSettings, progress: StageProgress,
+                      kept: _Kept) -> Collected:
+    """Predict every input row with routing and aggregate it on the atlas; keep the first ``keep`` images."""
+    model = inputs.model
+    if model.num_experts < 1:
+        raise ValueError("the model has no mixture-of-experts layer (num_experts = 0); an expert attribution report "
+                         "needs an MoE model")
+    collected = Collected(inputs, RoutingAggregator(inputs.atlas, model.num_experts), pd.DataFrame())
+    rows: list[dict] = []
+    with progress.stage("routing", len(inputs.table), "scans") as stage:
+        for result in predict_iter(model, inputs.table, return_routing=True, keep_image=keep > 0,
+                                   batch_size=settings.batch_size, num_workers=settings.workers,
+                                   progress=progress.detail):
+            stage.advance()
+            rows.append(_output_row(result, inputs.extra_columns))
+            if result.error is not None:
+                continue
+            if not result.routing:
+                raise ValueError(f"{result.row.get('path')}: the model returned no routing; expected one entry per "
+                                 "MoE layer with return_routing=True")
+            subject = collected.aggregator.add(rows[-1]["subject_id"], model.preprocessing.shape, result.affine,
+                                               result.routing)
+            collected.subject_rows.append(len(rows) - 1)
+            kept.add(result, subject.geometry, keep)
+    collected.predictions = _frame(rows, inputs.extra_columns)
+    return collected
+
+
+def _routing_file(folder: Path, row: dict, index: int) -> Path | None:
+    """The saved routing of one input row: ``routing_filename(subject_id, session)``, else the name with the row
+    index that predict uses when two rows share a subject and session."""
+    subject, session = str(row["subject_id"]), str(row.get("session") or "")
+    for name in (routing_filename(subject, session), routing_filename(subject, session, index)):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _route_saved(inputs: ReportInputs, folder: Path, progress: StageProgress) -> Collected:
+    """Aggregate the routing maps `brainage predict --save-routing FOLDER` wrote for the input rows.
+
+    Rows without a routing file (or with an unreadable one) become error rows, as in prediction. The number of experts
+    is read from the files (``probs`` is (n, e)).
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--routing folder not found: {folder} (write it with `brainage predict "
+                                "--save-routing DIR`)")
+    collected = Collected(inputs, None, pd.DataFrame())
+    rows: list[dict] = []
+    records = inputs.table.to_dict("records")
+    with progress.stage("routing", len(records), "scans") as stage:
+        for index, record in enumerate(records):
+            stage.advance()
+            path = _routing_file(folder, record, index)
+            if path is None:
+                expected = routing_filename(str(record["subject_id"]), str(record.get("session") or ""))
+                error = f"no saved routing {folder / expected}"
+            else:
+                try:
+                    scan, error = read_saved_routing(path), None
+                except (OSError, ValueError, KeyError) as err:
+                    error = f"{path}: unreadable routing ({err})"
+            rows.append(_output_row(SubjectResult(record, None if error else scan.predicted_age, error),
+                                    inputs.extra_columns))
+            if error:
+                continue
+            if collected.aggregator is None:
+                collected.aggregator = RoutingAggregator(inputs.atlas, int(scan.layers[0].probs.shape[-1]))
+            collected.aggregator.add(rows[-1]["subject_id"], scan.shape, scan.affine, scan.layers)
+            collected.subject_rows.append(len(rows) - 1)
+    if collected.aggregator is None:
+        reasons = "; ".join(row["error"] for row in rows[:3])
+        raise ValueError(f"none of the {len(records)} inputs has a usable routing file in {folder} ({reasons})")
+    collected.predictions = _frame(rows, inputs.extra_columns)
+    return collected
+
+
+def _keep_saved_images(collected: Collected, count: int, settings: ReportSettings, kept: _Kept) -> None:
+    """Preprocess the first ``count`` rows with saved routing and keep them for attribution (one prediction pass over
+    these rows only; rows whose image fails to load are skipped)."""
+    model = collected.inputs.model
+    rows = collected.inputs.table.iloc[collected.subject_rows[:count]].reset_index(drop=True)
+    for result in predict_iter(model, rows, keep_image=True, batch_size=settings.batch_size,
+                               num_workers=settings.workers):
+        if result.error is None:
+            kept.add(result, collected.aggregator.geometry(model.preprocessing.shape, result.affine), count)
+
+
+def _forward(model: LoadedModel, sex: Sequence[float]) -> AgeForward:
+    """``forward(x, s)``: (m, 1, X, Y, Z) copies of scan s -> (m,) predicted ages on the CPU, differentiable."""
+    covariate = torch.tensor(list(sex), dtype=torch.float32, device=model.device)  # (s,)
+
+    def forward(x: torch.Tensor, s: int) -> torch.Tensor:
+        return model.to_years(model.net(x.to(model.device), sex=covariate[s].expand(len(x))).pred).cpu()
+
+    return forward
+
+
+def _effect_sets(truth: GroundTruth | None, names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Region names of each planted effect, the displaced regions and the null regions (control) found in the
+    atlas; sets with none are left out."""
+    if truth is None or not truth.regions or not truth.effects:
+        return {}
+    sets = {name: regions for name, regions in truth.effects if regions}  # global effects name no region
+    sets |= {"regions displaced by the warps": truth.indirect_regions} if truth.indirect_regions else {}
+    sets |= {"null regions (control)": truth.null_regions} if truth.null_regions else {}
+    found = {name: tuple(n for n in regions if n in set(names)) for name, regions in sets.items()}
+    return {name: regions for name, regions in found.items() if regions}
+
+
+def _attribute(collected: Collected, kept: _Kept, settings: ReportSettings, progress: StageProgress
+               ) -> AttributionRun:
+    """Region contributions by ``--attribution-method``, then each planted effect at once, on the kept scans of the
+    main geometry."""
+    aggregator, model = collected.aggregator, collected.inputs.model
+    g = aggregator.main_geometry()
+    keep = [i for i, geo in enumerate(kept.geometry) if geo == g]
+    if not keep:
+        raise ValueError("attribution needs preprocessed images on the main model grid; none were kept")
+    stack = np.stack([np.asarray(kept.images[i], dtype=np.float32) for i in keep])  # (s, X, Y, Z)
+    ages = [kept.age[i] for i in keep]
+    geometry = aggregator.geometries[g]
+    regions = geometry.regions  # (X, Y, Z) region rows, -1 = background
+    spacing = float(np.sqrt((np.asarray(geometry.affine)[:3, :3] ** 2).sum(axis=0)).mean())  # mm per voxel
+    forward = _forward(model, [sex_code(kept.sex[i]) for i in keep])
+    with progress.stage("occlusion", len(stack), "scans") as stage:
+        contributions = attribute_regions(forward, stack, ages, regions, aggregator.regions,
+                                          settings.attribution_method, reference=settings.occlusion_reference,
+                                          spacing=spacing, batch_size=ATTRIBUTION_BATCH, seed=settings.seed,
+                                          on_subject=stage.advance)
+    described = (f"{len(stack)} scans; method: {settings.attribution_method}; reference: "
+                 f"{contributions.reference}")
+    effects = _effect_sets(collected.inputs.truth, aggregator.regions.names)
+    if not effects:
+        return AttributionRun(contributions, described)
+    values, voxels, _ = set_contributions(forward, stack, ages, regions, aggregator.regions, effects,
+                                          reference=settings.occlusion_reference, batch_size=ATTRIBUTION_BATCH)
+    return AttributionRun(contributions, described, tuple(effects), tuple(len(v) for v in effects.values()),
+                          np.asarray(voxels), values)
+
+
+def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
+    """Inputs -> routing aggregated on the atlas, predictions, region attribution (see the module docstring)."""
+    inputs = read_report_inputs(settings)
+    keep, kept = settings.occluded_subjects, _Kept()
+    if settings.routing is not None:
+        collected = _route_saved(inputs, settings.routing, progress)
+        if keep:
+            _keep_saved_images(collected, keep, settings, kept)
+    else:
+        collected = _route_with_model(inputs, keep, settings, progress, kept)
+    if keep and collected.aggregator is not None and collected.aggregator.subjects:
+        collected.attribution = _attribute(collected, kept, settings, progress)
+    return collected

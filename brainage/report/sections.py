@@ -1,0 +1,437 @@
+"""Render stage of `brainage report`: one builder per section, each drawing from the :class:`ReportResult` alone.
+
+Order (issue 14): the main result first -- which regions drive the predicted age and whether the experts specialise
+-- then how to read the page, then the details (cohort, regions, experts, validation, groups, subjects, methods).
+A builder returns ``(heading, blocks)`` or None when its section does not apply (no occlusion, no ground truth, no
+groups); :func:`build_page` adds the table of contents.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from brainage.attribution.stats import top_regions
+from brainage.report import render as R
+from brainage.report.analysis import LayerResult, RegionResult, ReportResult
+from brainage.report.figures import (
+    brain_mask,
+    dominant_expert_png,
+    expert_grid_png,
+    expert_map_png,
+    group_png,
+    prediction_scatter_png,
+    stat_map_png,
+    template_on_grid,
+)
+
+__all__ = ["Section", "Canvas", "SECTIONS", "build_page", "region_display", "both_signs", "CONTROL_EFFECT",
+           "main_result", "how_to_read", "cohort", "regions", "experts", "validation", "groups", "subjects", "methods"]
+
+Section = tuple[str, list]
+CONTROL_EFFECT = "null regions (control)"  # the effect row of the regions no effect was planted in
+SIGNIFICANT_P = 0.05
+TOP_REGIONS = 10  # rows per sign in the region tables
+MAP_THRESHOLD = 0.05  # regions within this fraction of the largest |contribution| stay uncoloured on the map
+EFFECT_COLUMNS = {"contribution": "contribution (y)", "share_positive": "share of scans predicted younger when occluded"}
+
+
+class Canvas:
+    """The main model grid's figure background (template) and brain mask, computed once on first use."""
+
+    def __init__(self, result: ReportResult) -> None:
+        self.shape, self.affine = result.shape, result.affine
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        return brain_mask(self.shape, self.affine)
+
+    @functools.cached_property
+    def background(self) -> np.ndarray:
+        return template_on_grid(self.shape, self.affine)
+
+
+# ---- shared formatting ----------------------------------------------------------------------------------------------
+
+def _years(value: float) -> str:
+    return f"{value:+.2f} y"
+
+
+def region_display(table: pd.DataFrame) -> pd.DataFrame:
+    """Display columns of a region ranking frame (``RegionResult.table``: name, hemisphere, contribution, ci_low,
+    ci_high, rank, rank_low, rank_high, null_corrected, n_voxels, method)."""
+    return pd.DataFrame({
+        "rank": table["rank"].astype(int),
+        "region": table["name"].astype(str),
+        "hemisphere": table["hemisphere"].astype(str),
+        "voxels": table["n_voxels"].astype(int),
+        "contribution (y)": table["contribution"].round(3),
+        "95% interval": [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "rank interval": [R.format_interval(lo, hi, integer=True) for lo, hi in zip(table["rank_low"],
+                                                                                    table["rank_high"])],
+        "null-corrected (y)": table["null_corrected"].round(3),
+        "method": table["method"].astype(str),
+    }).reset_index(drop=True)
+
+
+def _effect_display(effects: pd.DataFrame) -> pd.DataFrame:
+    """Display columns of the planted-effect table: effect, regions, voxels, contribution, its interval, share."""
+    shown = effects[["effect", "regions", "voxels", "contribution"]].copy()
+    shown["95% interval"] = [R.format_interval(lo, hi) for lo, hi in zip(effects["ci_low"], effects["ci_high"])]
+    shown["share_positive"] = effects["share_positive"]
+    return shown.rename(columns=EFFECT_COLUMNS)
+
+
+def both_signs(shown: pd.DataFrame, n: int = TOP_REGIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``n`` largest positive and the ``n`` largest negative contributions of a :func:`region_display` frame."""
+    value = shown["contribution (y)"]
+    positive = shown[value > 0].sort_values("contribution (y)", ascending=False, kind="stable").head(n)
+    negative = shown[value < 0].sort_values("contribution (y)", ascending=True, kind="stable").head(n)
+    return positive, negative
+
+
+def _region_list(rows: pd.DataFrame, n: int = 3) -> str:
+    items = []
+    for _, row in rows.head(n).iterrows():
+        interval = f" {row['95% interval']}" if row.get("95% interval") else ""
+        items.append(f"{row['region']} ({_years(row['contribution (y)'])}{interval})")
+    return ", ".join(items) or "none"
+
+
+def _control_text(control: pd.Series) -> str:
+    """The control row's contribution with its interval, e.g. ``-0.70 y [-0.90, -0.50]``."""
+    return f"{_years(control['contribution'])} {R.format_interval(control['ci_low'], control['ci_high'])}".strip()
+
+
+CONTROL_MEANING = (
+    "A non-zero control is expected, not a fault of the method: with per-scan z-scoring inside the brain, a regional "
+    "change (an enlarged ventricle, a thinner cortex) shifts the brain's mean and sd and with them the intensity of "
+    "every voxel; and an atrophy displaces its neighbours, moving tissue into regions where nothing was planted. "
+    "Both signs are shown: positive (red) means the regions as they are make the scan look older than the young "
+    "reference, negative (blue) means they pull the prediction younger. Read regional values against this control, "
+    "not against zero; the null-corrected column subtracts what a random voxel set of the same size contributes."
+)
+
+
+def _control(regions: RegionResult | None) -> pd.Series | None:
+    if regions is None or regions.effects is None:
+        return None
+    rows = regions.effects[regions.effects["effect"] == CONTROL_EFFECT]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _specialising(layers: Sequence[LayerResult]) -> list[LayerResult]:
+    return [r for r in layers if r.mi.p_value <= SIGNIFICANT_P and r.mi.ratio > 1]
+
+
+# ---- sections -------------------------------------------------------------------------------------------------------
+
+def main_result(result: ReportResult, canvas: Canvas) -> Section:
+    """Which regions drive the predicted age, whether the experts specialise, how well the model predicts here."""
+    blocks = []
+    if result.regions is not None:
+        positive, negative = both_signs(region_display(result.regions.table), n=3)
+        method = str(result.regions.table["method"].iloc[0]) if len(result.regions.table) else "attribution"
+        blocks.append(R.paragraph(
+            f"Regions that drive the predicted age ({method}; see 'Regions that drive the predicted age'): ",
+            R.strong("older-looking"), f" (replacing them lowers the prediction): {_region_list(positive)}; ",
+            R.strong("younger-looking"), f" (replacing them raises it): {_region_list(negative)}.", cls="lead"))
+        control = _control(result.regions)
+        if control is not None:
+            blocks.append(R.paragraph(
+                f"Control: occluding the null regions, where no age effect was planted, moves the prediction by "
+                f"{_years(-float(control['contribution']))} (contribution {_control_text(control)}, 95% interval). "
+                "Compare regional values with this control, not with zero (see 'Validation against ground truth')."))
+    else:
+        blocks.append(R.paragraph("Attribution was not run (--no-occlusion): the report does not rank regions by "
+                                  "their effect on the predicted age."))
+    special, layers = _specialising(result.layers), result.layers
+    ratios = ", ".join(f"layer {r.layer} ×{r.mi.ratio:.1f} (p {R.format_p_value(r.mi.p_value, len(r.mi.shuffled))})"
+                       for r in layers)
+    blocks.append(R.paragraph(
+        R.strong("Expert specialisation: "),
+        f"expert-region mutual information is above its within-scan shuffled baseline in {len(special)} of "
+        f"{len(layers)} MoE layers (ratio to the baseline: {ratios}).", cls="lead"))
+    c = result.cohort
+    if len(c.age):
+        blocks.append(R.paragraph(f"Model accuracy on this cohort: MAE {c.mae:.2f} years on {len(c.age)} scans with a "
+                                  f"known age (see 'Cohort')."))
+    if result.validation is not None and result.validation.precision is not None:
+        v = result.validation
+        blocks.append(R.paragraph(f"Ground truth: precision@{v.k} of the region ranking "
+                                  f"{v.precision['planted'].iloc[0]:.2f} (chance {v.chance:.2f})."))
+    return "Main result", blocks
+
+
+HOW_TO_READ = [
+    "The model cuts each scan into 3D patches (tokens). In every mixture-of-experts (MoE) layer a router sends each "
+    "patch to a few of its experts. 'Expert specialisation' shows, per layer, where in the brain each expert works: "
+    "each expert has its own colour in every figure, and the colour is the more opaque the more scans send that "
+    "voxel to the expert (transparent: none, full colour: all).",
+    "Mutual information (bits) measures how much knowing the region tells you about the expert. It is compared with "
+    "a baseline that shuffles the experts within each scan; a ratio well above 1 means the experts specialise "
+    "anatomically. A permutation p-value shown as '< 1/(shuffles + 1)' means no shuffle reached the observed value.",
+    "Regional age contribution: how many years a region's difference from a young reference adds to the predicted "
+    "age (occlusion: the region is replaced by the reference and the scan predicted again; gradient methods: the "
+    "attribution summed over the region). Positive (red): the region as it is makes the scan look older. Negative "
+    "(blue): the region pulls the prediction younger (replacing it raises the predicted age). Intervals are 95% "
+    "bootstrap intervals over scans; a rank interval says how stable a region's place in the list is; regions are "
+    "ranked by the null-corrected contribution (the contribution minus what a random voxel set of the same size "
+    "adds).",
+    "Cohort: MAE = mean absolute error in years; brain-age gap = predicted minus true age (positive: the brain looks "
+    "older than its age).",
+    "With a synthetic cohort, 'Validation against ground truth' checks the ranking against the regions where age "
+    "effects were planted (precision@k: 1 = perfect, chance is shown) and occludes each planted effect at once.",
+    "Every table is also a CSV in tables/, every map a NIfTI file in maps/ (MNI space, opens in any viewer).",
+]
+
+NORMALISATION_NOTE = (
+    "Why a region without any age effect can still carry age information: each scan is z-scored inside the brain "
+    "(mean 0, sd 1 over brain voxels) before the model sees it. Any regional change -- an enlarged ventricle, a "
+    "thinner cortex -- shifts that mean and sd, and so the intensity of every brain voxel. After normalisation a "
+    "'null' region therefore legitimately differs between young and old scans, and occluding it can move the "
+    "prediction; an atrophy also displaces its neighbours into regions where nothing changed. Read regional "
+    "contributions relative to the control row and the null-corrected column, not relative to zero."
+)
+
+
+def how_to_read(result: ReportResult, canvas: Canvas) -> Section:
+    return "How to read this report", [R.bullet_list(HOW_TO_READ), R.note(NORMALISATION_NOTE)]
+
+
+def cohort(result: ReportResult, canvas: Canvas) -> Section:
+    c = result.cohort
+    blocks = [R.paragraph(f"{c.predicted} of {c.scans} scans predicted; {len(result.layers)} MoE layers with "
+                          f"{result.num_experts} experts; atlas with {result.num_regions} regions.")]
+    if len(c.age):
+        r_text = f"{c.pearson_r:.3f}" if c.pearson_r is not None else "n/a (under 3 scans)"
+        blocks.append(R.paragraph(f"MAE {c.mae:.2f} years on {len(c.age)} scans with known age; mean brain-age gap "
+                                  f"{c.mean_gap:+.2f} years; Pearson r = {r_text}."))
+        blocks.append(R.figure(prediction_scatter_png(c.age, c.predicted_age),
+                               "Predicted vs chronological age (dashed: identity)."))
+    if len(c.failed):
+        blocks.append(R.details(f"{len(c.failed)} inputs failed", R.table(c.failed, scroll=True)))
+    return "Cohort", blocks
+
+
+def _contribution_map(volume: np.ndarray, affine: np.ndarray, method: str) -> R.Markup:
+    """The signed contribution map (red older-looking, blue younger-looking) with its caption."""
+    threshold = MAP_THRESHOLD * float(np.abs(volume).max())
+    cut = np.where(np.abs(volume) < threshold, 0.0, volume)  # cut here: nilearn's own threshold crowds the colorbar
+    figure = stat_map_png(cut, affine, "", threshold=1e-6, cmap="RdBu_r", symmetric=True)
+    return R.figure(figure, f"Age contribution per atlas region ({method}, years, mean over scans). Red: the region "
+                            "makes the scan look older (replacing it by the reference lowers the predicted age). Blue: "
+                            "the region pulls the prediction younger than the reference would (replacing it raises "
+                            "the predicted age). "
+                            f"Uncoloured: within ±{threshold:.2g} y ({100 * MAP_THRESHOLD:.0f}% of the largest value) "
+                            "or no region.")
+
+
+def regions(result: ReportResult, canvas: Canvas) -> Section | None:
+    """Regional age contribution: the diverging map, the largest contributions of both signs and the control."""
+    if result.regions is None:
+        return None
+    shown = region_display(result.regions.table)
+    positive, negative = both_signs(shown)
+    method = str(shown["method"].iloc[0]) if len(shown) else "attribution"
+    value = "contribution (y)"
+    blocks = [R.paragraph(
+        f"Each region of each scan is compared with a reference image by {method} (", R.text(result.regions.described),
+        "). Contribution = how many years the region's difference from the reference adds to the predicted age, "
+        "averaged over scans, with its 95% bootstrap interval over scans. Regions are ranked by the null-corrected "
+        "contribution: the contribution minus what a size-matched random voxel set of the same scan contributes "
+        "(rank 1 = most positive; the rank interval is the 95% bootstrap interval of the rank).")]
+    blocks.append(_contribution_map(result.regions.volume, result.affine, method))
+    blocks.append(R.row(
+        R.heading(f"Largest positive contributions (red, older-looking, {len(positive)})", 4)
+        + R.table(positive, diverging=[value]),
+        R.heading(f"Largest negative contributions (blue, younger-looking, {len(negative)})", 4)
+        + R.table(negative, diverging=[value])))
+    control = _control(result.regions)
+    if control is not None:
+        blocks.append(R.note(f"Control row: the null regions, where nothing was planted, occluded together "
+                             f"contribute {_control_text(control)} (95% interval). {CONTROL_MEANING} The planted "
+                             "effects against this control: 'Validation against ground truth'."))
+    blocks.append(R.details(f"All {len(shown)} regions", R.table(shown, diverging=[value], scroll=True)))
+    return "Regions that drive the predicted age", blocks
+
+
+def _expert_table(layer: LayerResult, num_experts: int) -> pd.DataFrame:
+    """Per expert: share of atlas voxels (top-1) and its most enriched regions (log odds, q <= 0.05)."""
+    rows = []
+    total = float(layer.top1["voxels"].sum())
+    for e in range(num_experts):
+        top = top_regions(layer.enrichment, e, n=5, q_max=0.05)
+        enriched = ", ".join(f"{name} ({odds:.1f})" for name, odds in zip(top["region"], top["log_odds"]))
+        rows.append({"expert": e, "share of atlas voxels (%)": 100 * float(layer.top1[f"expert_{e}"].sum()) / total,
+                     "most enriched regions (log odds, q <= 0.05)": enriched or "none"})
+    return pd.DataFrame(rows)
+
+
+def experts(result: ReportResult, canvas: Canvas) -> Section:
+    """Expert-region mutual information per layer, the layers' expert maps as grids, enrichment per expert."""
+    mi = pd.DataFrame([{"MoE layer": r.layer, "MI (bits)": r.mi.observed, "shuffled mean (bits)": r.mi.shuffled_mean,
+                        "shuffled sd (bits)": r.mi.shuffled_std, "ratio": r.mi.ratio,
+                        "p": R.format_p_value(r.mi.p_value, len(r.mi.shuffled)), "shuffles": len(r.mi.shuffled)}
+                       for r in result.layers])
+    frequency = {r.layer: r.frequency for r in result.layers}
+    blocks = [
+        R.paragraph("Mutual information I(expert; region) of the top-1 expert and the atlas region of each voxel, "
+                    "against a baseline that shuffles each scan's expert labels over its tokens."),
+        R.table(mi),
+        R.figure(dominant_expert_png(frequency, canvas.background, canvas.mask, result.affine),
+                 "Most frequent (top-1) expert per voxel, one row per MoE layer (axial slices, MNI z; left hemisphere "
+                 "on the left). Opacity = share of scans that send the voxel to that expert: faint colour = the "
+                 "scans disagree."),
+        R.figure(expert_grid_png(frequency, canvas.background, canvas.mask, result.affine),
+                 "Each expert on its own (columns), one row per MoE layer, axial slice at z = +8 mm: the opacity of "
+                 "the expert's colour is the share of scans whose voxel it gets (transparent = never)."),
+    ]
+    last = result.layers[-1]
+    blocks.append(R.heading(f"Experts of MoE layer {last.layer} (closest to the prediction)", 4))
+    blocks.append(R.table(_expert_table(last, result.num_experts)))
+    for layer in reversed(result.layers):
+        fractions = [f"fraction_{e}" for e in range(result.num_experts)]
+        body = [] if layer is last else [R.table(_expert_table(layer, result.num_experts))]
+        body += [R.paragraph("Region x expert table (top-1, row fractions)"),
+                 R.table(layer.top1[["region", "voxels", *fractions]], heat=fractions, scroll=True),
+                 R.paragraph("Region x expert table (gate-weighted top-k, row fractions)"),
+                 R.table(layer.gated[["region", "voxels", *fractions]], heat=fractions, scroll=True)]
+        summary = f"MoE layer {layer.layer}: experts and region x expert tables"
+        blocks.append(R.details(summary, R.Markup("".join(body))))
+    return "Expert specialisation", blocks
+
+
+def _effects_blocks(regions: RegionResult) -> list:
+    blocks = [R.paragraph("All regions of one planted effect occluded together (does the model read the effect at "
+                          "all, however its signal is split over regions?), with 95% bootstrap intervals over scans:"),
+              R.table(_effect_display(regions.effects), diverging=[EFFECT_COLUMNS["contribution"]])]
+    control = _control(regions)
+    if control is not None:
+        planted = regions.effects[~regions.effects["effect"].isin([CONTROL_EFFECT, "regions displaced by the warps"])]
+        largest = float(planted["contribution"].abs().max()) if len(planted) else math.nan
+        value = float(control["contribution"])
+        compare = "with no planted effect to compare"
+        if not math.isnan(largest):
+            size = "larger" if abs(value) > largest else "smaller"
+            compare = f"{size} in absolute value than the largest planted effect ({largest:.2f} y)"
+        blocks.append(R.note(
+            f"The control row ({CONTROL_EFFECT}: {int(control['regions'])} regions, {int(control['voxels'])} voxels, "
+            f"where the generator planted nothing) contributes {_control_text(control)}, {compare}; "
+            f"{100 * float(control['share_positive']):.0f}% of the scans predict younger with it occluded. "
+            f"{CONTROL_MEANING}"))
+    return blocks
+
+
+def validation(result: ReportResult, canvas: Canvas) -> Section | None:
+    v = result.validation
+    if v is None:
+        return None
+    blocks = [R.paragraph("Ground truth ", R.text(str(v.truth.path)), ": regions carrying the age effect: ",
+                          ", ".join(v.truth.regions) or "none", ".")]
+    if v.missing:
+        blocks.append(R.paragraph("Not in the atlas (check region names): ", ", ".join(v.missing)))
+    if v.precision is not None:
+        indirect = len(v.truth.indirect_regions)
+        blocks.append(R.paragraph(
+            f"Region ranking, precision@{v.k}: the share of the {v.k} top-ranked regions that are among the {v.k} "
+            f"planted ones (chance about {v.chance:.2f})" + (f"; the last column also counts the {indirect} regions "
+                                                             "that the planted ventricle and hippocampus warps displace"
+                                                             if indirect else "") + "."))
+        blocks.append(R.table(v.precision))
+        blocks.append(R.paragraph("A model need not use every planted effect (thin cortical effects may be below its "
+                                  "resolution): a low precision can mean the model ignores a region, not that the "
+                                  "attribution is wrong. The table below tells which."))
+    if result.regions is not None and result.regions.effects is not None:
+        blocks += _effects_blocks(result.regions)
+    return "Validation against ground truth", blocks
+
+
+def groups(result: ReportResult, canvas: Canvas) -> Section | None:
+    g = result.groups
+    if g is None:
+        return None
+    last = int(g.shares["layer"].max())
+    experts_ = [c for c in g.shares.columns if c.startswith("expert_")]
+    last_shares = g.shares[g.shares["layer"] == last]
+    figure = group_png(g.gaps, {row["group"]: [row[e] for e in experts_] for _, row in last_shares.iterrows()},
+                       f"expert share, MoE layer {last}")
+    return f"Groups by {g.column}", [
+        R.paragraph(f"Scans grouped by the column {g.column!r} (n/a: missing value). Brain-age gap = predicted minus "
+                    "chronological age, in years; sd over the group's scans with a known age."),
+        R.table(g.bag.rename(columns={"group": g.column})),
+        R.figure(figure, f"Left: brain-age gap per {g.column}. Right: share of atlas voxels routed (top-1) to each "
+                         f"expert in MoE layer {last}."),
+        R.details("Expert share per group and MoE layer (top-1, share of atlas voxels)",
+                  R.table(g.shares.rename(columns={"group": g.column}), heat=experts_, scroll=True)),
+    ]
+
+
+def subjects(result: ReportResult, canvas: Canvas) -> Section:
+    table = result.predictions[["subject_id", "session", "age", "predicted_age", "brain_age_gap", "status"]].copy()
+    for column in ("age", "predicted_age", "brain_age_gap"):  # numbers, right-aligned, whatever the CSV text was
+        table[column] = pd.to_numeric(table[column], errors="coerce").round(2)
+    blocks = [R.table(table, digits=4, scroll=True)]
+    for view in result.subjects:
+        same_grid = np.allclose(view.affine, result.affine) and view.expert_map.shape == tuple(result.shape)
+        mask = canvas.mask if same_grid else brain_mask(view.expert_map.shape, view.affine)
+        shown = np.where(mask, view.expert_map, -1)
+        age = "unknown" if math.isnan(view.age) else f"{view.age:.1f}"
+        blocks.append(R.heading(f"{view.title}: predicted age {view.predicted_age:.1f} (true {age})", 4))
+        blocks.append(R.figure(expert_map_png(shown, view.affine, result.num_experts, ""),
+                               f"Top-1 expert per voxel, MoE layer {view.layer}."))
+        blocks.append(R.details("Dominant expert per region", R.table(view.dominant, heat=["share"], scroll=True)))
+    return "Subjects", blocks
+
+
+def methods(result: ReportResult, canvas: Canvas) -> Section:
+    routing = result.provenance.routing
+    return "Methods and files", [R.bullet_list([
+        "Each MoE token's top-1 expert (largest gate) and its gate-weighted top-k experts are spread over the voxels "
+        "of its patch (nearest-neighbour upsampling) on the model grid; the atlas is resampled onto that grid by "
+        "nearest neighbour through the preprocessing affine (voxel to MNI mm). Counts are voxel-subjects.",
+        "Enrichment: log odds ratio (Haldane +0.5) of an expert inside vs outside a region; Pearson chi-square on "
+        "token counts, Benjamini-Hochberg FDR. Tokens of a scan are spatially correlated: treat p-values as a "
+        "ranking aid, not a confirmatory test.",
+        "Mutual information baseline: top-1 expert labels permuted across tokens within each subject; p = (1 + "
+        "shuffles at or above the observed value) / (1 + shuffles).",
+        "Region attribution (--attribution-method, Captum, Kokhlikyan et al. 2020): occlusion replaces each atlas "
+        "region by a reference image and predicts again (FeatureAblation; Zeiler & Fergus 2014); band occlusion "
+        "replaces the region with its 6 mm boundary shell, which an atrophy moves; integrated gradients (Sundararajan "
+        "et al. 2017) and gradient SHAP (Lundberg & Lee 2017) sum a voxel attribution from the reference to the scan "
+        "over the region. The reference (--occlusion-reference) is by default the voxel-wise mean of the youngest "
+        "third of the attributed scans (young_matched: intensity-matched to each scan; young_scans: one matched young "
+        "scan each; cohort: the mean of all). Null correction: region masks shifted to random places in the brain "
+        "give each scan's contribution per voxel of a set with no regional effect (median over 24 sets), subtracted "
+        "times the region's size. Intervals: 2000 bootstrap resamples of the scans (percentile), ranks re-computed "
+        "in each.",
+        "Routing source: " + (f"the maps saved by `brainage predict --save-routing` in {routing}" if routing
+                              else "the model, run once over the inputs") + ".",
+        "Files: tables/*.csv (region x expert tables, enrichment, mutual information, occlusion, predictions, groups), "
+        "maps/*.nii.gz (per-expert frequency maps and the sensitivity map, model grid with its MNI affine).",
+    ])]
+
+
+SECTIONS: tuple[Callable[[ReportResult, Canvas], Section | None], ...] = (
+    main_result, how_to_read, cohort, regions, experts, validation, groups, subjects, methods)
+
+
+def build_page(result: ReportResult, started: float, on_section: Callable[[], None] = lambda: None) -> str:
+    """The report's HTML: every applicable section in :data:`SECTIONS` order, with a table of contents."""
+    canvas, sections = Canvas(result), []
+    for builder in SECTIONS:
+        section = builder(result, canvas)
+        if section is not None:
+            sections.append(section)
+        on_section()
+    p = result.provenance
+    meta = [f"model: {p.model or 'none (saved routing only)'}", f"inputs: {', '.join(p.inputs)}",
+            f"generated {time.strftime('%Y-%m-%d %H:%M')} in {time.perf_counter() - started:.0f} s"]
+    if p.run_id:
+        meta.append(f"MLflow run {p.run_id}: this folder is logged as artifacts under report/")
+    return R.page("Brain-age expert attribution report", sections, meta)

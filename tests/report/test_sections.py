@@ -1,0 +1,149 @@
+"""Each section builder of the report, on an analysed result with known numbers (tests/report/conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage.attribution.stats import shuffled_mutual_information
+from brainage.report import render as R
+from brainage.report import sections as S
+from brainage.report.analysis import RegionResult
+from brainage.report.figures import group_png
+
+BLUE, RED = "rgba(40,100,190,", "rgba(214,69,25,"
+
+
+def _html(section) -> str:
+    heading, blocks = section
+    return heading + "\n" + "\n".join(str(b) if isinstance(b, R.Markup) else html.escape(b) for b in blocks)
+
+
+@pytest.fixture(scope="module")
+def canvas(result):
+    return S.Canvas(result)
+
+
+def _rows(document: str, table_index: int) -> list[str]:
+    """The first cell text of every body row of the n-th table of a fragment."""
+    table = re.findall(r"<tbody>(.*?)</tbody>", document, flags=re.S)[table_index]
+    return [re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<tr><td[^>]*>(.*?)</td>", table)]
+
+
+def test_p_values_at_the_permutation_floor_read_below_one_over_shuffles_plus_one():
+    assert R.format_p_value(1 / 201, 200) == "< 1/201"
+    assert R.format_p_value(2 / 201, 200) == "0.01"
+    assert R.format_p_value(0.5, 20) == "0.5"
+    with pytest.raises(ValueError, match="at least one shuffle"):
+        R.format_p_value(0.5, 0)
+    # a real test statistic at its floor: every token of region 0 goes to expert 0, of region 1 to expert 1
+    token_regions = [np.repeat(np.eye(2), 10, axis=0)]  # (20, 2)
+    top1 = [np.repeat([0, 1], 10)]
+    mi = shuffled_mutual_information(token_regions, top1, 2, n_shuffles=50, seed=0)
+    assert mi.p_value == pytest.approx(1 / 51) and R.format_p_value(mi.p_value, 50) == "< 1/51"
+
+
+def test_counts_and_large_values_print_as_integers():
+    document = R.table(pd.DataFrame({"voxels": [12345.6, 1234.0000001, 52.0], "share": [0.1234, 0.5, 12.5]}))
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", document)
+    assert cells == ["12346", "0.123", "1234", "0.5", "52", "12.5"]
+
+
+def test_main_result_names_both_signs_the_control_and_specialisation_first(result, canvas, planted):
+    document = _html(S.main_result(result, canvas))
+    assert document.startswith("Main result")
+    assert "older-looking</strong> (replacing them lowers the prediction): L-front (+0.8" in document
+    assert "younger-looking</strong> (replacing them raises it): L-back (-1.2" in document
+    assert document.index("older-looking") < document.index("younger-looking")
+    assert f"contribution {planted['control']:+.2f} y" in document
+    assert "in 2 of 2 MoE layers" in document and f"&lt; 1/{planted['shuffles'] + 1}" in document
+    assert "MAE" in document and "precision@2" in document
+
+
+def test_region_section_shows_both_signs_a_diverging_map_and_all_regions(result, canvas):
+    document = _html(S.regions(result, canvas))
+    positive, negative, everything = _rows(document, 0), _rows(document, 1), _rows(document, 2)
+    assert len(positive) == 3 and len(negative) == 3 and len(everything) == 6  # ranks: L-front is 1, L-back 6
+    assert positive[0] == "1" and negative[0] == "6"
+    assert "L-back" in document.split("Largest negative")[1].split("</table>")[0]
+    assert BLUE in document and RED in document  # negative cells shaded blue, positive red
+    assert "Blue: the region pulls the prediction younger" in document and "Red: the region makes" in document
+    assert "data:image/png;base64," in document and "Control row" in document
+    for column in ("95% interval", "rank interval", "null-corrected (y)"):  # the bootstrap ranking's columns
+        assert f">{column}</th>" in document
+    control = document.split("Control row")[1]
+    assert "-0.70 y [-0." in control and "z-scoring" in control and "displaces its neighbours" in control
+    assert "negative (blue)" in control and "positive (red)" in control
+
+
+def test_region_section_renders_a_bootstrap_frame_with_intervals(result, canvas):
+    frame = pd.DataFrame({"name": ["hippocampus", "lingual", "thalamus"], "hemisphere": ["L", "R", "L"],
+                          "contribution": [0.5, -0.8, 0.1], "ci_low": [0.2, -1.1, -0.2], "ci_high": [0.8, -0.5, 0.4],
+                          "rank": [1, 3, 2], "rank_low": [1, 2, 1], "rank_high": [2, 3, 3],
+                          "null_corrected": [0.45, -0.85, 0.05], "n_voxels": [120, 300, 90],
+                          "method": ["integrated_gradients"] * 3})
+    regions = RegionResult(frame, result.regions.volume, "16 scans", None)
+    document = _html(S.regions(dataclasses.replace(result, regions=regions), canvas))
+    for column in ("95% interval", "rank interval", "null-corrected (y)", "hemisphere", "method"):
+        assert f">{column}</th>" in document
+    assert "[+0.20, +0.80]" in document and "[-1.10, -0.50]" in document and ">2-3<" in document
+    assert "lingual" in document.split("Largest negative")[1].split("</table>")[0]
+    assert "integrated_gradients" in document
+
+
+def test_expert_section_has_the_mi_table_two_grids_and_one_row_per_expert(result, canvas, planted):
+    document = _html(S.experts(result, canvas))
+    mi_rows = _rows(document, 0)
+    assert mi_rows == ["1", "3"]
+    assert f"&lt; 1/{planted['shuffles'] + 1}" in document and f"<td>{planted['shuffles']}</td>" in document
+    assert document.count("data:image/png;base64,") == 2  # dominant expert per layer; expert x layer grid
+    assert _rows(document, 1) == [str(e) for e in range(planted["num_experts"])]  # experts of the last layer
+    assert document.count("<details>") == 2  # one per MoE layer
+
+
+def test_validation_discusses_the_control_row(result, canvas, planted):
+    document = _html(S.validation(result, canvas))
+    assert "precision@2" in document and "null regions (control)" in document
+    assert f"contributes {planted['control']:+.2f} y" in document and "z-scoring" in document
+    assert "larger in absolute value" not in document  # |-0.7| < frontal atrophy's 1.3
+
+
+def test_group_section_draws_mathtext_and_markup_as_plain_text(result, canvas, planted):
+    document = _html(S.groups(result, canvas))
+    assert "Groups by diagnosis" in document
+    assert html.escape(r"$\frac{1}{$") in document and "&lt;b&gt;AD&lt;/b&gt;" in document and "<b>" not in document
+    assert document.count("data:image/png;base64,") == 1
+    groups = planted["groups"]
+    png = group_png({g: [1.0] for g in groups}, {g: [0.2, 0.3, 0.5] for g in groups}, r"title $\alpha")
+    assert png.startswith(b"\x89PNG")
+
+
+def test_subject_section_shows_unknown_ages_as_unknown(result, canvas):
+    document = _html(S.subjects(result, canvas))
+    (heading,) = re.findall(r"<h4>(.*?)</h4>", document)
+    assert heading == "sub-00: predicted age 33.0 (true 30.0)"
+    assert document.count("data:image/png;base64,") == 1  # --subject-figures 1
+    unknown = dataclasses.replace(result.subjects[0], age=float("nan"))
+    document = _html(S.subjects(dataclasses.replace(result, subjects=(unknown,)), canvas))
+    assert re.findall(r"<h4>(.*?)</h4>", document) == ["sub-00: predicted age 33.0 (true unknown)"]
+
+
+def test_how_to_read_explains_normalisation_and_colours(result, canvas):
+    document = _html(S.how_to_read(result, canvas))
+    assert "z-scored inside the brain" in document and "Negative (blue)" in document
+
+
+def test_page_puts_the_main_result_first_with_a_table_of_contents(result):
+    document = S.build_page(result, started=0.0)
+    toc = re.search(r'<nav class="toc">(.*?)</nav>', document, flags=re.S).group(1)
+    titles = re.findall(r'<a href="#([^"]+)">([^<]+)</a>', toc)
+    assert [t for _, t in titles][:3] == ["Main result", "How to read this report", "Cohort"]
+    assert {"Regions that drive the predicted age", "Expert specialisation", "Validation against ground truth",
+            "Groups by diagnosis", "Subjects", "Methods and files"} <= {t for _, t in titles}
+    for anchor, _ in titles:
+        assert f'<h2 id="{anchor}">' in document
