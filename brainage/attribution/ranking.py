@@ -92,6 +92,18 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(-values, axis=-1, kind="stable"), axis=-1, kind="stable") + 1
 
 
+def _intervals(values: np.ndarray, n_boot: int, level: float, seed: int) -> np.ndarray:
+    """``level`` percentile intervals of the bootstrap means of (s, r) values and of their descending ranks ->
+    (4, r): mean low, mean high, rank low, rank high; NaN with fewer than 2 subjects (no interval from one scan)."""
+    if len(values) < 2:
+        return np.full((4, values.shape[1]), np.nan)
+    boot = bootstrap_means(values, n_boot, seed)  # (B, r)
+    ranks = _ranks(boot)  # (B, r)
+    tail = 100 * (1 - level) / 2
+    return np.stack([np.percentile(boot, tail, axis=0), np.percentile(boot, 100 - tail, axis=0),
+                     np.floor(np.percentile(ranks, tail, axis=0)), np.ceil(np.percentile(ranks, 100 - tail, axis=0))])
+
+
 def _hemisphere(name: str) -> tuple[str, str]:
     side, _, rest = name.partition("-")
     return ({"L": "left", "R": "right", "B": "both"}[side], rest) if side in ("L", "R", "B") and rest else ("", name)
@@ -103,17 +115,16 @@ def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float 
 
     Columns: rank, region, structure, hemisphere, contribution, ci_low, ci_high, null_corrected, null_ci_low,
     null_ci_high, rank_low, rank_high, own, shell, n_voxels (region), n_attributed (region or band), method. Years;
-    means over subjects; intervals are ``level`` bootstrap percentile intervals; ranks follow ``null_corrected``.
+    means over subjects; intervals are ``level`` bootstrap percentile intervals (NaN from a single subject); ranks
+    follow ``null_corrected``.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     keep = ~np.all(np.isnan(contrib.values), axis=0)  # regions on the grid
     values = contrib.values[:, keep]
     corrected = null_corrected(values, contrib.sizes[keep], contrib.null_values, contrib.null_sizes)
-    boot_raw = bootstrap_means(values, n_boot, seed)  # (B, r')
-    boot = bootstrap_means(corrected, n_boot, seed)  # same resamples (same seed): paired intervals
-    tail = 100 * (1 - level) / 2
-    ranks = _ranks(boot)  # (B, r')
+    raw = _intervals(values, n_boot, level, seed)  # (4, r')
+    null = _intervals(corrected, n_boot, level, seed)  # same resamples (same seed): paired intervals
     names = np.asarray(contrib.regions.names)[keep]
     sides = [_hemisphere(n) for n in names]
     frame = pd.DataFrame({
@@ -121,13 +132,13 @@ def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float 
         "structure": [s[1] for s in sides],
         "hemisphere": [s[0] for s in sides],
         "contribution": values.mean(axis=0),
-        "ci_low": np.percentile(boot_raw, tail, axis=0),
-        "ci_high": np.percentile(boot_raw, 100 - tail, axis=0),
+        "ci_low": raw[0],
+        "ci_high": raw[1],
         "null_corrected": corrected.mean(axis=0),
-        "null_ci_low": np.percentile(boot, tail, axis=0),
-        "null_ci_high": np.percentile(boot, 100 - tail, axis=0),
-        "rank_low": np.floor(np.percentile(ranks, tail, axis=0)).astype(int),
-        "rank_high": np.ceil(np.percentile(ranks, 100 - tail, axis=0)).astype(int),
+        "null_ci_low": null[0],
+        "null_ci_high": null[1],
+        "rank_low": null[2],
+        "rank_high": null[3],
         "own": np.nanmean(contrib.own[:, keep], axis=0),
         "shell": np.nanmean(contrib.shell[:, keep], axis=0),
         "n_voxels": contrib.region_voxels[keep].astype(int),
@@ -146,8 +157,6 @@ def interval_table(values: np.ndarray, names: Sequence[str], n_boot: int = 2000,
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != len(names):
         raise ValueError(f"values (subjects, {len(names)}) expected, got {values.shape}")
-    boot = bootstrap_means(values, n_boot, seed)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(boot, tail, axis=0), np.percentile(boot, 100 - tail, axis=0)
+    low, high = _intervals(values, n_boot, level, seed)[:2]
     return pd.DataFrame({"name": list(names), "contribution": values.mean(axis=0), "ci_low": low, "ci_high": high,
                          "share_positive": (values > 0).mean(axis=0), "covers_zero": (low <= 0) & (high >= 0)})

@@ -99,14 +99,17 @@ def subject_baselines(images: np.ndarray, ages: Sequence[float | None], referenc
                       ) -> tuple[Callable[[int], np.ndarray], np.ndarray, str]:
     """The baseline of each subject, the young scans and a sentence describing the reference.
 
+    With fewer than 3 known ages there are no young scans: ``young`` and ``young_matched`` fall back to the cohort mean
+    (said in the description), ``young_scans`` raises.
+
     Returns:
-        (``baseline(s)`` -> (X, Y, Z) float32, young indices (y,), description).
+        (``baseline(s)`` -> (X, Y, Z) float32, young indices (y,), possibly empty, description).
     """
     if reference not in get_args(Reference):
         raise ValueError(f"reference must be one of {list(get_args(Reference))}, got {reference!r}")
     young = young_indices(ages, len(images))
-    if len(young) == 0:
-        raise ValueError("a young reference needs at least 3 scans with a known age")
+    if len(young) == 0 and reference == "young_scans":
+        raise ValueError("the young_scans reference needs at least 3 scans with a known age")
     if reference == "young_scans":
         ages_known = np.asarray([math.nan if a is None else float(a) for a in ages])[young]
 

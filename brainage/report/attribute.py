@@ -319,6 +319,8 @@ def attribute_methods(
     if not chosen or min(chosen) < 0 or max(chosen) >= len(images):
         raise ValueError(f"subjects must index the {len(images)} images, got {subjects}")
     baseline, young, described = subject_baselines(images, ages, reference)
+    if "gradient_shap" in methods and len(young) == 0:
+        raise ValueError("gradient_shap needs at least 3 scans with a known age (the young scans are its baselines)")
     brain = np.any(images != 0, axis=0)  # (X, Y, Z)
     geo = _geometry(regions, len(index), brain, any(m.startswith("band_") for m in methods), band_mm, spacing,
                     n_null, seed)

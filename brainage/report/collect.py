@@ -282,7 +282,7 @@ def _attribute(collected: Collected, kept: _Kept, settings: ReportSettings, prog
     regions = geometry.regions  # (X, Y, Z) region rows, -1 = background
     spacing = float(np.sqrt((np.asarray(geometry.affine)[:3, :3] ** 2).sum(axis=0)).mean())  # mm per voxel
     forward = _forward(model, [sex_code(kept.sex[i]) for i in keep])
-    with progress.stage("occlusion", len(stack), "scans") as stage:
+    with progress.stage("attribution", len(stack), "scans") as stage:
         contributions = attribute_regions(forward, stack, ages, regions, aggregator.regions,
                                           settings.attribution_method, reference=settings.occlusion_reference,
                                           spacing=spacing, batch_size=ATTRIBUTION_BATCH, seed=settings.seed,

