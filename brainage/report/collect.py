@@ -2,24 +2,26 @@
 
 Reads the inputs (``brainage.data.inputs``), the atlas and the ground truth; runs the model once over the inputs with
 routing (``brainage.predict.predict_iter(return_routing=True)``, ERMoE routing, arXiv 2511.10971), or reads the
-routing maps `brainage predict --save-routing DIR` saved; then runs occlusion: every atlas region (and, with ground
-truth, every planted effect's regions at once) of the first scans is replaced by a reference image and the scan is
-predicted again (``brainage.attribution.occlusion`` computes; this module only calls the model). Routing goes
-straight into a :class:`~brainage.attribution.aggregate.RoutingAggregator` (memory O(tokens) per subject);
-preprocessed images are kept only for the occlusion scans and dropped once occlusion is done. The model is only
-called, never modified (``torch.inference_mode``). Nothing here writes files: :mod:`brainage.report.write` does.
+routing maps `brainage predict --save-routing DIR` saved; then attributes the predicted age of the first scans to
+atlas regions with ``--attribution-method`` (:mod:`brainage.report.attribute`, Captum; default region occlusion) and,
+with ground truth, occludes every planted effect's regions at once. Routing goes straight into a
+:class:`~brainage.attribution.aggregate.RoutingAggregator` (memory O(tokens) per subject); preprocessed images are
+kept only for the attributed scans and dropped once attribution is done. The model is only called, never modified
+(routing under ``torch.inference_mode``; attribution needs gradients for the gradient methods). Nothing here writes
+files: :mod:`brainage.report.write` does.
 
 Routing arrives in one form whether the model runs here or `brainage predict --save-routing` saved it: the routing
 record of ``brainage.contracts.routing`` (:class:`ScanRouting` of :class:`LayerRecord` per MoE layer).
 
-Letter legend: s occluded scans, r atlas regions, q region sets (planted effects), (X, Y, Z) model-grid voxels.
+Letter legend: s attributed scans, m images per model call, r atlas regions, q region sets (planted effects),
+(X, Y, Z) model-grid voxels.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,16 +31,19 @@ import torch
 
 from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.groups import read_group_column
-from brainage.attribution.occlusion import occlusion_deltas, reference_image, set_occlusion_deltas
+from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
 from brainage.reference.atlas import load_atlas, load_default_atlas
+from brainage.report.attribute import AgeForward, attribute_regions, set_contributions
 from brainage.report.progress import StageProgress
 from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
-__all__ = ["ReportInputs", "OcclusionRun", "Collected", "read_report_inputs", "read_saved_routing", "collect"]
+__all__ = ["ReportInputs", "AttributionRun", "Collected", "read_report_inputs", "read_saved_routing", "collect"]
+
+ATTRIBUTION_BATCH = 8  # images per model call of attribution
 
 @dataclass(frozen=True)
 class ReportInputs:
@@ -52,14 +57,15 @@ class ReportInputs:
 
 
 @dataclass(frozen=True)
-class OcclusionRun:
-    """Model calls of occlusion on the cohort's main geometry (``brainage.attribution.occlusion``)."""
+class AttributionRun:
+    """Region attribution of the kept scans on the cohort's main geometry (``brainage.report.attribute``)."""
 
-    deltas: np.ndarray  # (s, r) predicted-age change in years when each region is replaced; NaN = region off grid
-    described: str  # the scans used and the reference image, in words
+    contributions: RegionContributions  # (s, r) per-subject region contributions and their size-matched nulls
+    described: str  # the scans, the method and the reference image, in words
     effect_names: tuple[str, ...] = ()
-    effect_sets: tuple[tuple[int, ...], ...] = ()  # region rows of each planted effect found in the atlas
-    effect_deltas: np.ndarray | None = None  # (s, q) change when all regions of a set are replaced together
+    effect_regions: tuple[int, ...] = ()  # regions of each planted-effect set found in the atlas
+    effect_voxels: np.ndarray | None = None  # (q,) voxels of each set on the model grid
+    effect_values: np.ndarray | None = None  # (s, q) contribution (years) when all regions of a set are occluded
 
 
 @dataclass
@@ -70,12 +76,12 @@ class Collected:
     aggregator: RoutingAggregator | None
     predictions: pd.DataFrame  # predict's OUTPUT_COLUMNS plus sex, site and the extra columns
     subject_rows: list[int] = field(default_factory=list)  # predictions row of each aggregator subject
-    occlusion: OcclusionRun | None = None
+    attribution: AttributionRun | None = None
 
 
 @dataclass
 class _Kept:
-    """Preprocessed inputs kept for occlusion, with what the model needs beside the image."""
+    """Preprocessed inputs kept for attribution, with what the model needs beside the image."""
 
     images: list[np.ndarray] = field(default_factory=list)  # (X, Y, Z)
     geometry: list[int] = field(default_factory=list)
@@ -229,7 +235,7 @@ def _route_saved(inputs: ReportInputs, folder: Path, progress: StageProgress) ->
 
 
 def _keep_saved_images(collected: Collected, count: int, settings: ReportSettings, kept: _Kept) -> None:
-    """Preprocess the first ``count`` rows with saved routing and keep them for occlusion (one prediction pass over
+    """Preprocess the first ``count`` rows with saved routing and keep them for attribution (one prediction pass over
     these rows only; rows whose image fails to load are skipped)."""
     model = collected.inputs.model
     rows = collected.inputs.table.iloc[collected.subject_rows[:count]].reset_index(drop=True)
@@ -239,57 +245,61 @@ def _keep_saved_images(collected: Collected, count: int, settings: ReportSetting
             kept.add(result, collected.aggregator.geometry(model.preprocessing.shape, result.affine), count)
 
 
-def _model_call(model: LoadedModel, sex: float) -> Callable[[np.ndarray, int], np.ndarray]:
-    """``predict(batch, s)`` for occlusion: (m, X, Y, Z) float32 copies of one scan -> (m,) predicted ages."""
+def _forward(model: LoadedModel, sex: Sequence[float]) -> AgeForward:
+    """``forward(x, s)``: (m, 1, X, Y, Z) copies of scan s -> (m,) predicted ages on the CPU, differentiable."""
+    covariate = torch.tensor(list(sex), dtype=torch.float32, device=model.device)  # (s,)
 
-    def predict(batch: np.ndarray, _: int) -> np.ndarray:
-        x = torch.as_tensor(batch, device=model.device)[:, None]  # (m, X, Y, Z) -> (m, 1, X, Y, Z)
-        covariate = torch.full((len(batch),), sex, device=model.device)
-        with torch.inference_mode():
-            return model.to_years(model.net(x, sex=covariate).pred).cpu().numpy()
+    def forward(x: torch.Tensor, s: int) -> torch.Tensor:
+        return model.to_years(model.net(x.to(model.device), sex=covariate[s].expand(len(x))).pred).cpu()
 
-    return predict
+    return forward
 
 
-def _effect_sets(truth: GroundTruth | None, names: Sequence[str]) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, region rows) of each planted effect, the displaced regions and the null regions (control)."""
+def _effect_sets(truth: GroundTruth | None, names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Region names of each planted effect, the displaced regions and the null regions (control) found in the
+    atlas; sets with none are left out."""
     if truth is None or not truth.regions or not truth.effects:
-        return []
-    sets = [(name, regions) for name, regions in truth.effects if regions]  # global effects name no region
-    sets += [("regions displaced by the warps", truth.indirect_regions)] if truth.indirect_regions else []
-    sets += [("null regions (control)", truth.null_regions)] if truth.null_regions else []
-    rows = {name: i for i, name in enumerate(names)}
-    return [(name, tuple(rows[n] for n in regions if n in rows)) for name, regions in sets]
+        return {}
+    sets = {name: regions for name, regions in truth.effects if regions}  # global effects name no region
+    sets |= {"regions displaced by the warps": truth.indirect_regions} if truth.indirect_regions else {}
+    sets |= {"null regions (control)": truth.null_regions} if truth.null_regions else {}
+    found = {name: tuple(n for n in regions if n in set(names)) for name, regions in sets.items()}
+    return {name: regions for name, regions in found.items() if regions}
 
 
-def _occlude(collected: Collected, kept: _Kept, settings: ReportSettings, progress: StageProgress) -> OcclusionRun:
-    """Occlusion deltas of every region, then of every planted effect, on the kept scans of the main geometry."""
+def _attribute(collected: Collected, kept: _Kept, settings: ReportSettings, progress: StageProgress
+               ) -> AttributionRun:
+    """Region contributions by ``--attribution-method``, then each planted effect at once, on the kept scans of the
+    main geometry."""
     aggregator, model = collected.aggregator, collected.inputs.model
     g = aggregator.main_geometry()
     keep = [i for i, geo in enumerate(kept.geometry) if geo == g]
     if not keep:
-        raise ValueError("occlusion needs preprocessed images on the main model grid; none were kept")
+        raise ValueError("attribution needs preprocessed images on the main model grid; none were kept")
     stack = np.stack([np.asarray(kept.images[i], dtype=np.float32) for i in keep])  # (s, X, Y, Z)
-    reference, described = reference_image(stack, [kept.age[i] for i in keep], settings.occlusion_reference)
-    regions = aggregator.geometries[g].regions  # (X, Y, Z) region rows, -1 = background
+    ages = [kept.age[i] for i in keep]
+    geometry = aggregator.geometries[g]
+    regions = geometry.regions  # (X, Y, Z) region rows, -1 = background
+    spacing = float(np.sqrt((np.asarray(geometry.affine)[:3, :3] ** 2).sum(axis=0)).mean())  # mm per voxel
+    forward = _forward(model, [sex_code(kept.sex[i]) for i in keep])
+    with progress.stage("attribution", len(stack), "scans") as stage:
+        contributions = attribute_regions(forward, stack, ages, regions, aggregator.regions,
+                                          settings.attribution_method, reference=settings.occlusion_reference,
+                                          spacing=spacing, batch_size=ATTRIBUTION_BATCH, seed=settings.seed,
+                                          on_subject=stage.advance)
+    described = (f"{len(stack)} scans; method: {settings.attribution_method}; reference: "
+                 f"{contributions.reference}")
     effects = _effect_sets(collected.inputs.truth, aggregator.regions.names)
-    deltas, effect_deltas = [], []
-    with progress.stage("occlusion", len(stack), "scans") as stage:
-        for s, image in enumerate(stack):
-            predict = _model_call(model, sex_code(kept.sex[keep[s]]))
-            deltas.append(occlusion_deltas(predict, image[None], regions, len(aggregator.regions), 8, False,
-                                           reference)[0])  # (r,)
-            if effects:
-                effect_deltas.append(set_occlusion_deltas(predict, image[None], regions, [rows for _, rows in effects],
-                                                          8, False, reference)[0])  # (q,)
-            stage.advance()
-    return OcclusionRun(np.stack(deltas), f"{len(stack)} scans; reference: {described}",
-                        tuple(name for name, _ in effects), tuple(rows for _, rows in effects),
-                        np.stack(effect_deltas) if effects else None)
+    if not effects:
+        return AttributionRun(contributions, described)
+    values, voxels, _ = set_contributions(forward, stack, ages, regions, aggregator.regions, effects,
+                                          reference=settings.occlusion_reference, batch_size=ATTRIBUTION_BATCH)
+    return AttributionRun(contributions, described, tuple(effects), tuple(len(v) for v in effects.values()),
+                          np.asarray(voxels), values)
 
 
 def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
-    """Inputs -> routing aggregated on the atlas, predictions, occlusion deltas (see the module docstring)."""
+    """Inputs -> routing aggregated on the atlas, predictions, region attribution (see the module docstring)."""
     inputs = read_report_inputs(settings)
     keep, kept = settings.occluded_subjects, _Kept()
     if settings.routing is not None:
@@ -299,5 +309,5 @@ def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
     else:
         collected = _route_with_model(inputs, keep, settings, progress, kept)
     if keep and collected.aggregator is not None and collected.aggregator.subjects:
-        collected.occlusion = _occlude(collected, kept, settings, progress)
+        collected.attribution = _attribute(collected, kept, settings, progress)
     return collected

@@ -4,10 +4,11 @@ A pipeline of four stages, each its own module:
 
 1. collect (:mod:`~brainage.report.collect`): read the inputs, atlas and ground truth; run the model once over the
    inputs with routing, or read the routing maps `brainage predict --save-routing DIR` saved (``--routing DIR``);
-   run occlusion on the first scans.
+   attribute the predicted age of the first scans to atlas regions (``--attribution-method``,
+   :mod:`~brainage.report.attribute`).
 2. analyse (:mod:`~brainage.report.analysis`): one immutable :class:`~brainage.report.analysis.ReportResult` with
    every table and volume the report shows (region x expert tables, enrichment, mutual information, frequency maps,
-   the occlusion ranking, planted-effect and group tables).
+   the region ranking with bootstrap intervals and null correction, planted-effect and group tables).
 3. render (:mod:`~brainage.report.sections`): one builder per HTML section, from the result alone.
 4. write (:mod:`~brainage.report.write`): atomic CSV/NIfTI/HTML files (layout in that module) and, with
    ``--mlflow-run RUN_ID`` (automatic when ``--model`` is ``runs:/<RUN_ID>...``), the folder as MLflow artifacts
@@ -24,8 +25,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
-from brainage.report.settings import ReportSettings
+from brainage.attribution.reference import Reference
+from brainage.report.settings import DEFAULT_METHOD, METHODS, ReportSettings
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -42,6 +45,8 @@ EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests 
   brainage report --routing routing --input demo-output/train/test.csv --out report --no-occlusion  # no model run
   brainage report --model demo-output/train/checkpoints/best.ckpt --routing routing \\
                   --input demo-output/train/test.csv --out report              # the model for occlusion only
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
+                  --attribution-method integrated_gradients              # another attribution method
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --group-by site                                           # BAG and expert use per group
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
@@ -74,11 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--atlas-names", type=Path, help="TSV naming the labels of --atlas (id and name columns)")
     parser.add_argument("--ground-truth", type=Path, help="ground_truth.json (default: found in the input folder)")
     parser.add_argument("--occlusion", action=argparse.BooleanOptionalAction, default=True,
-                        help="rank regions by age sensitivity (occlusion; costs regions x subjects model calls)")
-    parser.add_argument("--occlusion-subjects", type=int, default=16, help="subjects used for occlusion (default 16)")
-    parser.add_argument("--occlusion-reference", choices=["young", "cohort"], default="young",
-                        help="image an occluded region is replaced by: the mean of the youngest third of the "
-                        "occluded scans (default) or of all of them")
+                        help="rank regions by age contribution (--attribution-method; occlusion costs about regions x "
+                        "subjects model calls)")
+    parser.add_argument("--occlusion-subjects", type=int, default=16, help="subjects attributed to regions "
+                        "(default 16)")
+    parser.add_argument("--attribution-method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"how regions are credited with age (default {DEFAULT_METHOD}): occlusion (Captum "
+                        "FeatureAblation), band_occlusion (region + 6 mm boundary shell), integrated_gradients, "
+                        "band_integrated_gradients, gradient_shap; every one null-corrected with bootstrap intervals")
+    parser.add_argument("--occlusion-reference", choices=get_args(Reference), default="young",
+                        help="what a region is compared with: young = the mean of the youngest third of the "
+                        "attributed scans (default), young_matched = that mean intensity-matched to each scan, "
+                        "young_scans = one matched young scan per scan, cohort = the mean of all of them")
     parser.add_argument("--group-by", metavar="COLUMN", help="compare groups of a participants.tsv / manifest column "
                         "(e.g. diagnosis, site): brain-age gap and expert usage per group")
     parser.add_argument("--mlflow-run", metavar="RUN_ID", help="log the report folder to this MLflow run as "
@@ -119,7 +131,7 @@ def run(settings: ReportSettings) -> int:
     from brainage.report.write import log_to_mlflow, save_csv, write_report
 
     started = time.perf_counter()
-    stages = ["routing", *(["occlusion"] if settings.occlusion else []), "analyse", "render", "write"]
+    stages = ["routing", *(["attribution"] if settings.occlusion else []), "analyse", "render", "write"]
     progress = StageProgress(stages, settings.verbose)
     try:
         collected = collect(settings, progress)

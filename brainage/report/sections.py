@@ -38,8 +38,7 @@ CONTROL_EFFECT = "null regions (control)"  # the effect row of the regions no ef
 SIGNIFICANT_P = 0.05
 TOP_REGIONS = 10  # rows per sign in the region tables
 MAP_THRESHOLD = 0.05  # regions within this fraction of the largest |contribution| stay uncoloured on the map
-EFFECT_COLUMNS = {"age_contribution": "contribution (y)", "sd": "sd over scans (y)",
-                  "share_positive": "share of scans predicted younger when occluded"}
+EFFECT_COLUMNS = {"contribution": "contribution (y)", "share_positive": "share of scans predicted younger when occluded"}
 
 
 class Canvas:
@@ -64,28 +63,28 @@ def _years(value: float) -> str:
 
 
 def region_display(table: pd.DataFrame) -> pd.DataFrame:
-    """Display columns of a region contribution frame, today's occlusion ranking (rank, region, voxels,
-    age_contribution, sd_delta) or a bootstrap frame (name, hemisphere, contribution, ci_low, ci_high, rank,
-    rank_low, rank_high, null_corrected, n_voxels, method): columns it lacks are left out."""
-    shown = pd.DataFrame({"rank": table["rank"].astype(int),
-                          "region": table["name" if "name" in table.columns else "region"].astype(str)})
-    if "hemisphere" in table.columns:
-        shown["hemisphere"] = table["hemisphere"].astype(str)
-    shown["voxels"] = table["n_voxels" if "n_voxels" in table.columns else "voxels"].astype(int)
-    value = table["contribution" if "contribution" in table.columns else "age_contribution"]
-    shown["contribution (y)"] = value.round(3)
-    if {"ci_low", "ci_high"} <= set(table.columns):
-        shown["95% interval"] = [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])]
-    if {"rank_low", "rank_high"} <= set(table.columns):
-        shown["rank interval"] = [R.format_interval(lo, hi, integer=True)
-                                  for lo, hi in zip(table["rank_low"], table["rank_high"])]
-    if "null_corrected" in table.columns:
-        shown["null-corrected (y)"] = table["null_corrected"].round(3)
-    if "sd_delta" in table.columns:
-        shown["sd over scans (y)"] = table["sd_delta"].round(3)
-    if "method" in table.columns:
-        shown["method"] = table["method"].astype(str)
-    return shown.reset_index(drop=True)
+    """Display columns of a region ranking frame (``RegionResult.table``: name, hemisphere, contribution, ci_low,
+    ci_high, rank, rank_low, rank_high, null_corrected, n_voxels, method)."""
+    return pd.DataFrame({
+        "rank": table["rank"].astype(int),
+        "region": table["name"].astype(str),
+        "hemisphere": table["hemisphere"].astype(str),
+        "voxels": table["n_voxels"].astype(int),
+        "contribution (y)": table["contribution"].round(3),
+        "95% interval": [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "rank interval": [R.format_interval(lo, hi, integer=True) for lo, hi in zip(table["rank_low"],
+                                                                                    table["rank_high"])],
+        "null-corrected (y)": table["null_corrected"].round(3),
+        "method": table["method"].astype(str),
+    }).reset_index(drop=True)
+
+
+def _effect_display(effects: pd.DataFrame) -> pd.DataFrame:
+    """Display columns of the planted-effect table: effect, regions, voxels, contribution, its interval, share."""
+    shown = effects[["effect", "regions", "voxels", "contribution"]].copy()
+    shown["95% interval"] = [R.format_interval(lo, hi) for lo, hi in zip(effects["ci_low"], effects["ci_high"])]
+    shown["share_positive"] = effects["share_positive"]
+    return shown.rename(columns=EFFECT_COLUMNS)
 
 
 def both_signs(shown: pd.DataFrame, n: int = TOP_REGIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -102,6 +101,21 @@ def _region_list(rows: pd.DataFrame, n: int = 3) -> str:
         interval = f" {row['95% interval']}" if row.get("95% interval") else ""
         items.append(f"{row['region']} ({_years(row['contribution (y)'])}{interval})")
     return ", ".join(items) or "none"
+
+
+def _control_text(control: pd.Series) -> str:
+    """The control row's contribution with its interval, e.g. ``-0.70 y [-0.90, -0.50]``."""
+    return f"{_years(control['contribution'])} {R.format_interval(control['ci_low'], control['ci_high'])}".strip()
+
+
+CONTROL_MEANING = (
+    "A non-zero control is expected, not a fault of the method: with per-scan z-scoring inside the brain, a regional "
+    "change (an enlarged ventricle, a thinner cortex) shifts the brain's mean and sd and with them the intensity of "
+    "every voxel; and an atrophy displaces its neighbours, moving tissue into regions where nothing was planted. "
+    "Both signs are shown: positive (red) means the regions as they are make the scan look older than the young "
+    "reference, negative (blue) means they pull the prediction younger. Read regional values against this control, "
+    "not against zero; the null-corrected column subtracts what a random voxel set of the same size contributes."
+)
 
 
 def _control(regions: RegionResult | None) -> pd.Series | None:
@@ -122,19 +136,20 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
     blocks = []
     if result.regions is not None:
         positive, negative = both_signs(region_display(result.regions.table), n=3)
+        method = str(result.regions.table["method"].iloc[0]) if len(result.regions.table) else "attribution"
         blocks.append(R.paragraph(
-            "Regions that drive the predicted age (occlusion; see 'Regions that drive the predicted age'): ",
+            f"Regions that drive the predicted age ({method}; see 'Regions that drive the predicted age'): ",
             R.strong("older-looking"), f" (replacing them lowers the prediction): {_region_list(positive)}; ",
             R.strong("younger-looking"), f" (replacing them raises it): {_region_list(negative)}.", cls="lead"))
         control = _control(result.regions)
         if control is not None:
             blocks.append(R.paragraph(
                 f"Control: occluding the null regions, where no age effect was planted, moves the prediction by "
-                f"{_years(-float(control['age_contribution']))} (contribution {_years(control['age_contribution'])})."
-                " Compare regional values with this control, not with zero (see 'Validation against ground truth')."))
+                f"{_years(-float(control['contribution']))} (contribution {_control_text(control)}, 95% interval). "
+                "Compare regional values with this control, not with zero (see 'Validation against ground truth')."))
     else:
-        blocks.append(R.paragraph("Occlusion was not run (--no-occlusion): the report does not rank regions by their "
-                                  "effect on the predicted age."))
+        blocks.append(R.paragraph("Attribution was not run (--no-occlusion): the report does not rank regions by "
+                                  "their effect on the predicted age."))
     special, layers = _specialising(result.layers), result.layers
     ratios = ", ".join(f"layer {r.layer} ×{r.mi.ratio:.1f} (p {R.format_p_value(r.mi.p_value, len(r.mi.shuffled))})"
                        for r in layers)
@@ -148,7 +163,7 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
                                   f"known age (see 'Cohort')."))
     if result.validation is not None and result.validation.precision is not None:
         v = result.validation
-        blocks.append(R.paragraph(f"Ground truth: precision@{v.k} of the occlusion ranking "
+        blocks.append(R.paragraph(f"Ground truth: precision@{v.k} of the region ranking "
                                   f"{v.precision['planted'].iloc[0]:.2f} (chance {v.chance:.2f})."))
     return "Main result", blocks
 
@@ -161,10 +176,13 @@ HOW_TO_READ = [
     "Mutual information (bits) measures how much knowing the region tells you about the expert. It is compared with "
     "a baseline that shuffles the experts within each scan; a ratio well above 1 means the experts specialise "
     "anatomically. A permutation p-value shown as '< 1/(shuffles + 1)' means no shuffle reached the observed value.",
-    "Regional age contribution (occlusion): each region is replaced by the average of the youngest scans and the "
-    "change in predicted age is recorded. Positive (red): the region as it is makes the scan look older. Negative "
-    "(blue): replacing it raises the predicted age, so the region pulls the prediction younger. Intervals, where "
-    "shown, are 95% bootstrap intervals over scans; a rank interval says how stable a region's place in the list is.",
+    "Regional age contribution: how many years a region's difference from a young reference adds to the predicted "
+    "age (occlusion: the region is replaced by the reference and the scan predicted again; gradient methods: the "
+    "attribution summed over the region). Positive (red): the region as it is makes the scan look older. Negative "
+    "(blue): the region pulls the prediction younger (replacing it raises the predicted age). Intervals are 95% "
+    "bootstrap intervals over scans; a rank interval says how stable a region's place in the list is; regions are "
+    "ranked by the null-corrected contribution (the contribution minus what a random voxel set of the same size "
+    "adds).",
     "Cohort: MAE = mean absolute error in years; brain-age gap = predicted minus true age (positive: the brain looks "
     "older than its age).",
     "With a synthetic cohort, 'Validation against ground truth' checks the ranking against the regions where age "
@@ -177,7 +195,8 @@ NORMALISATION_NOTE = (
     "(mean 0, sd 1 over brain voxels) before the model sees it. Any regional change -- an enlarged ventricle, a "
     "thinner cortex -- shifts that mean and sd, and so the intensity of every brain voxel. After normalisation a "
     "'null' region therefore legitimately differs between young and old scans, and occluding it can move the "
-    "prediction. Read regional contributions relative to the control row, not relative to zero."
+    "prediction; an atrophy also displaces its neighbours into regions where nothing changed. Read regional "
+    "contributions relative to the control row and the null-corrected column, not relative to zero."
 )
 
 
@@ -200,45 +219,44 @@ def cohort(result: ReportResult, canvas: Canvas) -> Section:
     return "Cohort", blocks
 
 
-def _contribution_map(volume: np.ndarray, affine: np.ndarray) -> R.Markup:
+def _contribution_map(volume: np.ndarray, affine: np.ndarray, method: str) -> R.Markup:
     """The signed contribution map (red older-looking, blue younger-looking) with its caption."""
     threshold = MAP_THRESHOLD * float(np.abs(volume).max())
     cut = np.where(np.abs(volume) < threshold, 0.0, volume)  # cut here: nilearn's own threshold crowds the colorbar
     figure = stat_map_png(cut, affine, "", threshold=1e-6, cmap="RdBu_r", symmetric=True)
-    return R.figure(figure, "Age contribution per atlas region (occlusion, years). Red: replacing the region lowers "
-                            "the predicted age, so the region makes the scan look older. Blue: replacing it raises "
-                            "the predicted age, so the region pulls the prediction younger than the reference would. "
+    return R.figure(figure, f"Age contribution per atlas region ({method}, years, mean over scans). Red: the region "
+                            "makes the scan look older (replacing it by the reference lowers the predicted age). Blue: "
+                            "the region pulls the prediction younger than the reference would (replacing it raises "
+                            "the predicted age). "
                             f"Uncoloured: within ±{threshold:.2g} y ({100 * MAP_THRESHOLD:.0f}% of the largest value) "
                             "or no region.")
 
 
 def regions(result: ReportResult, canvas: Canvas) -> Section | None:
-    """Regional age contribution: the diverging map and the largest contributions of both signs."""
+    """Regional age contribution: the diverging map, the largest contributions of both signs and the control."""
     if result.regions is None:
         return None
     shown = region_display(result.regions.table)
     positive, negative = both_signs(shown)
+    method = str(shown["method"].iloc[0]) if len(shown) else "attribution"
     value = "contribution (y)"
     blocks = [R.paragraph(
-        "Each region of each scan is replaced by a reference image and the scan is predicted again (",
-        R.text(result.regions.described), "). Contribution = predicted age minus the prediction with the region "
-        "replaced, averaged over scans: how many years the region's difference from the reference adds. Regions are "
-        "ranked by it (rank 1 = most positive).")]
-    blocks.append(_contribution_map(result.regions.volume, result.affine))
+        f"Each region of each scan is compared with a reference image by {method} (", R.text(result.regions.described),
+        "). Contribution = how many years the region's difference from the reference adds to the predicted age, "
+        "averaged over scans, with its 95% bootstrap interval over scans. Regions are ranked by the null-corrected "
+        "contribution: the contribution minus what a size-matched random voxel set of the same scan contributes "
+        "(rank 1 = most positive; the rank interval is the 95% bootstrap interval of the rank).")]
+    blocks.append(_contribution_map(result.regions.volume, result.affine, method))
     blocks.append(R.row(
-        R.heading(f"Largest positive contributions (older-looking, {len(positive)})", 4)
+        R.heading(f"Largest positive contributions (red, older-looking, {len(positive)})", 4)
         + R.table(positive, diverging=[value]),
-        R.heading(f"Largest negative contributions (younger-looking, {len(negative)})", 4)
+        R.heading(f"Largest negative contributions (blue, younger-looking, {len(negative)})", 4)
         + R.table(negative, diverging=[value])))
-    if not {"ci_low", "ci_high"} <= set(result.regions.table.columns):
-        blocks.append(R.paragraph("No bootstrap intervals for this ranking: 'sd over scans' shows the spread of the "
-                                  "per-scan changes (not an interval of the mean)."))
     control = _control(result.regions)
     if control is not None:
         blocks.append(R.note(f"Control row: the null regions, where nothing was planted, occluded together "
-                             f"contribute {_years(control['age_contribution'])}. Why a region without an age effect "
-                             "can move the prediction: see 'How to read this report'; the planted effects against "
-                             "this control: 'Validation against ground truth'."))
+                             f"contribute {_control_text(control)} (95% interval). {CONTROL_MEANING} The planted "
+                             "effects against this control: 'Validation against ground truth'."))
     blocks.append(R.details(f"All {len(shown)} regions", R.table(shown, diverging=[value], scroll=True)))
     return "Regions that drive the predicted age", blocks
 
@@ -291,25 +309,22 @@ def experts(result: ReportResult, canvas: Canvas) -> Section:
 
 def _effects_blocks(regions: RegionResult) -> list:
     blocks = [R.paragraph("All regions of one planted effect occluded together (does the model read the effect at "
-                          "all, however its signal is split over regions?):"),
-              R.table(regions.effects.rename(columns=EFFECT_COLUMNS), diverging=[EFFECT_COLUMNS["age_contribution"]])]
+                          "all, however its signal is split over regions?), with 95% bootstrap intervals over scans:"),
+              R.table(_effect_display(regions.effects), diverging=[EFFECT_COLUMNS["contribution"]])]
     control = _control(regions)
     if control is not None:
         planted = regions.effects[~regions.effects["effect"].isin([CONTROL_EFFECT, "regions displaced by the warps"])]
-        largest = float(planted["age_contribution"].abs().max()) if len(planted) else math.nan
-        value = float(control["age_contribution"])
+        largest = float(planted["contribution"].abs().max()) if len(planted) else math.nan
+        value = float(control["contribution"])
         compare = "with no planted effect to compare"
         if not math.isnan(largest):
             size = "larger" if abs(value) > largest else "smaller"
             compare = f"{size} in absolute value than the largest planted effect ({largest:.2f} y)"
         blocks.append(R.note(
             f"The control row ({CONTROL_EFFECT}: {int(control['regions'])} regions, {int(control['voxels'])} voxels, "
-            f"where the generator planted nothing) contributes {_years(value)}, {compare}; "
-            f"{100 * float(control['share_positive']):.0f}% of the scans predict younger with it occluded. Where "
-            "nothing was planted, a value far from zero can come from the occlusion itself (many voxels replaced by "
-            "the young reference at once) or from per-scan z-scoring, which spreads every regional change into all "
-            "voxels (see 'How to read this report'); this report does not separate the two. Read the planted effects "
-            "against this row, not against zero."))
+            f"where the generator planted nothing) contributes {_control_text(control)}, {compare}; "
+            f"{100 * float(control['share_positive']):.0f}% of the scans predict younger with it occluded. "
+            f"{CONTROL_MEANING}"))
     return blocks
 
 
@@ -324,7 +339,7 @@ def validation(result: ReportResult, canvas: Canvas) -> Section | None:
     if v.precision is not None:
         indirect = len(v.truth.indirect_regions)
         blocks.append(R.paragraph(
-            f"Occlusion ranking, precision@{v.k}: the share of the {v.k} top-ranked regions that are among the {v.k} "
+            f"Region ranking, precision@{v.k}: the share of the {v.k} top-ranked regions that are among the {v.k} "
             f"planted ones (chance about {v.chance:.2f})" + (f"; the last column also counts the {indirect} regions "
                                                              "that the planted ventricle and hippocampus warps displace"
                                                              if indirect else "") + "."))
@@ -385,11 +400,16 @@ def methods(result: ReportResult, canvas: Canvas) -> Section:
         "ranking aid, not a confirmatory test.",
         "Mutual information baseline: top-1 expert labels permuted across tokens within each subject; p = (1 + "
         "shuffles at or above the observed value) / (1 + shuffles).",
-        "Occlusion: each atlas region of a scan is replaced by a reference image (default: the voxel-wise mean of "
-        "the youngest third of the occluded scans, like the baseline input of integrated gradients) and the scan is "
-        "predicted again; age contribution = -(change in predicted age), averaged over scans. The whole-cohort mean "
-        "reference (--occlusion-reference cohort) makes old and young scans move in opposite directions, so only the "
-        "mean absolute change can rank regions, and that also rewards regions the model is merely unstable to.",
+        "Region attribution (--attribution-method, Captum, Kokhlikyan et al. 2020): occlusion replaces each atlas "
+        "region by a reference image and predicts again (FeatureAblation; Zeiler & Fergus 2014); band occlusion "
+        "replaces the region with its 6 mm boundary shell, which an atrophy moves; integrated gradients (Sundararajan "
+        "et al. 2017) and gradient SHAP (Lundberg & Lee 2017) sum a voxel attribution from the reference to the scan "
+        "over the region. The reference (--occlusion-reference) is by default the voxel-wise mean of the youngest "
+        "third of the attributed scans (young_matched: intensity-matched to each scan; young_scans: one matched young "
+        "scan each; cohort: the mean of all). Null correction: region masks shifted to random places in the brain "
+        "give each scan's contribution per voxel of a set with no regional effect (median over 24 sets), subtracted "
+        "times the region's size. Intervals: 2000 bootstrap resamples of the scans (percentile), ranks re-computed "
+        "in each.",
         "Routing source: " + (f"the maps saved by `brainage predict --save-routing` in {routing}" if routing
                               else "the model, run once over the inputs") + ".",
         "Files: tables/*.csv (region x expert tables, enrichment, mutual information, occlusion, predictions, groups), "

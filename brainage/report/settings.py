@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-__all__ = ["GROUP_COLUMN", "ReportSettings", "run_id_of"]
+from brainage.attribution.reference import Reference
+
+__all__ = ["DEFAULT_METHOD", "GROUP_COLUMN", "METHODS", "Method", "ReportSettings", "run_id_of"]
 
 GROUP_COLUMN = "group"  # the --group-by values in the predictions table
+# region attribution methods of brainage.report.attribute (Captum)
+Method = Literal["occlusion", "band_occlusion", "integrated_gradients", "band_integrated_gradients", "gradient_shap"]
+METHODS: tuple[str, ...] = get_args(Method)
+DEFAULT_METHOD: Method = "occlusion"  # the report's original region occlusion; the lead sets it from benchmarks/
 
 
 def run_id_of(model: str | None) -> str | None:
@@ -36,7 +42,8 @@ class ReportSettings:
     ground_truth: Path | None = None
     occlusion: bool = True
     occlusion_subjects: int = 16
-    occlusion_reference: Literal["young", "cohort"] = "young"
+    occlusion_reference: Reference = "young"
+    attribution_method: Method = DEFAULT_METHOD
     group_by: str | None = None
     mlflow_run: str | None = None
     tracking_uri: str | None = None
@@ -66,6 +73,11 @@ class ReportSettings:
         if self.model is None and (self.routing is None or self.occlusion):
             raise ValueError("--model is required, except with --routing DIR and --no-occlusion (occlusion runs the "
                              "model)")
+        if self.attribution_method not in METHODS:
+            raise ValueError(f"--attribution-method must be one of {list(METHODS)}, got {self.attribution_method!r}")
+        if self.occlusion_reference not in get_args(Reference):
+            raise ValueError(f"--occlusion-reference must be one of {list(get_args(Reference))}, got "
+                             f"{self.occlusion_reference!r}")
         run_id_of(self.model)  # a runs:/ URI without a run id fails here, before any work
 
     @property

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from brainage.attribution.aggregate import RoutingAggregator
-from brainage.reference.atlas import Atlas
 from brainage.attribution.mapping import (
     RegionIndex,
     gated_expert_weights,
@@ -19,6 +18,7 @@ from brainage.attribution.mapping import (
     top1_expert,
 )
 from brainage.model.routing import LayerRouting
+from brainage.reference.atlas import Atlas
 
 GRID, SHAPE = (2, 3, 2), (4, 6, 8)  # patch (2, 2, 4): not cubic, to catch axis mix-ups
 

@@ -97,7 +97,7 @@ def test_reference_ventricle_volume_follows_the_nominal_ratio():
     volumes = {}
     for age in (30.0, 70.0):
         ratio = math.exp(synth.age_effects(age)["ventricle_log_volume_ratio"])
-        pts = ctx.points + np.float32(vent_warp.amplitude(ratio)) * ctx.vent_field
+        pts = ctx.points + np.float32(vent_warp.amplitude(ratio)) * ctx.warps["ventricle_enlargement"]
         volumes[age] = ndi.map_coordinates(mask, (pts - affine[:3, 3]).T, order=1).sum() * SPACING**3 / 1000.0
     assert 1.6 < volumes[70.0] / volumes[30.0] < 2.5
     assert 10 < volumes[30.0] < 40

@@ -1,5 +1,6 @@
 """A report's collected data without a model: a box atlas in MNI space, routing that follows the x axis (so the
-experts specialise), known occlusion deltas and a planted-effect truth; analysed by the real analysis stage."""
+experts specialise), known region contributions with size-matched nulls and a planted-effect truth; analysed by the
+real analysis stage."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ import pandas as pd
 import pytest
 
 from brainage.attribution.aggregate import RoutingAggregator
+from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.validation import GroundTruth
 from brainage.contracts.routing import LayerRecord
 from brainage.predict import OUTPUT_COLUMNS
 from brainage.reference.atlas import Atlas
 from brainage.report.analysis import ReportResult, analyse
-from brainage.report.collect import Collected, OcclusionRun, ReportInputs
+from brainage.report.collect import AttributionRun, Collected, ReportInputs
 from brainage.report.progress import StageProgress
 from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
 SHAPE, SPACING, GRID = (16, 20, 16), 9.0, (4, 5, 4)  # 144 x 180 x 144 mm around MNI's origin, 4^3-voxel tokens
 NUM_EXPERTS, SUBJECTS, SHUFFLES = 3, 5, 20
-# region name -> (label, age contribution planted in the occlusion deltas, years)
+# region name -> (label, age contribution planted in the region contributions, years)
 REGIONS = {"L-front": (1, 0.9), "R-front": (2, 0.4), "L-back": (3, -1.2), "R-back": (4, -0.3), "L-mid": (5, 0.05),
            "R-mid": (6, -0.02)}
 CONTROL = -0.7  # the null regions' joint contribution
@@ -68,15 +70,19 @@ def _predictions() -> pd.DataFrame:
     return pd.DataFrame(rows).reindex(columns=[*OUTPUT_COLUMNS, "sex", "site", GROUP_COLUMN])
 
 
-def _occlusion(agg: RoutingAggregator) -> OcclusionRun:
+def _attribution(agg: RoutingAggregator) -> AttributionRun:
     rng = np.random.default_rng(1)
     contribution = np.array([REGIONS[name][1] for name in agg.regions.names])  # (r,)
-    deltas = -(contribution + 0.05 * rng.standard_normal((SUBJECTS, len(contribution))))  # (s, r)
-    rows = {name: i for i, name in enumerate(agg.regions.names)}
-    sets = ((rows["L-front"], rows["R-front"]), (rows["L-mid"], rows["R-mid"]))
-    effect = np.stack([-(0.9 + 0.4) * np.ones(SUBJECTS), -CONTROL * np.ones(SUBJECTS)], axis=1)  # (s, q)
-    return OcclusionRun(deltas, f"{SUBJECTS} scans; reference: the mean of the 2 youngest", ("frontal_atrophy",
-                        "null regions (control)"), sets, effect)
+    values = contribution + 0.05 * rng.standard_normal((SUBJECTS, len(contribution)))  # (s, r)
+    sizes = np.full(len(contribution), 64.0)
+    nulls = 0.05 * rng.standard_normal((SUBJECTS, 4))  # (s, q): no effect outside the regions
+    contributions = RegionContributions("occlusion", agg.regions, values, values, np.zeros_like(values), sizes, sizes,
+                                        nulls, np.full(4, 64.0), np.zeros(4, dtype=int), "the mean of the 2 youngest",
+                                        1.0)
+    spread = 0.1 * rng.standard_normal(SUBJECTS)
+    effect = np.stack([(0.9 + 0.4) * np.ones(SUBJECTS), CONTROL + spread - spread.mean()], axis=1)  # (s, q)
+    return AttributionRun(contributions, f"{SUBJECTS} scans; method: occlusion; reference: the mean of the 2 youngest",
+                          ("frontal_atrophy", "null regions (control)"), (2, 2), np.array([128, 128]), effect)
 
 
 def make_settings(out: Path, **changes) -> ReportSettings:
@@ -101,7 +107,7 @@ def collected() -> Collected:
     truth = GroundTruth(Path("cohort/ground_truth.json"), ("L-front", "R-front"), ("L-mid", "R-mid"),
                         effects=(("frontal_atrophy", ("L-front", "R-front")),))
     inputs = ReportInputs(None, pd.DataFrame(), atlas, truth, (GROUP_COLUMN,))
-    return Collected(inputs, agg, _predictions(), list(range(SUBJECTS)), _occlusion(agg))
+    return Collected(inputs, agg, _predictions(), list(range(SUBJECTS)), _attribution(agg))
 
 
 @pytest.fixture(scope="session")

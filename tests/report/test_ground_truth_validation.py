@@ -58,7 +58,7 @@ def test_occlusion_ranks_planted_regions_first(trained):
     cohort, report = trained
     truth = load_ground_truth(cohort / "ground_truth.json")
     ranking = pd.read_csv(report / "tables" / "occlusion_sensitivity.csv").sort_values("rank")
-    precision = precision_at_k(ranking["region"], truth.regions)
+    precision = precision_at_k(ranking["name"], truth.regions)
     chance = len(truth.regions) / len(ranking)
     assert precision >= PRECISION_BOUND, f"precision@{len(truth.regions)} = {precision:.2f} (chance {chance:.2f})"
     html = (report / "index.html").read_text()

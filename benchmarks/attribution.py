@@ -1,0 +1,426 @@
+"""Attribution benchmark: do the region attribution methods find planted effects, atrophy included, on cohorts whose
+planted regions differ?
+
+For each cohort (``COHORTS``: atrophy only, intensity only, a mix, regions drawn at random; plus a separate tuning
+cohort whose results are never reported as validation) the script
+1. writes the cohort with ``brainage synth --effects ...`` (2 mm, ground_truth.json names the planted regions);
+2. trains the demo model on it (``brainage fit --config configs/demo.yaml``, CPU) and keeps ``best.ckpt``;
+3. attributes the held-out subjects (``test.csv``) with every method of ``brainage.report.attribute``, saving the
+   per-subject region contributions (``attribution/<method>.npz``);
+4. ranks the regions (null-corrected statistic, bootstrap intervals; ``brainage.attribution.ranking``) and scores the
+   ranking against the ground truth: precision@k with k = the number of planted regions, chance = k / regions.
+
+Every stage writes its output atomically under ``--out/<cohort>/`` and is skipped when present, so the script resumes
+after an interruption. Printed: one table of precision@k per cohort x method with chance, the effect-level check
+(each planted effect occluded at once: does the model use it at all?), seconds per subject per method, and, as the
+last line, one JSON object with the same numbers. Research use only.
+
+Run (about 20-30 min per cohort on 2 CPU cores): ``python benchmarks/attribution.py --out /work/runs/attribution``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+ROOT = Path(__file__).resolve().parents[1]
+# (method, reference) runs per cohort: every method with the intensity-matched young mean, the integrated gradients
+# also from individual young scans, plus the report's first method (region occlusion, unmatched young mean).
+RUNS = (("occlusion", "young"), ("occlusion", "young_matched"), ("band_occlusion", "young_matched"),
+        ("integrated_gradients", "young_matched"), ("band_integrated_gradients", "young_matched"),
+        ("gradient_shap", "young_matched"), ("integrated_gradients", "young_scans"),
+        ("band_integrated_gradients", "young_scans"))
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """One benchmark cohort: planted effects (``brainage synth --effects`` or ``--random-effects``) and seeds."""
+
+    name: str
+    seed: int
+    effects: str = ""
+    random_effects: str = ""
+    role: str = "validation"  # validation | tuning (tuning cohorts choose settings, they are not reported)
+
+
+# Contraction at strength 1.5 (volume fraction 0.51 at 85 y): at strength 1 the tuning cohort's model barely read a
+# putamen contraction under the synthetic nuisance (a few mm of random deformation); 2 saturates the warp before 85 y.
+COHORTS = (
+    Cohort("tune", 100, effects="atrophy:grow:lateral-ventricle,atrophy:putamen*1.5,intensity:precentral",
+           role="tuning"),
+    Cohort("atrophy", 11, effects="atrophy:hippocampus*1.5,atrophy:thalamusproper*1.5,atrophy:grow:lateral-ventricle"),
+    Cohort("intensity", 12, effects="intensity:precuneus,intensity:superiortemporal,intensity:brighten:caudate"),
+    Cohort("mix", 13, effects="atrophy:caudate*1.5,atrophy:amygdala*1.5,intensity:lateraloccipital*1.5,"
+                              "intensity:rostralmiddlefrontal"),
+    Cohort("random", 14, random_effects="atrophy=2,intensity=2"),
+    Cohort("demo", 1),  # the demo's own effects (make demo: seed 1): the null-control measurement of issue 14
+)
+
+
+def _run(command: list[str], log: Path) -> None:
+    """Run a subprocess with its output in ``log``; raise with the log's tail on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as handle:
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if code != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed with exit code {code}; log {log}:\n{tail}")
+
+
+def _claim(folder: Path) -> bool:
+    """Claim a cohort for this process (``folder/.lock`` holds the PID); False while another live process has it, so
+    several benchmark processes can share the cohort list."""
+    lock = folder / ".lock"
+    folder.mkdir(parents=True, exist_ok=True)
+    if lock.is_file():
+        try:
+            os.kill(int(lock.read_text()), 0)
+            if int(lock.read_text()) != os.getpid():
+                return False
+        except (ProcessLookupError, ValueError):
+            pass  # stale lock of a finished process
+    lock.write_text(str(os.getpid()))
+    return True
+
+
+def build_cohort(cohort: Cohort, folder: Path, subjects: int, workers: int) -> Path:
+    """Write the cohort once (``folder/cohort``, marked complete by ``ground_truth.json``)."""
+    out = folder / "cohort"
+    if (out / "ground_truth.json").is_file():
+        return out
+    command = [sys.executable, "-m", "brainage.cli", "synth", "--n", str(subjects), "--out", str(out), "--seed",
+               str(cohort.seed), "--spacing", "2", "--workers", str(workers), "--overwrite"]
+    if cohort.effects:
+        command += ["--effects", cohort.effects]
+    elif cohort.random_effects:
+        command += ["--random-effects", cohort.random_effects, "--effect-seed", str(cohort.seed)]
+    _run(command, folder / "logs" / "synth.log")
+    return out
+
+
+def train(folder: Path, cohort_root: Path, epochs: int) -> Path:
+    """Train the demo model once; returns ``best.ckpt`` (``folder/train``)."""
+    work = folder / "train"
+    best = work / "checkpoints" / "best.ckpt"
+    if best.is_file() and (work / "done.json").is_file():
+        return best
+    work.mkdir(parents=True, exist_ok=True)
+    callbacks = work / "callbacks.yaml"
+    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(work / "checkpoints"), "filename": "best", "monitor": "val/mae", "mode": "min",
+                       "enable_version_counter": False}}]}}))
+    start = time.perf_counter()
+    _run([sys.executable, "-m", "brainage.cli", "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
+          "--config", str(callbacks), "--data.root", str(cohort_root), "--trainer.max_epochs", str(epochs),
+          "--trainer.default_root_dir", str(work), "--trainer.enable_progress_bar", "false",
+          "--trainer.logger.init_args.tracking_uri", f"sqlite:///{work / 'mlflow.db'}"], folder / "logs" / "fit.log")
+    (work / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "epochs": epochs}))
+    return best
+
+
+@dataclass
+class HeldOut:
+    """The trained model's held-out scans, preprocessed, with what attribution needs."""
+
+    forward: object  # brainage.report.attribute.AgeForward
+    images: np.ndarray  # (s, X, Y, Z)
+    ages: list[float]
+    predicted: np.ndarray  # (s,)
+    regions: np.ndarray  # (X, Y, Z) region rows, -1 = none
+    index: object  # RegionIndex
+    spacing: float
+
+
+def held_out(best: Path, test_csv: Path, limit: int | None = None) -> HeldOut:
+    """Load the checkpoint (here, as the report's collect stage does) and preprocess the held-out scans of ``test_csv``."""
+    import torch
+
+    from brainage.attribution.mapping import RegionIndex
+    from brainage.predict import load_model, predict_iter
+    from brainage.reference.atlas import load_default_atlas
+
+    model = load_model(best, "cpu")
+    table = pd.read_csv(test_csv)
+    if limit:
+        table = table.head(limit)
+    results = [r for r in predict_iter(model, table, keep_image=True, num_workers=0) if r.error is None]
+    affine = np.asarray(results[0].affine, dtype=np.float64)
+    if any(not np.allclose(np.asarray(r.affine), affine, atol=1e-4) for r in results):
+        raise ValueError(f"{test_csv}: the held-out scans do not share one model grid")
+    atlas = load_default_atlas()
+    index = RegionIndex.from_names(atlas.names)
+    images = np.stack([r.image for r in results]).astype(np.float32)
+    regions = index.columns(atlas.resample_to(images.shape[1:], affine))
+    sex = torch.tensor([{"M": 0.0, "F": 1.0}.get(r.row.get("sex"), float("nan")) for r in results])
+
+    def forward(x: torch.Tensor, s: int) -> torch.Tensor:  # (m, 1, X, Y, Z) -> (m,) years
+        return model.to_years(model.net(x, sex=sex[s].expand(len(x))).pred)
+
+    return HeldOut(forward, images, [float(r.row["age"]) for r in results],
+                   np.array([r.predicted_age for r in results]), regions, index,
+                   float(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).mean()))
+
+
+def _save_npz(path: Path, **arrays: object) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm: float, n_null: int,
+              n_steps: int, occlusion_subjects: int) -> list[Path]:
+    """Per-subject region contributions of every (method, reference) run not yet on disk (``attribution/``); the
+    methods of one reference and family are computed together (shared model calls, timed apart). Gradient methods
+    attribute every held-out scan, occlusion methods the first ``occlusion_subjects`` (their cost is regions x scans
+    model calls); the reference always comes from all held-out scans."""
+    from brainage.report.attribute import FAMILY, attribute_methods
+
+    done = []
+    for reference in dict.fromkeys(r for _, r in runs):
+        paths = {m: folder / "attribution" / f"{m}__{reference}.npz" for m, r in runs if r == reference}
+        todo = [m for m, p in paths.items() if not p.is_file()]
+        for occlusion in (False, True):
+            group = [m for m in todo if (FAMILY[m] == "occlusion") == occlusion]
+            if not group:
+                continue
+            subjects = list(range(min(occlusion_subjects, len(data.ages)) if occlusion else len(data.ages)))
+            (folder / "attribution").mkdir(parents=True, exist_ok=True)
+            results = attribute_methods(data.forward, data.images, data.ages, data.regions, data.index,  # type: ignore
+                                        group, reference=reference, spacing=data.spacing, band_mm=band_mm,
+                                        n_null=n_null, n_steps=n_steps, progress=True, keep_maps=True,
+                                        subjects=subjects)
+            for method, c in results.items():
+                if c.maps is not None and not method.startswith("band_"):  # voxel maps, for post-hoc analysis
+                    _save_npz(paths[method].with_name(f"{method}__{reference}.maps.npz"), maps=c.maps)
+                _save_npz(paths[method], values=c.values, own=c.own, shell=c.shell, sizes=c.sizes,
+                          region_voxels=c.region_voxels, null_values=c.null_values, null_sizes=c.null_sizes,
+                          null_source=c.null_source, seconds_per_subject=c.seconds_per_subject,
+                          reference=c.reference, band_mm=band_mm if c.is_band else -1, subjects=subjects)
+        done += list(paths.values())
+    return done
+
+
+def load_contributions(path: Path, index: object) -> object:
+    from brainage.attribution.ranking import RegionContributions
+
+    z = np.load(path)
+    method = path.stem.split("__")[0]
+    band = float(z["band_mm"])
+    return RegionContributions(method, index, z["values"], z["own"], z["shell"], z["sizes"],  # type: ignore[arg-type]
+                               z["region_voxels"], z["null_values"], z["null_sizes"], z["null_source"],
+                               str(z["reference"]), float(z["seconds_per_subject"]), band if band > 0 else None)
+
+
+def effect_check(folder: Path, data: HeldOut, truth: dict) -> pd.DataFrame:
+    """Each planted effect, the displaced regions and the null regions occluded at once, with each reference."""
+    from brainage.attribution.ranking import interval_table
+    from brainage.report.attribute import set_contributions
+
+    out = folder / "effects.csv"
+    if out.is_file():
+        return pd.read_csv(out)
+    sets = {e["name"]: list(e["regions"]) for e in truth["effects"] if e["regions"]}
+    sets["displaced (not planted)"] = list(truth["indirect_regions"])
+    sets["null regions (control)"] = list(truth["null_regions"])
+    frames = []
+    for reference in ("young", "young_matched", "young_scans"):
+        values, voxels, _ = set_contributions(data.forward, data.images, data.ages, data.regions,  # type: ignore
+                                              data.index, sets, reference=reference)
+        table = interval_table(values, list(sets), seed=1)
+        frames.append(table.assign(voxels=voxels, reference=reference))
+    frame = pd.concat(frames, ignore_index=True)
+    frame.to_csv(out, index=False)
+    return frame
+
+
+def normalisation_check(folder: Path, data: HeldOut, test_csv: Path) -> dict:
+    """Where a null region's age signal can come from: the per-subject z-scoring parameters (brain mean and sd of the
+    raw scans) and the intensity map of the young reference onto each preprocessed scan (a, b), against age."""
+    import nibabel as nib
+    from scipy.stats import spearmanr
+
+    from brainage.attribution.reference import intensity_fit, reference_image
+
+    out = folder / "normalisation.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    table = pd.read_csv(test_csv).head(len(data.ages))
+    raw = [np.asarray(nib.load(p).dataobj, dtype=np.float64) for p in table["path"]]
+    mean = [float(x[x > 0].mean()) for x in raw]
+    sd = [float(x[x > 0].std()) for x in raw]
+    reference, _ = reference_image(data.images, data.ages, "young")
+    fits = [intensity_fit(reference, image) for image in data.images]
+    ages = np.asarray(data.ages)
+    result = {name: float(spearmanr(ages, values).statistic) for name, values in
+              (("rho_age_brain_mean", mean), ("rho_age_brain_sd", sd), ("rho_age_fit_a", [f[0] for f in fits]),
+               ("rho_age_fit_b", [f[1] for f in fits]))}
+    result |= {"fit_a_range": [min(f[0] for f in fits), max(f[0] for f in fits)],
+               "fit_b_range": [min(f[1] for f in fits), max(f[1] for f in fits)]}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def completeness_check(folder: Path, data: HeldOut) -> dict:
+    """Integrated gradients' completeness on the MoE model: voxel sum vs f(x) - f(reference) per scan. Top-k routing
+    switches are jumps that gradients do not see, so the two differ by what the jumps add up to."""
+    import torch
+
+    from brainage.attribution.reference import subject_baselines
+
+    out = folder / "completeness.json"
+    maps_path = folder / "attribution" / "integrated_gradients__young_matched.maps.npz"
+    if out.is_file() or not maps_path.is_file():
+        return json.loads(out.read_text()) if out.is_file() else {}
+    sums = np.load(maps_path)["maps"].reshape(len(data.ages), -1).sum(axis=1)
+    baseline, _, _ = subject_baselines(data.images, data.ages, "young_matched")
+    with torch.no_grad():
+        gaps = np.array([float(data.forward(torch.as_tensor(data.images[s])[None, None], s)  # type: ignore[operator]
+                               - data.forward(torch.as_tensor(baseline(s))[None, None], s))  # type: ignore[operator]
+                         for s in range(len(data.ages))])
+    result = {"mean_abs_gap_years": float(np.mean(np.abs(gaps))), "mean_abs_error_years": float(np.mean(np.abs(
+        sums - gaps))), "relative_error": float(np.mean(np.abs(sums - gaps)) / np.mean(np.abs(gaps))),
+              "corr": float(np.corrcoef(sums, gaps)[0, 1])}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def score(folder: Path, data: HeldOut, truth: dict, n_boot: int, common: int) -> list[dict]:
+    """precision@k per (method, reference), ranking statistic and subject set (all the method's scans, or the first
+    ``common`` held-out scans, which every method attributed); ranks of the planted regions."""
+    from brainage.attribution.ranking import rank_regions
+    from brainage.attribution.validation import precision_at_k
+
+    planted = list(truth["signal_regions"])
+    lenient = {*planted, *truth["indirect_regions"]}
+    atrophy = [r for e in truth["effects"] if e.get("kind") == "atrophy" for r in e["regions"]]
+    k = len(planted)
+    rows = []
+    for path in sorted(p for p in (folder / "attribution").glob("*.npz") if not p.name.endswith(".maps.npz")):
+        full = load_contributions(path, data.index)
+        subsets = {"all": full}
+        if len(full.values) > common:  # type: ignore[attr-defined]
+            subsets[f"first {common}"] = replace(full, values=full.values[:common], own=full.own[:common],  # type: ignore
+                                                 shell=full.shell[:common], null_values=full.null_values[:common])
+        for subset, contrib in subsets.items():
+            table = rank_regions(contrib, n_boot=n_boot)  # type: ignore[arg-type]
+            if subset == "all":
+                table.to_csv(path.with_suffix(".csv"), index=False)
+            for statistic in ("null_corrected", "contribution"):
+                ranked = table.sort_values(statistic, ascending=False, kind="stable")["region"].tolist()
+                rows.append({
+                    "method": contrib.method, "reference": path.stem.split("__")[1],  # type: ignore[attr-defined]
+                    "statistic": statistic, "subset": subset, "subjects": len(contrib.values),  # type: ignore
+                    "k": k, "chance": k / len(table), "precision": precision_at_k(ranked, planted),
+                    "precision_planted_or_displaced": precision_at_k(ranked, lenient, k),
+                    "atrophy_in_top_k": sum(r in ranked[:k] for r in atrophy), "atrophy_regions": len(atrophy),
+                    "planted_ranks": {r: ranked.index(r) + 1 for r in planted if r in ranked},
+                    "seconds_per_subject": contrib.seconds_per_subject,  # type: ignore[attr-defined]
+                })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="results folder (resumable)")
+    parser.add_argument("--cohorts", nargs="+", default=[c.name for c in COHORTS if c.role == "validation"],
+                        choices=[c.name for c in COHORTS], help="cohorts to run (default: the validation ones)")
+    parser.add_argument("--subjects", type=int, default=400, help="subjects per cohort (default 400)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20; configs/demo.yaml has 30, "
+                        "too slow on a shared 2-core machine)")
+    parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
+    parser.add_argument("--stage", choices=["train", "all"], default="all", help="stop after training, or run all")
+    parser.add_argument("--methods", nargs="+", default=[f"{m}__{r}" for m, r in RUNS],
+                        help="METHOD__REFERENCE runs (default: all of RUNS)")
+    parser.add_argument("--band-mm", type=float, default=6.0, help="band width of the band methods (mm)")
+    parser.add_argument("--nulls", type=int, default=24, help="size-matched null sets per subject")
+    parser.add_argument("--steps", type=int, default=16, help="integration steps / SHAP samples (default 16)")
+    parser.add_argument("--max-subjects", type=int, default=None, help="held-out subjects attributed (default all)")
+    parser.add_argument("--occlusion-subjects", type=int, default=20, help="held-out subjects the occlusion methods "
+                        "attribute (default 20; every method is also scored on these)")
+    parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = {}
+    for cohort in (c for c in COHORTS if c.name in args.cohorts):
+        folder = args.out / cohort.name
+        if not _claim(folder):
+            print(f"{cohort.name}: another benchmark process is on it; skipped", flush=True)
+            continue
+        root = build_cohort(cohort, folder, args.subjects, args.workers)
+        print(f"{cohort.name}: cohort {root}", flush=True)
+        best = train(folder, root, args.epochs)
+        print(f"{cohort.name}: model {best} ({json.loads((best.parents[1] / 'done.json').read_text())})", flush=True)
+        if args.stage == "train":
+            (folder / ".lock").unlink(missing_ok=True)
+            continue
+        truth = json.loads((root / "ground_truth.json").read_text())
+        data = held_out(best, folder / "train" / "test.csv", args.max_subjects)
+        mae = float(np.mean(np.abs(data.predicted - np.asarray(data.ages))))
+        baseline = float(np.mean(np.abs(np.median(data.ages) - np.asarray(data.ages))))
+        print(f"{cohort.name}: {len(data.ages)} held-out scans, MAE {mae:.2f} y (median-age baseline {baseline:.2f})",
+              flush=True)
+        runs = [tuple(run.split("__")) for run in args.methods]
+        for path in attribute(folder, data, runs, args.band_mm, args.nulls, args.steps,  # type: ignore[arg-type]
+                              args.occlusion_subjects):
+            print(f"{cohort.name}: {path.name} done", flush=True)
+        effects = effect_check(folder, data, truth)
+        normalisation = normalisation_check(folder, data, folder / "train" / "test.csv")
+        normalisation["ig_completeness"] = completeness_check(folder, data)
+        rows = score(folder, data, truth, args.boot, args.occlusion_subjects)
+        results[cohort.name] = {"role": cohort.role, "effects": [e["name"] for e in truth["effects"]],
+                                "held_out": len(data.ages), "mae": mae, "baseline_mae": baseline, "scores": rows,
+                                "effect_check": effects.to_dict("records"), "normalisation": normalisation}
+        (folder / "results.json").write_text(json.dumps(results[cohort.name], indent=1, default=float))
+        (folder / ".lock").unlink(missing_ok=True)
+    if results:
+        report(results)
+    return 0
+
+
+def report(results: dict) -> None:
+    """Print the precision@k table (null-corrected ranking), the effect check and the JSON summary line."""
+    rows = [dict(cohort=c, **{k: v for k, v in row.items() if k != "planted_ranks"})
+            for c, r in results.items() for row in r["scores"] if row["statistic"] == "null_corrected"]
+    table = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    print("\nprecision@k (k = planted regions), ranking by the null-corrected contribution, per subject set:")
+    print(table.pivot_table(index=["method", "reference"], columns=["cohort", "subset"], values="precision").round(2))
+    table = table[table["subset"] == "all"]
+    print("chance:", {c: round(r["scores"][0]["chance"], 3) for c, r in results.items()})
+    print("\natrophy regions in the top k:")
+    print(table.pivot_table(index=["method", "reference"], columns="cohort", values="atrophy_in_top_k"))
+    print("\nseconds per subject:")
+    print(table.pivot_table(index=["method", "reference"], columns="cohort", values="seconds_per_subject").round(1))
+    for c, r in results.items():
+        print(f"\n{c}: effect check (joint occlusion; MAE {r['mae']:.2f} y, baseline {r['baseline_mae']:.2f} y)")
+        print(pd.DataFrame(r["effect_check"]).round(3).to_string(index=False))
+        print("normalisation vs age (Spearman):", {k: round(v, 2) if isinstance(v, float) else v
+                                                   for k, v in r["normalisation"].items()})
+    summary = {c: {"mae": r["mae"], "k": r["scores"][0]["k"], "chance": r["scores"][0]["chance"],
+                   "precision": {f"{row['method']}__{row['reference']}__{row['statistic']}__{row['subset']}":
+                                 row["precision"] for row in r["scores"]},
+                   "null_control": {e["reference"]: [e["contribution"], e["ci_low"], e["ci_high"]]
+                                    for e in r["effect_check"] if e["name"] == "null regions (control)"}}
+               for c, r in results.items()}
+    print(json.dumps(summary, default=float))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
