@@ -15,7 +15,7 @@ GROUP_COLUMN = "group"  # the --group-by values in the predictions table
 # region attribution methods of brainage.report.attribute (Captum)
 Method = Literal["occlusion", "band_occlusion", "integrated_gradients", "band_integrated_gradients", "gradient_shap"]
 METHODS: tuple[str, ...] = get_args(Method)
-DEFAULT_METHOD: Method = "occlusion"  # the report's original region occlusion; the lead sets it from benchmarks/
+DEFAULT_METHOD: Method = "occlusion"  # best or tied-best precision@k on every benchmark cohort (docs/report.md)
 
 
 def run_id_of(model: str | None) -> str | None:
