@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -102,8 +103,13 @@ def test_demo_attaches_its_report_to_the_fit_run(demo):
 
 
 def _fit_example(line: str) -> str:
-    extra = {**FIT_ARGS, "--trainer.max_epochs": "1"}
-    return line + "".join(f" {k} {v}" for k, v in extra.items() if k not in line)
+    """The line with the tiny-model overrides it does not set itself, quoted (a bare `[24,32,24]` is a bash glob),
+    placed before a trailing `# comment`."""
+    # one epoch, except a resume, which must go past the epochs already in last.ckpt (the demo's 4, an example's 5)
+    extra = {**FIT_ARGS, "--trainer.max_epochs": "6" if "last.ckpt" in line else "1"}
+    command, *comment = re.split(r"\s+(?=#)", line, maxsplit=1)
+    command += "".join(f" {k} {shlex.quote(v)}" for k, v in extra.items() if k not in command)
+    return " ".join([command, *comment])
 
 
 def _synth_example(line: str, scratch: Path) -> str:

@@ -17,7 +17,7 @@ al. 2009, NeuroImage 48:21):
 
 String form (comma separated, one effect per item): ``KIND[:DIRECTION]:REGION[+REGION...][*STRENGTH]``, where a
 region is an atlas name (``L-hippocampus``) or a bare label for both hemispheres (``hippocampus`` -> ``L-hippocampus``
-and ``R-hippocampus``; ``brainstem`` -> ``B-brainstem``). Example: ``"atrophy:thalamus,intensity:L-precuneus*1.5,
+and ``R-hippocampus``; ``brainstem`` -> ``B-brainstem``). Example: ``"atrophy:thalamusproper,intensity:L-precuneus*1.5,
 atrophy:grow:lateral-ventricle"``. File form: a JSON or YAML list of ``{kind, regions, direction?, strength?}``.
 """
 

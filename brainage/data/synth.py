@@ -807,7 +807,7 @@ def _parser() -> argparse.ArgumentParser:
         "  brainage synth --n 400 --out data/synth              # 400 subjects, 2 mm, all cores\n"
         "  brainage synth --n 8 --out /tmp/s --spacing 3 --seed 1 --workers 1\n"
         "  brainage synth --n 50 --out /tmp/clean --no-nuisance --age-min 30 --age-max 80\n"
-        "  brainage synth --n 400 --out /tmp/a --effects atrophy:thalamus,atrophy:grow:lateral-ventricle,"
+        "  brainage synth --n 400 --out /tmp/a --effects atrophy:thalamusproper,atrophy:grow:lateral-ventricle,"
         "intensity:L-precuneus*1.5\n"
         "  brainage synth --n 400 --out /tmp/r --random-effects atrophy=2,intensity=2 --effect-seed 7\n\n"
         "effects: KIND[:DIRECTION]:REGION[+REGION...][*STRENGTH], comma separated; KIND atrophy (shrink, or grow for "

@@ -56,7 +56,7 @@ class RawDescriptionHelpFormatter(DefaultHelpFormatter):
 # every path is one that `make demo` (pipelines/demo.sh) writes; tests/test_help_examples.py runs each line
 EPILOG = """examples:
   brainage fit --config configs/demo.yaml
-  brainage fit --config configs/demo.yaml --trainer.max_epochs 5 --model.net.init_args.moe.top_k 1
+  brainage fit --config configs/demo.yaml --trainer.max_epochs 5 --model.lr 3e-4
   brainage fit --config configs/trainer/cpu.yaml --config configs/model/vit_ermoe_tiny.yaml \\
                --data configs/data/synthetic.yaml --config configs/logger/mlflow.yaml --data.root demo-output/cohort
   brainage fit --config configs/demo.yaml --ckpt_path demo-output/train/checkpoints/last.ckpt   # resume
