@@ -4,6 +4,8 @@ PY        := $(VENV)/bin/python
 # CPU wheel for CI and local venvs; users with a GPU may set TORCH_SPEC=torch (normal PyPI build).
 TORCH_SPEC ?= torch==2.13.0
 STAMP     := $(VENV)/.installed
+# pytest-xdist workers (auto = one per CPU core); WORKERS=0 runs in one process
+WORKERS   ?= auto
 
 .PHONY: install demo test test-fast browser clean
 
@@ -20,11 +22,11 @@ demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash pipelines/demo.sh
 
 test: install browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(WORKERS) --durations=15
 
-# the edit-test loop: everything not marked slow (no training, DDP, servers or end-to-end runs)
+# the edit-test loop: everything not marked slow (no training, DDP, servers or end-to-end runs); ~2 min on 2 cores
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" --durations=10
+	$(PY) -m pytest -q -n $(WORKERS) -m "not slow" --durations=10
 
 # Headless Chromium for the report screenshot test (Debian package; installed only when missing and root).
 browser:

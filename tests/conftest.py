@@ -26,6 +26,11 @@ def mni_affine(spacing: float = 4.0, shape=(40, 48, 40)) -> np.ndarray:
     return affine
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (stable otherwise): with pytest-xdist the long ones start early instead of ending the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(name="brain_like")
 def brain_like_fixture():
     """The `brain_like(shape, seed)` volume factory, for tests that write their own files."""

@@ -16,20 +16,12 @@ import torch
 from brainage.data.cache import CacheWriteError, VolumeCache
 from brainage.data.datamodule import BrainAgeDataModule
 from brainage.data.preprocessing import Preprocessing
+from tests.helpers.cohort import bids_cohort
 from tests.helpers.filesystem import small_tmpfs
 
 PRE = Preprocessing(spacing=8.0, shape=(16, 16, 16), augment=False)
 KWARGS = {"spacing": 8.0, "shape": (16, 16, 16), "augment": False, "batch_size": 2, "val_fraction": 0.25,
           "test_fraction": 0.25, "preprocess_threads": 2}
-
-
-def _cohort(tmp_path: Path, write_nifti, brain_like, n: int) -> str:
-    rows = ["participant_id\tage\tsex"]
-    for i in range(n):
-        write_nifti(f"ds/sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", brain_like(seed=i))
-        rows.append(f"sub-{i:02d}\t{20 + i}\t{'MF'[i % 2]}")
-    (tmp_path / "ds" / "participants.tsv").write_text("\n".join(rows) + "\n")
-    return str(tmp_path / "ds")
 
 
 @pytest.fixture
@@ -39,7 +31,7 @@ def small_filesystem(tmp_path):
 
 
 def test_full_cache_disk_fails_setup_loudly_and_drops_no_scan(tmp_path, write_nifti, brain_like, small_filesystem):
-    root = _cohort(tmp_path, write_nifti, brain_like, 12)  # 12 entries of ~10 KiB: more than 64 KiB
+    root = bids_cohort(write_nifti, brain_like, 12)  # 12 entries of ~10 KiB: more than 64 KiB
     dm = BrainAgeDataModule(root, cache_dir=str(small_filesystem / "cache"), **KWARGS)
     with pytest.raises(CacheWriteError) as caught:
         dm.setup("fit")
@@ -51,7 +43,7 @@ def test_full_cache_disk_fails_setup_loudly_and_drops_no_scan(tmp_path, write_ni
 
 
 def test_cache_dir_below_a_file_fails_setup_loudly(tmp_path, write_nifti, brain_like):
-    root = _cohort(tmp_path, write_nifti, brain_like, 6)
+    root = bids_cohort(write_nifti, brain_like, 6)
     (tmp_path / "not_a_folder").write_text("x")
     dm = BrainAgeDataModule(root, cache_dir=str(tmp_path / "not_a_folder" / "cache"), **KWARGS)
     with pytest.raises(CacheWriteError, match="not_a_folder/cache.*cannot write"):
@@ -99,7 +91,7 @@ def test_damaged_entry_is_detected_rebuilt_and_never_used(tmp_path, write_nifti,
 
 def test_damaged_entries_during_fit_are_rebuilt_per_item(tmp_path, write_nifti, brain_like):
     """Entries damaged after setup (between epochs) are rebuilt when the item is read: finite batches, no crash."""
-    root = _cohort(tmp_path, write_nifti, brain_like, 8)
+    root = bids_cohort(write_nifti, brain_like, 8)
     dm = BrainAgeDataModule(root, cache_dir=str(tmp_path / "cache"), **KWARGS)
     dm.setup("fit")
     reference = [dm.datasets["train"][i]["image"].clone() for i in range(len(dm.datasets["train"]))]
@@ -116,7 +108,7 @@ def test_damaged_entries_during_fit_are_rebuilt_per_item(tmp_path, write_nifti, 
 
 
 def test_setup_rebuilds_a_damaged_entry_instead_of_counting_a_hit(tmp_path, write_nifti, brain_like):
-    root = _cohort(tmp_path, write_nifti, brain_like, 6)
+    root = bids_cohort(write_nifti, brain_like, 6)
     first = BrainAgeDataModule(root, cache_dir=str(tmp_path / "cache"), **KWARGS)
     first.setup("fit")
     entries = sorted(first.cache.folder.glob("*/*.pt"))

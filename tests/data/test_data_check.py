@@ -64,6 +64,7 @@ def test_manifest_with_missing_file_and_usage_errors(tmp_path, write_nifti, caps
     assert "examples:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # end to end in a subprocess
 def test_cli_subprocess_on_ixi_folder(tmp_path, write_nifti):
     write_nifti("ixi/IXI002-Guys-0828-T1.nii.gz")
     write_nifti("ixi/IXI012-HH-1211-T1.nii.gz")

@@ -6,19 +6,15 @@ import pytest
 import torch
 
 from brainage.data.datamodule import BrainAgeDataModule
+from tests.helpers.cohort import bids_cohort
 
 
-def _cohort(tmp_path, write_nifti, brain_like, n=8):
-    rows = ["participant_id\tage\tsex\tsite"]
-    for i in range(n):
-        write_nifti(f"ds/sub-{i:02d}/anat/sub-{i:02d}_T1w.nii.gz", brain_like(seed=i))
-        rows.append(f"sub-{i:02d}\t{20 + 7 * i}\t{'MF'[i % 2]}\tS{i % 2}")
-    (tmp_path / "ds" / "participants.tsv").write_text("\n".join(rows) + "\n")
-    return str(tmp_path / "ds")
+def _cohort(write_nifti, brain_like, n=8):
+    return bids_cohort(write_nifti, brain_like, n, age=lambda i: 20 + 7 * i, sites=2)
 
 
 def test_datamodule_cache_dir_second_setup_decodes_nothing(tmp_path, write_nifti, brain_like):
-    root = _cohort(tmp_path, write_nifti, brain_like)
+    root = _cohort(write_nifti, brain_like)
     kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, batch_size=2, val_fraction=0.25, test_fraction=0.25)
     first = BrainAgeDataModule(root, cache_dir=str(tmp_path / "cache"), **kwargs)
     first.setup("fit")
@@ -39,7 +35,7 @@ def test_datamodule_cache_dir_second_setup_decodes_nothing(tmp_path, write_nifti
 
 @pytest.mark.parametrize("fold", [0, 1])
 def test_datamodule_folds_and_leave_site_out(tmp_path, write_nifti, brain_like, fold):
-    root = _cohort(tmp_path, write_nifti, brain_like)
+    root = _cohort(write_nifti, brain_like)
     kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, preprocess_threads=1)
     dm = BrainAgeDataModule(root, fold=fold, num_folds=2, leave_site_out="S1", **kwargs)
     table = dm.prepare_table()
@@ -49,7 +45,7 @@ def test_datamodule_folds_and_leave_site_out(tmp_path, write_nifti, brain_like, 
 
 
 def test_datamodule_outer_folds_no_leakage(tmp_path, write_nifti, brain_like):
-    root = _cohort(tmp_path, write_nifti, brain_like, n=9)
+    root = _cohort(write_nifti, brain_like, n=9)
     kwargs = dict(spacing=8.0, shape=(16, 16, 16), augment=False, preprocess_threads=1, batch_size=2,
                   val_fraction=0.34, num_folds=3)
     tested = []

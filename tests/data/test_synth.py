@@ -29,6 +29,7 @@ def cohort(tmp_path_factory) -> Path:
     return synth.synthesize_cohort(tmp_path_factory.mktemp("a"), n=3, seed=5, spacing=SPACING, workers=1)
 
 
+@pytest.mark.slow  # end to end in a subprocess
 def test_same_seed_same_files_whatever_the_workers(cohort, tmp_path):
     again = synth.synthesize_cohort(tmp_path / "b", n=3, seed=5, spacing=SPACING, workers=2)
     for name in ("participants.tsv", "participants.json", "dataset_description.json", "ground_truth.json"):

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # end to end in a subprocess
 def test_moe_layer_benchmark_quick() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "moe_layer.py"), "--quick"],
