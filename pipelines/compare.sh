@@ -8,8 +8,8 @@
 #        2), ARMS (only these arms, default all), EXTRA (more arguments, e.g. "--set trainer.accelerator=gpu")
 # Resumable: rerun the same command and finished units are kept; adding a config to an arm fits only the new
 # candidates. Point 5 (mean pooling, longer budget): PROTOCOL=configs/compare/pool_mean.yaml with the same OUT.
-# Output: OUT/table.md, OUT/table.json, OUT/results/<arm>/fold<k>/, OUT/units/; the last line printed is one JSON
-# object with the full table.
+# Output: OUT/table_<protocol>.md and .json (e.g. table_cpu_3mm.md), OUT/results/<arm>/fold<k>/, OUT/units/; the
+# last line printed is one JSON object with the full table.
 set -euo pipefail
 OUT=${1:-compare-output}
 N=${N:-400}

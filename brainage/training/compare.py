@@ -467,7 +467,7 @@ EPILOG = """examples:
          --arms dense sfcn --set trainer.accelerator=gpu
 
 `run` trains what is missing (resumable), then prints the table; `table` only reads finished results. The last line
-printed is one JSON object with the full table; table.md and table.json are written next to results/.
+printed is one JSON object with the full table; table_<protocol>.md and .json are written next to results/.
 """
 
 
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = "python -m brainage.training.compare " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     table = build_table(protocol, args.out, command=command, wall_s=time.perf_counter() - start)
-    print_table(table, args.out)
+    print_table(table, args.out, f"table_{args.protocol.stem}")  # protocols sharing one --out keep their tables
     return 0
 
 

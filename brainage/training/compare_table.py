@@ -255,11 +255,11 @@ def to_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_table(table: dict, out: str | Path) -> None:
-    """Write table.md and table.json under `out`, print the markdown, then the JSON object as the last line."""
+def print_table(table: dict, out: str | Path, name: str) -> None:
+    """Write `name`.md and `name`.json under `out`, print the markdown, then the JSON object as the last line."""
     out = Path(out)
     markdown = to_markdown(table)
-    write_text_atomic(out / "table.md", markdown)
-    write_text_atomic(out / "table.json", json.dumps(table, indent=1))
+    write_text_atomic(out / f"{name}.md", markdown)
+    write_text_atomic(out / f"{name}.json", json.dumps(table, indent=1))
     print(markdown)
     print(json.dumps(table))
