@@ -3,6 +3,8 @@ even when a subject id holds a newline, quotes or commas; the next run drops the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from brainage.predict import load_model, main
 from brainage.predict.command import build_parser, run_settings
 from brainage.predict.output import OUTPUT_COLUMNS, Journal, journal_path, read_journals
@@ -21,14 +23,19 @@ ROWS = [_row("plain", 0), _row('multi\nline "quoted", id', 1), _row("caf\u00e9 \
         _row("line\r\nbreak\rand,comma\n", 3)]
 
 
-def test_journal_torn_at_every_byte_of_the_last_record(tmp_path):
+def _journal_in_two_writes(tmp_path, split: int) -> tuple[Path, Path, int, bytes]:
+    """Journal ROWS in two writes (ROWS[:split], then the rest): (output, journal, size after the first, bytes)."""
     out = tmp_path / "pred.csv"
     path = journal_path(out)
     with Journal(path, SETTINGS) as journal:
-        journal.write(ROWS[:3])
-        complete = path.stat().st_size
-        journal.write(ROWS[3:])
-    whole = path.read_bytes()
+        journal.write(ROWS[:split])
+        first = path.stat().st_size
+        journal.write(ROWS[split:])
+    return out, path, first, path.read_bytes()
+
+
+def test_journal_torn_at_every_byte_of_the_last_record(tmp_path):
+    out, path, complete, whole = _journal_in_two_writes(tmp_path, 3)
     assert len(whole) > complete
     assert list(read_journals(out, SETTINGS).values()) == ROWS
     for cut in range(complete, len(whole)):
@@ -42,13 +49,7 @@ def test_journal_torn_at_every_byte_of_the_last_record(tmp_path):
 
 def test_journal_torn_inside_a_multiline_id_of_any_record(tmp_path):
     """Cut inside the quoted newline of record 1: records 0 survives, nothing raises, the rest is redone."""
-    out = tmp_path / "pred.csv"
-    path = journal_path(out)
-    with Journal(path, SETTINGS) as journal:
-        journal.write(ROWS[:1])
-        first = path.stat().st_size
-        journal.write(ROWS[1:])
-    whole = path.read_bytes()
+    out, path, first, whole = _journal_in_two_writes(tmp_path, 1)
     for cut in range(first, len(whole)):
         path.write_bytes(whole[:cut])
         done = list(read_journals(out, SETTINGS).values())
