@@ -341,7 +341,8 @@ def validation(result: ReportResult, canvas: Canvas) -> Section | None:
         blocks.append(R.paragraph(
             f"Region ranking, precision@{v.k}: the share of the {v.k} top-ranked regions that are among the {v.k} "
             f"planted ones (chance about {v.chance:.2f})" + (f"; the last column also counts the {indirect} regions "
-                                                             "that the planted ventricle and hippocampus warps displace"
+                                                             f"that the planted structure warps displace "
+                                                             f"({', '.join(v.truth.indirect_regions)})"
                                                              if indirect else "") + "."))
         blocks.append(R.table(v.precision))
         blocks.append(R.paragraph("A model need not use every planted effect (thin cortical effects may be below its "

@@ -113,6 +113,15 @@ def test_validation_discusses_the_control_row(result, canvas, planted):
     assert "larger in absolute value" not in document  # |-0.7| < frontal atrophy's 1.3
 
 
+def test_validation_names_the_displaced_regions_of_its_own_ground_truth(result, canvas):
+    """The lenient precision column counts the regions this cohort's warps displace, named from its ground truth."""
+    truth = dataclasses.replace(result.validation.truth, indirect_regions=("L-back", "R-back"))
+    validation = dataclasses.replace(result.validation, truth=truth)
+    document = _html(S.validation(dataclasses.replace(result, validation=validation), canvas))
+    assert "the 2 regions that the planted structure warps displace (L-back, R-back)" in document
+    assert "ventricle and hippocampus warps" not in document  # the demo cohort's effects, not this one's
+
+
 def test_group_section_draws_mathtext_and_markup_as_plain_text(result, canvas, planted):
     document = _html(S.groups(result, canvas))
     assert "Groups by diagnosis" in document
