@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--occlusion", action=argparse.BooleanOptionalAction, default=True,
                         help="rank regions by age contribution (--attribution-method; occlusion costs about regions x "
                         "subjects model calls)")
-    parser.add_argument("--occlusion-subjects", type=int, default=16, help="subjects attributed to regions "
-                        "(default 16)")
+    parser.add_argument("--occlusion-subjects", type=int, default=ReportSettings.occlusion_subjects,
+                        help="scans attributed to regions (default %(default)s: fewer widen the rank intervals, see "
+                        "docs/report.md; occlusion about 5 s per scan on 2 CPU cores at 2 mm)")
     parser.add_argument("--attribution-method", choices=METHODS, default=DEFAULT_METHOD,
                         help=f"how regions are credited with age (default {DEFAULT_METHOD}): occlusion (Captum "
                         "FeatureAblation), band_occlusion (region + 6 mm boundary shell), integrated_gradients, "
