@@ -8,8 +8,25 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests pass explicit stores; never the user's server
+
+
+def _share_cores_between_xdist_workers() -> None:
+    """One core share per pytest-xdist worker, for torch here and for the CLI subprocesses (OMP_NUM_THREADS).
+
+    Each worker would otherwise start one OpenMP thread per core: 2 workers x 2 threads on 2 cores spin-wait against
+    each other, and a 10 s training test took 528 s in CI next to the demo-training test.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+        torch.set_num_threads(max(1, cores // workers))
+
+
+_share_cores_between_xdist_workers()
 
 
 def brain_like(shape=(40, 48, 40), seed=0) -> np.ndarray:

@@ -75,3 +75,12 @@ def test_fit_validate_and_test_show_the_same_examples():
 
     kwargs = _parser_kwargs()
     assert kwargs["epilog"] == EPILOG and all(kwargs[c]["epilog"] == EPILOG for c in ("fit", "validate", "test"))
+
+
+@pytest.mark.parametrize(("env", "expected"), [("3", 3), ("", None), ("0", None), ("two", None)])
+def test_predict_threads_default_to_omp_num_threads_when_set(monkeypatch, env, expected):
+    """`predict --threads` unset: a positive $OMP_NUM_THREADS (a shared machine, pytest-xdist), else every CPU."""
+    from brainage.predict.stream import available_cpus, default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert default_threads() == (expected or available_cpus())

@@ -36,7 +36,7 @@ from brainage.predict.output import (
     summarise,
     write_csv_atomic,
 )
-from brainage.predict.stream import available_cpus, default_workers, predict_iter
+from brainage.predict.stream import default_threads, default_workers, predict_iter
 
 __all__ = ["build_parser", "failure_lines", "main", "run_settings"]
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="decode worker processes per device (default: min(4, CPUs - 1), at least 1; 0 = none)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the predicting process (default: all CPUs; decode workers take under 10 %% of the "
+                        help="torch threads of the predicting process (default: $OMP_NUM_THREADS if set, else all CPUs; decode workers take under 10 %% of the "
                              "time with the 1.5 mm model, see benchmarks/predict.py)")
     parser.add_argument("--devices", default="1",
                         help="Lightning devices; more than 1 (or --num-nodes > 1) runs DDP with one process each")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"and --max-voxels ({args.max_voxels}) must be >= 1 and --workers ({args.workers}) >= 0")
     workers = default_workers() if args.workers is None else args.workers
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or available_cpus())  # decode workers run one thread each, mostly idle
+    torch.set_num_threads(args.threads or default_threads())  # decode workers run one thread each, mostly idle
     try:
         return _run(args, workers)
     finally:

@@ -56,6 +56,13 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """Torch threads when not given: $OMP_NUM_THREADS when it is a positive integer (a user sharing the machine),
+    else every available CPU."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else available_cpus()
+
+
 def default_workers() -> int:
     """Decode processes when not given: min(4, CPUs - 1), at least 1 (one CPU stays with the model)."""
     return max(1, min(4, available_cpus() - 1))
