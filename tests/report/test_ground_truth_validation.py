@@ -4,7 +4,8 @@ The demo pipeline itself (`make demo`'s cohort and config): `brainage synth` wri
 effects (ground_truth.json), the demo's ERMoE ViT (configs/demo.yaml) is trained on them with LightningCLI, and
 `brainage report` runs occlusion on held-out subjects. The occlusion ranking must put the planted regions at the top
 at twice chance or better (precision@k, k = the number of planted regions), and expert-region mutual information
-must clearly exceed its label-shuffled baseline. This is the slowest test of the suite (about 6 min on 2 cores).
+must clearly exceed its label-shuffled baseline. This is the slowest test of the suite (about 6 min alone on 2 cores, 11 min
+in `make test` on one core share).
 Measured: precision@16 = 0.56 on this configuration. It is not robust to the cohort: a 240-subject cohort written at
 3 mm (seed 5, 24 epochs, val MAE 6.9 y) gave 0.19, the model there reading the deep regions the ventricle warp
 displaces (README, known limits).
@@ -26,7 +27,7 @@ from brainage.training.cli import BrainAgeCLI
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBJECTS, SEED, SPACING, EPOCHS = 400, 1, 2.0, 30  # pipelines/demo.sh and configs/demo.yaml
-# about 6 min on an idle 2-core machine; the suite-wide 900 s limit is too tight on a loaded or slower CI runner
+# 11 min on one core share of an idle 2-core machine: the suite-wide 900 s limit is too tight on a slower CI runner
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # trains the demo model
 PRECISION_BOUND = 0.375  # 6 of 16 planted regions in the top 16; chance = 16 / 85 = 0.19
 
