@@ -47,11 +47,14 @@ def test_main_protocol_arms_and_parameter_matched_dense(monkeypatch):
     monkeypatch.chdir(ROOT)
     protocol = load_protocol(ROOT / "configs" / "compare" / "cpu_3mm.yaml")
     arms = {a.name: a for a in protocol.arms}
-    assert set(arms) == {"ermoe", "ermoe_designs", "dense", "dense_matched", "softmax_moe", "sfcn"}
+    assert set(arms) == {"ermoe", "ermoe_designs", "ermoe_fullrank", "dense", "dense_matched", "softmax_moe", "sfcn"}
     assert protocol.reference == "ermoe"
     assert arms["sfcn"].grid and all(e["optimizer"] in ("adamw", "sgd") for e in arms["sfcn"].grid)
     assert tuple(arms["ermoe"].configs) == ("vit_ermoe_tiny",) == tuple(arms["ermoe_designs"].configs[:1])
-    assert len(arms["ermoe_designs"].configs) == 4  # every design competes
+    # every shipped ERMoE design competes for the default, except full rank (over the 1.35x layer budget): own arm
+    designs = {p.stem for p in (ROOT / "configs" / "model").glob("vit_ermoe_*_tiny.yaml")} | {"vit_ermoe_tiny"}
+    assert set(arms["ermoe_designs"].configs) == designs - {"vit_ermoe_fullrank_tiny"}
+    assert tuple(arms["ermoe_fullrank"].configs) == ("vit_ermoe_fullrank_tiny",)
     assert len({a.epochs or protocol.epochs for a in protocol.arms}) == 1  # one budget
     size = {name: _parameters(_cli(protocol, candidates(protocol, arm)[0])) for name, arm in arms.items()}
     # the matched dense model matches the first-listed (default) ERMoE design; the table's "params / ref" column
