@@ -372,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nulls", type=int, default=24, help="size-matched null sets per subject")
     parser.add_argument("--steps", type=int, default=16, help="integration steps / SHAP samples (default 16)")
     parser.add_argument("--max-subjects", type=int, default=None, help="held-out subjects attributed (default all)")
-    parser.add_argument("--occlusion-subjects", type=int, default=20, help="held-out subjects the occlusion methods "
-                        "attribute (default 20; every method is also scored on these)")
+    from brainage.report.settings import ReportSettings
+
+    parser.add_argument("--occlusion-subjects", type=int, default=ReportSettings.occlusion_subjects,
+                        help="held-out subjects the occlusion methods attribute (default: brainage report's default, "
+                        f"{ReportSettings.occlusion_subjects}; every method is also scored on these)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ class ReportSettings:
     atlas_names: Path | None = None
     ground_truth: Path | None = None
     occlusion: bool = True
-    occlusion_subjects: int = 40  # top-10 rank intervals 10-14 ranks wide at 40 scans, 23-51 at 20 (docs/report.md)
+    occlusion_subjects: int = 40  # top-10 rank intervals 7.5-25 ranks wide at 40 scans, 23-58 at 16-20 (docs/report.md)
     occlusion_reference: Reference = "young"
     attribution_method: Method = DEFAULT_METHOD
     group_by: str | None = None
