@@ -51,7 +51,7 @@ def test_main_protocol_arms_and_parameter_matched_dense(monkeypatch):
     assert protocol.reference == "ermoe"
     assert arms["sfcn"].grid and all(e["optimizer"] in ("adamw", "sgd") for e in arms["sfcn"].grid)
     assert tuple(arms["ermoe"].configs) == ("vit_ermoe_tiny",) == tuple(arms["ermoe_designs"].configs[:1])
-    # every shipped ERMoE design competes for the default, except full rank (over the 1.35x layer budget): own arm
+    # every shipped tiny ERMoE design competes in ermoe_designs, except full rank (its fits cost ~2x): its own arm
     designs = {p.stem for p in (ROOT / "configs" / "model").glob("vit_ermoe_*_tiny.yaml")} | {"vit_ermoe_tiny"}
     assert set(arms["ermoe_designs"].configs) == designs - {"vit_ermoe_fullrank_tiny"}
     assert tuple(arms["ermoe_fullrank"].configs) == ("vit_ermoe_fullrank_tiny",)
