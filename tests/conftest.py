@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from brainage.predict.stream import available_cpus
+
 os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests pass explicit stores; never the user's server
 
 
@@ -21,9 +23,9 @@ def _share_cores_between_xdist_workers() -> None:
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
-        torch.set_num_threads(max(1, cores // workers))
+        threads = max(1, available_cpus() // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 _share_cores_between_xdist_workers()

@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="decode worker processes per device (default: min(4, CPUs - 1), at least 1; 0 = none)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the predicting process (default: $OMP_NUM_THREADS if set, else all CPUs; decode workers take under 10 %% of the "
-                             "time with the 1.5 mm model, see benchmarks/predict.py)")
+                        help="torch threads of the predicting process (default: $OMP_NUM_THREADS if set, else all "
+                             "CPUs; decode workers take under 10 %% of the time with the 1.5 mm model, see "
+                             "benchmarks/predict.py)")
     parser.add_argument("--devices", default="1",
                         help="Lightning devices; more than 1 (or --num-nodes > 1) runs DDP with one process each")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for DDP (cpu, gpu, auto)")
