@@ -342,7 +342,7 @@ def score(folder: Path, data: HeldOut, truth: dict, n_boot: int, common: int) ->
             table = rank_regions(contrib, n_boot=n_boot)  # type: ignore[arg-type]
             if subset == "all":
                 table.to_csv(path.with_suffix(".csv"), index=False)
-            for statistic in ("null_corrected", "contribution"):
+            for statistic in ("null_corrected", "t", "contribution"):
                 ranked = table.sort_values(statistic, ascending=False, kind="stable")["region"].tolist()
                 rows.append({
                     "method": contrib.method, "reference": path.stem.split("__")[1],  # type: ignore[attr-defined]
@@ -431,6 +431,10 @@ def report(results: dict) -> None:
     print(table.pivot_table(index=["method", "reference"], columns=["cohort", "subset"], values="precision").round(2))
     table = table[table["subset"] == "all"]
     print("chance:", {c: round(r["scores"][0]["chance"], 3) for c, r in results.items()})
+    every = pd.DataFrame([dict(cohort=c, **row) for c, r in results.items() for row in r["scores"]
+                          if row["subset"] == "all"])
+    print("\nprecision@k by ranking statistic (null-corrected mean, its t, raw contribution), all attributed scans:")
+    print(every.pivot_table(index=["method", "reference", "statistic"], columns="cohort", values="precision").round(2))
     print("\natrophy regions in the top k:")
     print(table.pivot_table(index=["method", "reference"], columns="cohort", values="atrophy_in_top_k"))
     widths = pd.DataFrame([dict(cohort=c, **w) for c, r in results.items() for w in r.get("interval_widths", [])])

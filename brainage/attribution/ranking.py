@@ -6,10 +6,13 @@ intervals, as tidy tables (one row per region) for the report.
   shifted elsewhere in the brain) and ``n[r]`` the voxels attributed to region r. It removes what any voxel set of
   that size contributes, e.g. through per-subject z-scoring inside the brain, which spreads a regional change into
   every voxel. The median keeps a null set that lands on a truly age-related region from inflating the rate.
+- Ranking statistic: the null-corrected mean (years; default), or its one-sample t statistic, mean / (sd / sqrt(s)),
+  which ranks a small effect that every subject shows above a large one that few show (the t-map convention of
+  voxel-based morphometry, Ashburner & Friston 2000).
 - Intervals: nonparametric bootstrap over subjects (Efron & Tibshirani 1993), percentile intervals of the mean; each
-  replicate also ranks the regions, and the percentile interval of a region's rank is its rank interval. Both signs
-  are kept: a negative contribution (the region makes the scan look younger than the reference) is a result, not
-  noise to drop.
+  replicate also ranks the regions by the ranking statistic, and the percentile interval of a region's rank is its
+  rank interval. Both signs are kept: a negative contribution (the region makes the scan look younger than the
+  reference) is a result, not noise to drop.
 
 Letter legend: s subjects, r regions, q null sets or named sets, B bootstrap replicates, (X, Y, Z) model grid.
 """
@@ -24,7 +27,10 @@ import pandas as pd
 
 from brainage.attribution.mapping import RegionIndex
 
-__all__ = ["RegionContributions", "bootstrap_means", "interval_table", "null_corrected", "null_rate", "rank_regions"]
+__all__ = ["RANK_STATISTICS", "RegionContributions", "bootstrap_means", "interval_table", "null_corrected", "null_rate",
+           "rank_regions", "t_statistic"]
+
+RANK_STATISTICS = ("null_corrected", "t")  # rank_regions(by=...)
 
 
 @dataclass
@@ -73,18 +79,33 @@ def null_corrected(values: np.ndarray, sizes: np.ndarray, null_values: np.ndarra
     return values - null_rate(null_values, null_sizes)[:, None] * sizes[None, :]
 
 
-def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
-    """Means over resampled subjects: (s, r) -> (B, r) (subjects drawn with replacement, B = ``n_boot``)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 2 or len(values) < 2:
-        raise ValueError(f"bootstrap needs values (subjects >= 2, r), got shape {values.shape}")
+def t_statistic(mean: np.ndarray, mean_of_squares: np.ndarray, s: int) -> np.ndarray:
+    """One-sample t of ``s`` values from their mean and mean of squares (any matching shapes); 0 where the values do
+    not vary (sd = 0 and mean = 0), +-inf where they all equal a non-zero mean."""
+    variance = np.maximum(mean_of_squares - mean**2, 0.0) * s / (s - 1)  # unbiased sample variance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean / np.sqrt(variance / s)
+    return np.where(np.isnan(t), 0.0, t)
+
+
+def _bootstrap_weights(s: int, n_boot: int, seed: int) -> np.ndarray:
+    """(B, s) times each of ``s`` subjects is drawn in each of ``n_boot`` resamples with replacement."""
+    if s < 2:
+        raise ValueError(f"bootstrap needs subjects >= 2, got {s}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
-    s = len(values)
-    weights = np.zeros((n_boot, s))  # (B, s) times each subject is drawn
+    weights = np.zeros((n_boot, s))
     np.add.at(weights, (np.repeat(np.arange(n_boot), s), rng.integers(0, s, size=n_boot * s)), 1.0)
-    return weights @ values / s  # (B, r)
+    return weights
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """Means over resampled subjects: (s, r) -> (B, r) (subjects drawn with replacement, B = ``n_boot``)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"bootstrap needs values (subjects >= 2, r), got shape {values.shape}")
+    return _bootstrap_weights(len(values), n_boot, seed) @ values / len(values)  # (B, r)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -92,13 +113,16 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(-values, axis=-1, kind="stable"), axis=-1, kind="stable") + 1
 
 
-def _intervals(values: np.ndarray, n_boot: int, level: float, seed: int) -> np.ndarray:
-    """``level`` percentile intervals of the bootstrap means of (s, r) values and of their descending ranks ->
-    (4, r): mean low, mean high, rank low, rank high; NaN with fewer than 2 subjects (no interval from one scan)."""
-    if len(values) < 2:
+def _intervals(values: np.ndarray, n_boot: int, level: float, seed: int, by: str = "null_corrected") -> np.ndarray:
+    """``level`` percentile intervals of the bootstrap means of (s, r) values and of their descending ranks by mean
+    (``by="null_corrected"``) or t (``by="t"``) -> (4, r): mean low, mean high, rank low, rank high; NaN with fewer
+    than 2 subjects (no interval from one scan)."""
+    s = len(values)
+    if s < 2:
         return np.full((4, values.shape[1]), np.nan)
-    boot = bootstrap_means(values, n_boot, seed)  # (B, r)
-    ranks = _ranks(boot)  # (B, r)
+    weights = _bootstrap_weights(s, n_boot, seed)  # (B, s)
+    boot = weights @ values / s  # (B, r)
+    ranks = _ranks(boot if by == "null_corrected" else t_statistic(boot, weights @ values**2 / s, s))  # (B, r)
     tail = 100 * (1 - level) / 2
     return np.stack([np.percentile(boot, tail, axis=0), np.percentile(boot, 100 - tail, axis=0),
                      np.floor(np.percentile(ranks, tail, axis=0)), np.ceil(np.percentile(ranks, 100 - tail, axis=0))])
@@ -109,22 +133,26 @@ def _hemisphere(name: str) -> tuple[str, str]:
     return ({"L": "left", "R": "right", "B": "both"}[side], rest) if side in ("L", "R", "B") and rest else ("", name)
 
 
-def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-                 ) -> pd.DataFrame:
-    """Tidy ranking of the regions on the grid, by decreasing null-corrected contribution.
+def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 by: str = "null_corrected") -> pd.DataFrame:
+    """Tidy ranking of the regions on the grid, by decreasing ``by``: the null-corrected contribution or its t.
 
     Columns: rank, region, structure, hemisphere, contribution, ci_low, ci_high, null_corrected, null_ci_low,
-    null_ci_high, rank_low, rank_high, own, shell, n_voxels (region), n_attributed (region or band), method. Years;
-    means over subjects; intervals are ``level`` bootstrap percentile intervals (NaN from a single subject); ranks
-    follow ``null_corrected``.
+    null_ci_high, t, rank_low, rank_high, own, shell, n_voxels (region), n_attributed (region or band), method.
+    Years (t unitless); means over subjects; intervals are ``level`` bootstrap percentile intervals (NaN from a
+    single subject); ranks and rank intervals follow ``by``.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if by not in RANK_STATISTICS:
+        raise ValueError(f"ranking statistic {by!r}; expected one of {RANK_STATISTICS}")
     keep = ~np.all(np.isnan(contrib.values), axis=0)  # regions on the grid
     values = contrib.values[:, keep]
     corrected = null_corrected(values, contrib.sizes[keep], contrib.null_values, contrib.null_sizes)
     raw = _intervals(values, n_boot, level, seed)  # (4, r')
-    null = _intervals(corrected, n_boot, level, seed)  # same resamples (same seed): paired intervals
+    null = _intervals(corrected, n_boot, level, seed, by)  # same resamples (same seed): paired intervals
+    s = len(corrected)  # (r',) t of the null-corrected values; NaN from a single subject
+    t = t_statistic(corrected.mean(axis=0), (corrected**2).mean(axis=0), s) if s > 1 else np.full(len(raw[0]), np.nan)
     names = np.asarray(contrib.regions.names)[keep]
     sides = [_hemisphere(n) for n in names]
     frame = pd.DataFrame({
@@ -137,6 +165,7 @@ def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float 
         "null_corrected": corrected.mean(axis=0),
         "null_ci_low": null[0],
         "null_ci_high": null[1],
+        "t": t,
         "rank_low": null[2],
         "rank_high": null[3],
         "own": np.nanmean(contrib.own[:, keep], axis=0),
@@ -145,7 +174,7 @@ def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float 
         "n_attributed": contrib.sizes[keep].astype(int),
         "method": contrib.method,
     })
-    frame = frame.sort_values("null_corrected", ascending=False, kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(by, ascending=False, kind="stable").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame
 

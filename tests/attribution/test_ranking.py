@@ -14,6 +14,7 @@ from brainage.attribution.ranking import (
     null_corrected,
     null_rate,
     rank_regions,
+    t_statistic,
 )
 
 
@@ -91,3 +92,44 @@ def test_one_subject_gives_values_without_intervals():
         axis=None)
     named = interval_table(contrib.values, list("abcde"), n_boot=50)
     assert named[["ci_low", "ci_high"]].isna().all(axis=None) and not named["covers_zero"].any()
+
+
+def test_t_statistic_matches_scipy_and_handles_constant_values():
+    from scipy.stats import ttest_1samp
+
+    values = np.random.default_rng(5).normal(0.2, 1.0, size=(12, 4))
+    np.testing.assert_allclose(t_statistic(values.mean(0), (values**2).mean(0), 12),
+                               ttest_1samp(values, 0.0).statistic, rtol=1e-9)
+    assert t_statistic(np.array([0.0, 2.0]), np.array([0.0, 4.0]), 5).tolist() == [0.0, np.inf]
+
+
+def test_ranking_by_t_puts_a_consistent_small_effect_above_a_large_erratic_one():
+    rng = np.random.default_rng(11)
+    contrib, _ = _contributions(subjects=30)
+    shift = null_rate(contrib.null_values, contrib.null_sizes)[:, None] * contrib.sizes  # (s, r) normalisation
+    contrib.values[:, 2] = 0.3 + rng.normal(0, 0.05, size=30) + shift[:, 2]  # L-b: small, in every subject
+    contrib.values[:, 4] = rng.choice([0.0, 3.0], size=30, p=[0.8, 0.2]) + shift[:, 4]  # B-c: large in a fifth
+    corrected = null_corrected(contrib.values, contrib.sizes, contrib.null_values, contrib.null_sizes)
+    assert corrected[:, 4].mean() > corrected[:, 2].mean()
+    by_mean, by_t = rank_regions(contrib, n_boot=200), rank_regions(contrib, n_boot=200, by="t")
+    order = lambda t: t["region"].tolist()
+    assert order(by_mean).index("B-c") < order(by_mean).index("L-b")
+    assert order(by_t).index("L-b") < order(by_t).index("B-c")
+    assert by_t["t"].is_monotonic_decreasing and by_t["rank"].tolist() == [1, 2, 3, 4, 5]
+    # rank intervals follow t: a plain loop over the same resamples (same seed) gives the same interval
+    rng_boot = np.random.default_rng(0)
+    draws = rng_boot.integers(0, 30, size=200 * 30).reshape(200, 30)
+    ranks = []
+    for rows in draws:
+        sample = corrected[rows]
+        with np.errstate(invalid="ignore"):  # a resample of B-c's zeros only: 0 / 0, which t_statistic calls 0
+            t = np.nan_to_num(sample.mean(0) / (sample.std(0, ddof=1) / np.sqrt(30)), nan=0.0)
+        ranks.append(np.argsort(np.argsort(-t, kind="stable"), kind="stable") + 1)
+    ranks = np.array(ranks)
+    low, high = np.floor(np.percentile(ranks, 2.5, axis=0)), np.ceil(np.percentile(ranks, 97.5, axis=0))
+    names = list(contrib.regions.names)
+    for _, row in by_t.iterrows():
+        i = names.index(row["region"])
+        assert (row["rank_low"], row["rank_high"]) == (low[i], high[i])
+    with pytest.raises(ValueError, match="ranking statistic"):
+        rank_regions(contrib, by="median")
