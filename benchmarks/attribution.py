@@ -322,9 +322,15 @@ def interval_widths(folder: Path, data: HeldOut, n_boot: int, counts: tuple[int,
     return rows
 
 
+# Two evidence types combined (tried for issue 14 on the tuning cohort; not the report's method): the mean over the
+# two methods of each region's null-corrected contribution z-scored across regions.
+ENSEMBLE = ("occlusion__young", "band_integrated_gradients__young_matched")
+
+
 def score(folder: Path, data: HeldOut, truth: dict, n_boot: int, common: int) -> list[dict]:
     """precision@k per (method, reference), ranking statistic and subject set (all the method's scans, or the first
-    ``common`` held-out scans, which every method attributed); ranks of the planted regions."""
+    ``common`` held-out scans, which every method attributed), and of the :data:`ENSEMBLE` ranking; ranks of the
+    planted regions."""
     from brainage.attribution.ranking import rank_regions
     from brainage.attribution.validation import precision_at_k
 
@@ -332,7 +338,17 @@ def score(folder: Path, data: HeldOut, truth: dict, n_boot: int, common: int) ->
     lenient = {*planted, *truth["indirect_regions"]}
     atrophy = [r for e in truth["effects"] if e.get("kind") == "atrophy" for r in e["regions"]]
     k = len(planted)
-    rows = []
+    rows, tables = [], {}
+
+    def row(method: str, reference: str, statistic: str, subset: str, subjects: int, ranked: list[str],
+            seconds: float) -> dict:
+        return {"method": method, "reference": reference, "statistic": statistic, "subset": subset,
+                "subjects": subjects, "k": k, "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
+                "precision_planted_or_displaced": precision_at_k(ranked, lenient, k),
+                "atrophy_in_top_k": sum(r in ranked[:k] for r in atrophy), "atrophy_regions": len(atrophy),
+                "planted_ranks": {r: ranked.index(r) + 1 for r in planted if r in ranked},
+                "seconds_per_subject": seconds}
+
     for path in sorted(p for p in (folder / "attribution").glob("*.npz") if not p.name.endswith(".maps.npz")):
         full = load_contributions(path, data.index)
         subsets = {"all": full}
@@ -342,17 +358,19 @@ def score(folder: Path, data: HeldOut, truth: dict, n_boot: int, common: int) ->
             table = rank_regions(contrib, n_boot=n_boot)  # type: ignore[arg-type]
             if subset == "all":
                 table.to_csv(path.with_suffix(".csv"), index=False)
+                tables[path.stem] = (table.set_index("region")["null_corrected"], contrib)
             for statistic in ("null_corrected", "t", "contribution"):
                 ranked = table.sort_values(statistic, ascending=False, kind="stable")["region"].tolist()
-                rows.append({
-                    "method": contrib.method, "reference": path.stem.split("__")[1],  # type: ignore[attr-defined]
-                    "statistic": statistic, "subset": subset, "subjects": len(contrib.values),  # type: ignore
-                    "k": k, "chance": k / len(table), "precision": precision_at_k(ranked, planted),
-                    "precision_planted_or_displaced": precision_at_k(ranked, lenient, k),
-                    "atrophy_in_top_k": sum(r in ranked[:k] for r in atrophy), "atrophy_regions": len(atrophy),
-                    "planted_ranks": {r: ranked.index(r) + 1 for r in planted if r in ranked},
-                    "seconds_per_subject": contrib.seconds_per_subject,  # type: ignore[attr-defined]
-                })
+                rows.append(row(contrib.method, path.stem.split("__")[1], statistic, subset,  # type: ignore
+                                len(contrib.values), ranked, contrib.seconds_per_subject))  # type: ignore
+    if all(name in tables for name in ENSEMBLE):
+        (a, ca), (b, cb) = (tables[name] for name in ENSEMBLE)
+        shared = a.index.intersection(b.index)
+        z = sum((v[shared] - v[shared].mean()) / v[shared].std() for v in (a, b)) / 2  # (r,) z-mean
+        rows.append(row("+".join(n.split("__")[0] for n in ENSEMBLE), "+".join(n.split("__")[1] for n in ENSEMBLE),
+                        "z_mean", "all", min(len(ca.values), len(cb.values)),  # type: ignore[attr-defined]
+                        z.sort_values(ascending=False, kind="stable").index.tolist(),
+                        ca.seconds_per_subject + cb.seconds_per_subject))  # type: ignore[attr-defined]
     return rows
 
 
