@@ -74,7 +74,7 @@ class RegionResult:
 
     ``table``: ``brainage.attribution.ranking.rank_regions`` with ``region`` named ``name``: name, structure,
     hemisphere, contribution, ci_low, ci_high, rank, rank_low, rank_high, null_corrected (contribution minus the
-    size-matched null's), null_ci_low, null_ci_high, own, shell, n_voxels, n_attributed, method; ranked by
+    size-matched null's), null_ci_low, null_ci_high, t, own, shell, n_voxels, n_attributed, method; ranked by
     null_corrected.
     """
 

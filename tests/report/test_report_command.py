@@ -102,6 +102,7 @@ def test_report_writes_tables_maps_and_a_self_contained_page(report):
     assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
     assert ranked["null_corrected"].is_monotonic_decreasing and (ranked["ci_low"] <= ranked["ci_high"]).all()
     assert (ranked["rank_low"] <= ranked["rank_high"]).all() and (ranked["method"] == "occlusion").all()
+    assert (np.sign(ranked["t"]) == np.sign(ranked["null_corrected"])).all()  # t of the same per-scan values
     effects = pd.read_csv(report / "tables" / "effect_occlusion.csv")  # each planted effect occluded at once
     assert {"ventricle_enlargement", "hippocampal_atrophy", "null regions (control)"} <= set(effects["effect"])
     assert (effects["regions"] > 0).all() and effects["share_positive"].between(0, 1).all()
