@@ -21,16 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from brainage.attribution.mapping import RegionIndex
 
-__all__ = ["RANK_STATISTICS", "RegionContributions", "bootstrap_means", "interval_table", "null_corrected", "null_rate",
-           "rank_regions", "t_statistic"]
+__all__ = ["RANK_STATISTICS", "RankStatistic", "RegionContributions", "bootstrap_means", "interval_table",
+           "null_corrected", "null_rate", "rank_regions", "t_statistic"]
 
-RANK_STATISTICS = ("null_corrected", "t")  # rank_regions(by=...)
+RankStatistic = Literal["null_corrected", "t"]  # rank_regions(by=...)
+RANK_STATISTICS: tuple[str, ...] = get_args(RankStatistic)
 
 
 @dataclass
@@ -113,7 +115,8 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(-values, axis=-1, kind="stable"), axis=-1, kind="stable") + 1
 
 
-def _intervals(values: np.ndarray, n_boot: int, level: float, seed: int, by: str = "null_corrected") -> np.ndarray:
+def _intervals(values: np.ndarray, n_boot: int, level: float, seed: int, by: RankStatistic = "null_corrected"
+               ) -> np.ndarray:
     """``level`` percentile intervals of the bootstrap means of (s, r) values and of their descending ranks by mean
     (``by="null_corrected"``) or t (``by="t"``) -> (4, r): mean low, mean high, rank low, rank high; NaN with fewer
     than 2 subjects (no interval from one scan)."""
@@ -134,7 +137,7 @@ def _hemisphere(name: str) -> tuple[str, str]:
 
 
 def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                 by: str = "null_corrected") -> pd.DataFrame:
+                 by: RankStatistic = "null_corrected") -> pd.DataFrame:
     """Tidy ranking of the regions on the grid, by decreasing ``by``: the null-corrected contribution or its t.
 
     Columns: rank, region, structure, hemisphere, contribution, ci_low, ci_high, null_corrected, null_ci_low,
