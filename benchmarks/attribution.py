@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = (("occlusion", "young"), ("occlusion", "young_matched"), ("band_occlusion", "young_matched"),
         ("integrated_gradients", "young_matched"), ("band_integrated_gradients", "young_matched"),
         ("gradient_shap", "young_matched"), ("integrated_gradients", "young_scans"),
-        ("band_integrated_gradients", "young_scans"))
+        ("band_integrated_gradients", "young_scans"), ("shapley", "young"))
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ class Cohort:
 COHORTS = (
     Cohort("tune", 100, effects="atrophy:grow:lateral-ventricle,atrophy:putamen*1.5,intensity:precentral",
            role="tuning"),
+    # A second tuning cohort shaped like the mix one (two small deep-GM contractions beside two cortical darkenings,
+    # other regions): chooses between ranking methods for the mix's failure mode without touching validation scans.
+    Cohort("tune_mix", 101, effects="atrophy:putamen*1.5,atrophy:pallidum*1.5,intensity:supramarginal*1.5,"
+                                    "intensity:caudalmiddlefrontal", role="tuning"),
     Cohort("atrophy", 11, effects="atrophy:hippocampus*1.5,atrophy:thalamusproper*1.5,atrophy:grow:lateral-ventricle"),
     Cohort("intensity", 12, effects="intensity:precuneus,intensity:superiortemporal,intensity:brighten:caudate"),
     Cohort("mix", 13, effects="atrophy:caudate*1.5,atrophy:amygdala*1.5,intensity:lateraloccipital*1.5,"
@@ -185,8 +189,8 @@ def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm:
               n_steps: int, occlusion_subjects: int) -> list[Path]:
     """Per-subject region contributions of every (method, reference) run not yet on disk (``attribution/``); the
     methods of one reference and family are computed together (shared model calls, timed apart). Gradient methods
-    attribute every held-out scan, occlusion methods the first ``occlusion_subjects`` (their cost is regions x scans
-    model calls); the reference always comes from all held-out scans."""
+    attribute every held-out scan, occlusion and Shapley methods the first ``occlusion_subjects`` (their cost is
+    regions x scans model calls); the reference always comes from all held-out scans."""
     from brainage.report.attribute import FAMILY, attribute_methods
 
     done = []
@@ -194,7 +198,7 @@ def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm:
         paths = {m: folder / "attribution" / f"{m}__{reference}.npz" for m, r in runs if r == reference}
         todo = [m for m, p in paths.items() if not p.is_file()]
         for occlusion in (False, True):
-            group = [m for m in todo if (FAMILY[m] == "occlusion") == occlusion]
+            group = [m for m in todo if (FAMILY[m] in ("occlusion", "shapley")) == occlusion]
             if not group:
                 continue
             subjects = list(range(min(occlusion_subjects, len(data.ages)) if occlusion else len(data.ages)))

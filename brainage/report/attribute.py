@@ -14,6 +14,11 @@ Every method answers "how many years does this region's difference from a young 
 - ``band_integrated_gradients``: the same voxel map summed over bands (region part + shell part, exactly additive).
 - ``gradient_shap``: Captum ``GradientShap`` (expected gradients, Lundberg & Lee 2017; Erion et al. 2021) with the
   individual young scans as the baseline distribution, summed over regions.
+- ``shapley``: the regions' Shapley values (Shapley 1953; Strumbelj & Kononenko 2014) in the game "scan with the
+  regions of a coalition, reference elsewhere": where occlusion credits every region with its whole interaction with
+  the rest of the scan (one leave-one-out), Shapley values average each region's marginal effect over random
+  coalitions and split shared effects, and they add up to f(x) - f(reference). Antithetic permutation sampling
+  (each order and its reverse, Mitchell et al. 2022), ``permutations`` orders of r + 1 + 2q model calls each.
 
 References (young, young_matched, young_scans, cohort): :mod:`brainage.attribution.reference`.
 
@@ -61,6 +66,7 @@ __all__ = [
     "attribute_regions",
     "gradient_map",
     "set_contributions",
+    "shapley_contributions",
 ]
 
 AgeForward = Callable[[torch.Tensor, int], torch.Tensor]  # (m, 1, X, Y, Z), subject s -> (m,) years
@@ -147,9 +153,59 @@ def gradient_map(forward: AgeForward, image: np.ndarray, baseline: np.ndarray, s
     return attr[0, 0].detach().cpu().numpy().astype(np.float64)
 
 
+def shapley_contributions(forward: AgeForward, image: np.ndarray, sets: VoxelSets, nulls: VoxelSets,
+                          baseline: np.ndarray, subject: int = 0, permutations: int = 8, seed: int = 0,
+                          batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Shapley values of r disjoint voxel ``sets`` (years; module docstring) and of q ``nulls`` -> (r,), (q,).
+
+    v(S) = f(the scan on the sets in S and outside every set, ``baseline`` on the other sets). Orders come in
+    antithetic pairs (``permutations`` rounded up to even); a set's value is its mean marginal effect
+    v(S + i) - v(S) over the orders. A null set N (it may overlap the sets and cover voxels outside them) is valued
+    at a random coalition S of every order as f(scan on S and N) - f(scan on S but not N), so it gets the same
+    statistic as a region: 2 model calls per null set and order.
+    """
+    r, q = len(sets), len(nulls)
+    if permutations < 1 or r < 1:
+        raise ValueError(f"Shapley sampling needs permutations >= 1 and sets >= 1, got {permutations} and {r}")
+    coo = sets.matrix.tocoo()
+    if np.bincount(coo.col, minlength=int(np.prod(sets.shape))).max(initial=0) > 1:
+        raise ValueError("Shapley sets must be disjoint (a partition of their voxels)")
+    member = np.full(int(np.prod(sets.shape)), -1)  # (V,) set of each voxel, -1 outside every set
+    member[coo.col] = coo.row
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32).reshape(-1))  # (V,)
+    b = torch.as_tensor(np.asarray(baseline, dtype=np.float32).reshape(-1))
+    null_masks = torch.as_tensor(nulls.matrix.toarray() > 0)  # (q, V)
+    call = _single(forward, subject)
+
+    def predict(use_scan: torch.Tensor) -> np.ndarray:  # (m, V) bool: voxel from the scan -> (m,) years
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(use_scan), batch_size):
+                chunk = torch.where(use_scan[start:start + batch_size], x, b)  # (m, V)
+                out.append(call(chunk.reshape(-1, 1, *sets.shape)).detach().cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    rng = np.random.default_rng(seed)
+    pairs = [rng.permutation(r) for _ in range((permutations + 1) // 2)]
+    orders = [o for order in pairs for o in (order, order[::-1])]
+    values, null_values = np.zeros(r), np.zeros(q)
+    steps = torch.arange(r + 1)[:, None]  # (r + 1, 1) coalition sizes
+    for order in orders:
+        position = np.empty(r, dtype=np.int64)
+        position[order] = np.arange(r)
+        joins = torch.as_tensor(np.where(member >= 0, position[member], -1))  # (V,) step a voxel joins; -1 always
+        v = predict(joins[None] < steps)  # (r + 1,) v(first j sets of the order), j = 0..r
+        values[order] += np.diff(v)
+        if q:
+            coalition = joins[None] < torch.as_tensor(rng.integers(0, r + 1, size=q))[:, None]  # (q, V) random S
+            null_values += predict(coalition | null_masks) - predict(coalition & ~null_masks)
+    return values / len(orders), null_values / len(orders)
+
+
 FAMILY: dict[str, str] = {"occlusion": "occlusion", "band_occlusion": "occlusion",
                           "integrated_gradients": "integrated_gradients",
-                          "band_integrated_gradients": "integrated_gradients", "gradient_shap": "gradient_shap"}
+                          "band_integrated_gradients": "integrated_gradients", "gradient_shap": "gradient_shap",
+                          "shapley": "shapley"}
 
 
 @dataclass(frozen=True)
@@ -223,6 +279,19 @@ def _occlusion_family(forward: AgeForward, images: np.ndarray, chosen: Sequence[
     return out
 
 
+def _shapley_family(forward: AgeForward, images: np.ndarray, chosen: Sequence[int], baseline: Callable,
+                    geo: _Geometry, permutations: int, batch_size: int, seed: int, step: Callable[[], None]) -> _Family:
+    """Regions' and null sets' Shapley values per scan."""
+    out = _Family.empty(geo, len(chosen))
+    start = time.perf_counter()
+    for i, s in enumerate(chosen):
+        out.own[i], out.own_null[i] = shapley_contributions(forward, images[s], geo.own, geo.own_nulls, baseline(s), s,
+                                                            permutations, seed + s, batch_size)
+        step()
+    out.seconds = {"shapley": (time.perf_counter() - start) / len(chosen)}
+    return out
+
+
 def _gradient_family(forward: AgeForward, family: str, images: np.ndarray, chosen: Sequence[int],
                      baseline: Callable, young: np.ndarray, reference: Reference, geo: _Geometry, n_steps: int,
                      batch_size: int, seed: int, keep_maps: bool, step: Callable[[], None]) -> _Family:
@@ -276,6 +345,7 @@ def attribute_methods(
     band_mm: float = 6.0,
     n_null: int = 24,
     n_steps: int = 32,
+    permutations: int = 8,
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = False,
@@ -301,16 +371,16 @@ def attribute_methods(
         band_mm: band width of the band methods.
         n_null: null sets per subject and set shape (occlusion: extra model calls; gradient methods: free).
         n_steps: integration steps (integrated gradients) or samples (gradient SHAP).
+        permutations: sampled orders of the Shapley values (antithetic pairs; each r + 1 + 2 n_null model calls).
         batch_size: images per model call.
-        seed: seed of the null placement and of gradient SHAP's sampling.
+        seed: seed of the null placement and of gradient SHAP's and Shapley's sampling.
         progress: a tqdm bar per family.
         keep_maps: keep the voxel maps of the gradient methods (``RegionContributions.maps``; s x grid float32).
         subjects: attribute only these scans (rows of the results, in this order); the reference and the brain mask
             still come from all ``images``. Default: all.
         on_subject: called after each scan of each family (the report's progress line).
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
+    if not methods or any(m not in METHODS for m in methods):
         raise ValueError(f"attribution methods must be among {list(METHODS)}, got {list(methods)}")
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[1:] != np.asarray(regions).shape:
@@ -334,6 +404,8 @@ def attribute_methods(
 
         if family == "occlusion":
             sums = _occlusion_family(forward, images, chosen, baseline, geo, batch_size, step)
+        elif family == "shapley":
+            sums = _shapley_family(forward, images, chosen, baseline, geo, permutations, batch_size, seed, step)
         else:
             sums = _gradient_family(forward, family, images, chosen, baseline, young, reference, geo, n_steps,
                                     batch_size, seed, keep_maps, step)

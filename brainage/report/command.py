@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attribution-method", choices=METHODS, default=DEFAULT_METHOD,
                         help=f"how regions are credited with age (default {DEFAULT_METHOD}): occlusion (Captum "
                         "FeatureAblation), band_occlusion (region + 6 mm boundary shell), integrated_gradients, "
-                        "band_integrated_gradients, gradient_shap; every one null-corrected with bootstrap intervals")
+                        "band_integrated_gradients, gradient_shap, shapley (region Shapley values, 8 sampled orders; "
+                        "7-10x occlusion's time); every one null-corrected with bootstrap intervals")
     parser.add_argument("--occlusion-reference", choices=get_args(Reference), default="young",
                         help="what a region is compared with: young = the mean of the youngest third of the "
                         "attributed scans (default), young_matched = that mean intensity-matched to each scan, "

@@ -13,7 +13,8 @@ __all__ = ["DEFAULT_METHOD", "GROUP_COLUMN", "METHODS", "Method", "ReportSetting
 
 GROUP_COLUMN = "group"  # the --group-by values in the predictions table
 # region attribution methods of brainage.report.attribute (Captum)
-Method = Literal["occlusion", "band_occlusion", "integrated_gradients", "band_integrated_gradients", "gradient_shap"]
+Method = Literal["occlusion", "band_occlusion", "integrated_gradients", "band_integrated_gradients", "gradient_shap",
+                 "shapley"]
 METHODS: tuple[str, ...] = get_args(Method)
 DEFAULT_METHOD: Method = "occlusion"  # best or tied-best precision@k on every benchmark cohort (docs/report.md)
 
