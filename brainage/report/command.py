@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "subjects model calls)")
     parser.add_argument("--occlusion-subjects", type=int, default=ReportSettings.occlusion_subjects,
                         help="scans attributed to regions (default %(default)s: fewer widen the rank intervals, see "
-                        "docs/report.md; occlusion about 5 s per scan on 2 CPU cores at 2 mm)")
+                        "docs/report.md; band occlusion about 4.5 s per scan on 2 CPU cores at 2 mm, occlusion "
+                        "half that)")
     parser.add_argument("--attribution-method", choices=METHODS, default=DEFAULT_METHOD,
                         help=f"how regions are credited with age (default {DEFAULT_METHOD}): occlusion (Captum "
                         "FeatureAblation), band_occlusion (region + 6 mm boundary shell), integrated_gradients, "

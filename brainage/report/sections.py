@@ -58,14 +58,18 @@ class Canvas:
 
 # ---- shared formatting ----------------------------------------------------------------------------------------------
 
+BAND_COLUMNS = ("region itself (y)", "boundary shell (y)")  # the two parts of a band method's contribution
+
+
 def _years(value: float) -> str:
     return f"{value:+.2f} y"
 
 
 def region_display(table: pd.DataFrame) -> pd.DataFrame:
     """Display columns of a region ranking frame (``RegionResult.table``: name, hemisphere, contribution, ci_low,
-    ci_high, rank, rank_low, rank_high, null_corrected, n_voxels, method)."""
-    return pd.DataFrame({
+    ci_high, rank, rank_low, rank_high, null_corrected, n_voxels, method; band methods also show own and shell, the
+    region itself and its boundary shell)."""
+    shown = pd.DataFrame({
         "rank": table["rank"].astype(int),
         "region": table["name"].astype(str),
         "hemisphere": table["hemisphere"].astype(str),
@@ -77,6 +81,11 @@ def region_display(table: pd.DataFrame) -> pd.DataFrame:
         "null-corrected (y)": table["null_corrected"].round(3),
         "method": table["method"].astype(str),
     }).reset_index(drop=True)
+    if len(table) and table["method"].astype(str).str.startswith("band_").all():
+        at = shown.columns.get_loc("95% interval") + 1
+        shown.insert(at, BAND_COLUMNS[1], table["shell"].round(3).to_numpy())
+        shown.insert(at, BAND_COLUMNS[0], table["own"].round(3).to_numpy())
+    return shown
 
 
 def _effect_display(effects: pd.DataFrame) -> pd.DataFrame:
@@ -245,7 +254,12 @@ def regions(result: ReportResult, canvas: Canvas) -> Section | None:
         "). Contribution = how many years the region's difference from the reference adds to the predicted age, "
         "averaged over scans, with its 95% bootstrap interval over scans. Regions are ranked by the null-corrected "
         "contribution: the contribution minus what a size-matched random voxel set of the same scan contributes "
-        "(rank 1 = most positive; the rank interval is the 95% bootstrap interval of the rank).")]
+        "(rank 1 = most positive; the rank interval is the 95% bootstrap interval of the rank).",
+        *((" Band method: each region is occluded with its boundary shell (brain voxels within the band width), "
+           "because an atrophy changes the voxels around a structure more than inside it (a growing ventricle "
+           "pushes into its neighbours). The contribution is split into '" + BAND_COLUMNS[0] + "' and '"
+           + BAND_COLUMNS[1] + "'; the shell overlaps the neighbouring regions, which keep their own rows, so read "
+           "a structure and its displaced neighbours together.",) if BAND_COLUMNS[0] in shown.columns else ()))]
     blocks.append(_contribution_map(result.regions.volume, result.affine, method))
     blocks.append(R.row(
         R.heading(f"Largest positive contributions (red, older-looking, {len(positive)})", 4)

@@ -2,13 +2,13 @@
 
 The demo pipeline itself (`make demo`'s cohort and config): `brainage synth` writes 400 subjects with planted age
 effects (ground_truth.json), the demo's ERMoE ViT (configs/demo.yaml) is trained on them with LightningCLI, and
-`brainage report` runs occlusion on held-out subjects. The occlusion ranking must put the planted regions at the top
-at twice chance or better (precision@k, k = the number of planted regions), and expert-region mutual information
-must clearly exceed its label-shuffled baseline. This is the slowest test of the suite (about 6 min alone on 2
-cores, 11 min in `make test` on one core share).
-Measured: precision@16 = 0.56 on this configuration. It is not robust to the cohort: a 240-subject cohort written at
-3 mm (seed 5, 24 epochs, val MAE 6.9 y) gave 0.19, the model there reading the deep regions the ventricle warp
-displaces (README, known limits).
+`brainage report` runs its default attribution (band occlusion since 2026-12-02; region occlusion before) on held-out
+subjects. The ranking must put the planted regions at the top at twice chance or better (precision@k, k = the number
+of planted regions), and expert-region mutual information must clearly exceed its label-shuffled baseline. This is
+the slowest test of the suite (about 6 min alone on 2 cores, 11 min in `make test` on one core share).
+Measured with region occlusion: precision@16 = 0.56 on this configuration. It is not robust to the cohort: a
+240-subject cohort written at 3 mm (seed 5, 24 epochs, val MAE 6.9 y) gave 0.19, the model there reading the deep
+regions the ventricle warp displaces (README, known limits).
 """
 
 from __future__ import annotations

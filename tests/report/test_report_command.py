@@ -25,7 +25,7 @@ from brainage.data.synth import synthesize_cohort
 from brainage.model import BrainAgeViT, MoEConfig
 from brainage.predict import load_model, predict_iter
 from brainage.report.command import main
-from brainage.report.settings import run_id_of
+from brainage.report.settings import DEFAULT_METHOD, run_id_of
 from brainage.tracking import run_artifacts
 
 pytestmark = pytest.mark.slow  # the report end to end
@@ -101,7 +101,9 @@ def test_report_writes_tables_maps_and_a_self_contained_page(report):
     ranked = pd.read_csv(report / "tables" / "occlusion_sensitivity.csv")
     assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
     assert ranked["null_corrected"].is_monotonic_decreasing and (ranked["ci_low"] <= ranked["ci_high"]).all()
-    assert (ranked["rank_low"] <= ranked["rank_high"]).all() and (ranked["method"] == "occlusion").all()
+    assert (ranked["rank_low"] <= ranked["rank_high"]).all() and (ranked["method"] == DEFAULT_METHOD).all()
+    np.testing.assert_allclose(ranked["own"] + ranked["shell"], ranked["contribution"], atol=1e-6)  # band = its parts
+    assert (ranked["n_attributed"] > ranked["n_voxels"]).any()  # the boundary shells are attributed with the regions
     assert (np.sign(ranked["t"]) == np.sign(ranked["null_corrected"])).all()  # t of the same per-scan values
     effects = pd.read_csv(report / "tables" / "effect_occlusion.csv")  # each planted effect occluded at once
     assert {"ventricle_enlargement", "hippocampal_atrophy", "null regions (control)"} <= set(effects["effect"])
@@ -112,6 +114,7 @@ def test_report_writes_tables_maps_and_a_self_contained_page(report):
     page = (report / "index.html").read_text()
     assert "Research use only" in page and "Validation against ground truth" in page and "precision@" in page
     assert "How to read this report" in page and "youngest" in page  # occlusion reference named in the page
+    assert "region itself (y)</th>" in page and "boundary shell (y)</th>" in page  # the band's two parts, labelled
     # scatter, the layers' expert maps as two compact grids (dominant expert; expert by layer), occlusion map,
     # subject, groups
     assert page.count("data:image/png;base64,") >= 1 + 2 + 1 + 1 + 1
