@@ -19,6 +19,8 @@ Every method answers "how many years does this region's difference from a young 
   the rest of the scan (one leave-one-out), Shapley values average each region's marginal effect over random
   coalitions and split shared effects, and they add up to f(x) - f(reference). Antithetic permutation sampling
   (each order and its reverse, Mitchell et al. 2022), ``permutations`` orders of r + 1 + 2q model calls each.
+  Written here rather than with Captum's ``ShapleyValueSampling`` because the null sets overlap the regions (not one
+  feature partition); tested against Captum's exact ``ShapleyValues``.
 
 References (young, young_matched, young_scans, cohort): :mod:`brainage.attribution.reference`.
 
