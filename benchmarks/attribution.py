@@ -197,11 +197,11 @@ def attribute(folder: Path, data: HeldOut, runs: list[tuple[str, str]], band_mm:
     for reference in dict.fromkeys(r for _, r in runs):
         paths = {m: folder / "attribution" / f"{m}__{reference}.npz" for m, r in runs if r == reference}
         todo = [m for m, p in paths.items() if not p.is_file()]
-        for occlusion in (False, True):
-            group = [m for m in todo if (FAMILY[m] in ("occlusion", "shapley")) == occlusion]
+        for costly in (False, True):  # model calls per scan grow with the regions: occlusion and Shapley families
+            group = [m for m in todo if (FAMILY[m] in ("occlusion", "shapley")) == costly]
             if not group:
                 continue
-            subjects = list(range(min(occlusion_subjects, len(data.ages)) if occlusion else len(data.ages)))
+            subjects = list(range(min(occlusion_subjects, len(data.ages)) if costly else len(data.ages)))
             (folder / "attribution").mkdir(parents=True, exist_ok=True)
             results = attribute_methods(data.forward, data.images, data.ages, data.regions, data.index,  # type: ignore
                                         group, reference=reference, spacing=data.spacing, band_mm=band_mm,

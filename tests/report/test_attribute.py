@@ -216,8 +216,8 @@ def test_shapley_sampling_matches_captum_exact_shapley_values_and_adds_up():
     exact = ShapleyValues(lambda t: forward(t, 3)).attribute(x, baselines=torch.where(feature > 0, b, x),
                                                              feature_mask=feature)
     exact = np.array([float(exact[0, 0][torch.as_tensor(regions == r)][0]) for r in range(3)])
-    # 3 regions have 6 orders: 3 antithetic pairs cover them all when the draws differ, so check the sum always and
-    # the values with enough pairs that every order is drawn.
+    # The toy's interactions are pairwise (regions 0 and 1), and in every antithetic pair one order puts region 0
+    # before region 1 and the other after: so sampled pairs give the exact values, whichever orders are drawn.
     values, null = shapley_contributions(forward, images[3], sets, nulls, baseline, subject=3, permutations=60)
     np.testing.assert_allclose(values, exact, rtol=1e-4, atol=1e-4)
     full = forward(x, 3).item()
