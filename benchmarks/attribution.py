@@ -115,8 +115,9 @@ def build_cohort(cohort: Cohort, folder: Path, subjects: int, workers: int) -> P
     return out
 
 
-def train(folder: Path, cohort_root: Path, epochs: int) -> Path:
-    """Train the demo model once; returns ``best.ckpt`` (``folder/train``)."""
+def train(folder: Path, cohort_root: Path, epochs: int, extra: list[Path] = ()) -> Path:
+    """Train the demo model once (``extra``: further ``--config`` files, e.g. another augmentation chain); returns
+    ``best.ckpt`` (``folder/train``)."""
     work = folder / "train"
     best = work / "checkpoints" / "best.ckpt"
     if best.is_file() and (work / "done.json").is_file():
@@ -129,10 +130,12 @@ def train(folder: Path, cohort_root: Path, epochs: int) -> Path:
                        "enable_version_counter": False}}]}}))
     start = time.perf_counter()
     _run([sys.executable, "-m", "brainage.cli", "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
+          *[a for path in extra for a in ("--config", str(path))],
           "--config", str(callbacks), "--data.root", str(cohort_root), "--trainer.max_epochs", str(epochs),
           "--trainer.default_root_dir", str(work), "--trainer.enable_progress_bar", "false",
           "--trainer.logger.init_args.tracking_uri", f"sqlite:///{work / 'mlflow.db'}"], folder / "logs" / "fit.log")
-    (work / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "epochs": epochs}))
+    (work / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "epochs": epochs,
+                                                 "extra_configs": [str(p) for p in extra]}))
     return best
 
 
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=400, help="subjects per cohort (default 400)")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20; configs/demo.yaml has 30, "
                         "too slow on a shared 2-core machine)")
+    parser.add_argument("--train-config", type=Path, nargs="*", default=[],
+                        help="further `brainage fit --config` files for training (e.g. another augmentation chain)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     parser.add_argument("--stage", choices=["train", "all"], default="all", help="stop after training, or run all")
     parser.add_argument("--methods", nargs="+", default=[f"{m}__{r}" for m, r in RUNS],
@@ -413,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         print(f"{cohort.name}: cohort {root}", flush=True)
-        best = train(folder, root, args.epochs)
+        best = train(folder, root, args.epochs, args.train_config)
         print(f"{cohort.name}: model {best} ({json.loads((best.parents[1] / 'done.json').read_text())})", flush=True)
         if args.stage == "train":
             (folder / ".lock").unlink(missing_ok=True)

@@ -58,3 +58,20 @@ def test_datamodule_outer_folds_no_leakage(tmp_path, write_nifti, brain_like):
         assert {s for batch in dm.test_dataloader() for s in batch["subject_id"]} == ids["test"]
         tested += sorted(ids["test"])
     assert sorted(tested) == [f"sub-{i:02d}" for i in range(9)]
+
+
+def test_in_place_augmentation_leaves_held_volumes_intact(write_nifti, brain_like):
+    # RandCoarseDropoutd writes its holes into the tensor it is given: the volumes held in memory must not collect
+    # holes epoch after epoch
+    root = _cohort(write_nifti, brain_like)
+    cutout = {"class_path": "monai.transforms.RandCoarseDropoutd",
+              "init_args": {"holes": 2, "spatial_size": 4, "fill_value": 0.0, "prob": 1.0}}
+    dm = BrainAgeDataModule(root, spacing=8.0, shape=(16, 16, 16), augmentation=[cutout], preprocess_threads=1,
+                            val_fraction=0.25, test_fraction=0.25)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    held = train.images[0].clone()
+    first, second = train[0]["image"], train[0]["image"]
+    torch.testing.assert_close(train.images[0], held)  # the held volume is unchanged
+    assert (first == 0).sum() > (held == 0).sum()  # the holes are there, in the copy
+    assert not torch.equal(first, second)  # and drawn afresh per item

@@ -25,6 +25,7 @@ REQUIRED = {
     "ScaleIntensityRanged": {"a_min": 0.0, "a_max": 1.0}, "GaussianSmoothd": {"sigma": 1.0},
     "ThresholdIntensityd": {"threshold": 0.5}, "ScaleIntensityRangePercentilesd": {"lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0},
     "RandScaleIntensityd": {"factors": 0.1}, "RandShiftIntensityd": {"offsets": 0.1},
+    "RandCoarseDropoutd": {"holes": 1, "spatial_size": 4},
     "Orientationd": {"axcodes": "RAS"},
 }
 # names MONAI or Python resolve to code; the canary module is written by the fixture below
