@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def build_cohort(cohort: Cohort, folder: Path, subjects: int, workers: int) -> P
     return out
 
 
-def train(folder: Path, cohort_root: Path, epochs: int, extra: list[Path] = ()) -> Path:
+def train(folder: Path, cohort_root: Path, epochs: int, extra: Sequence[Path] = ()) -> Path:
     """Train the demo model once (``extra``: further ``--config`` files, e.g. another augmentation chain); returns
     ``best.ckpt`` (``folder/train``)."""
     work = folder / "train"

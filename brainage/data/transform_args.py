@@ -129,8 +129,7 @@ ALLOWED_ARGUMENTS: dict[str, dict[str, Value]] = {
     "RandZoomd": {"prob": PROB, "min_zoom": NUMBERS, "max_zoom": NUMBERS, "mode": INTERPOLATION,
                   "padding_mode": ARRAY_PADDING | GRID_PADDING, "align_corners": NONE | BOOL, "dtype": DTYPE,
                   "keep_size": BOOL, **_LAZY},
-    # Cutout (DeVries & Taylor 2017): input dropout spreads a model's weight over correlated evidence (Wager et al.
-    # 2013), so one strong regional effect cannot hide the others
+    # cutout (DeVries & Taylor 2017), zero-filled boxes; measured for attribution in docs/report.md, not shipped on
     "RandCoarseDropoutd": {"holes": INT, "spatial_size": INT | INTS, "dropout_holes": BOOL, "fill_value": NONE | NUMBER,
                            "max_holes": NONE | INT, "max_spatial_size": NONE | INT | INTS, "prob": PROB},
     "RandRotated": {"range_x": NUMBERS, "range_y": NUMBERS, "range_z": NUMBERS, "prob": PROB, "keep_size": BOOL,
