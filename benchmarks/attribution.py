@@ -65,6 +65,8 @@ COHORTS = (
     # other regions): chooses between ranking methods for the mix's failure mode without touching validation scans.
     Cohort("tune_mix", 101, effects="atrophy:putamen*1.5,atrophy:pallidum*1.5,intensity:supramarginal*1.5,"
                                     "intensity:caudalmiddlefrontal", role="tuning"),
+    # tune_mix without its darkenings (same seed): are its two contractions read when nothing competes with them?
+    Cohort("tune_mix_atrophy", 101, effects="atrophy:putamen*1.5,atrophy:pallidum*1.5", role="tuning"),
     Cohort("atrophy", 11, effects="atrophy:hippocampus*1.5,atrophy:thalamusproper*1.5,atrophy:grow:lateral-ventricle"),
     Cohort("intensity", 12, effects="intensity:precuneus,intensity:superiortemporal,intensity:brighten:caudate"),
     Cohort("mix", 13, effects="atrophy:caudate*1.5,atrophy:amygdala*1.5,intensity:lateraloccipital*1.5,"
