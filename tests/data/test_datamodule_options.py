@@ -65,7 +65,7 @@ def test_in_place_augmentation_leaves_held_volumes_intact(write_nifti, brain_lik
     # holes epoch after epoch
     root = _cohort(write_nifti, brain_like)
     cutout = {"class_path": "monai.transforms.RandCoarseDropoutd",
-              "init_args": {"holes": 2, "spatial_size": 4, "fill_value": 0.0, "prob": 1.0}}
+              "init_args": {"holes": 2, "spatial_size": 4, "fill_value": -7.0, "prob": 1.0}}  # a value no voxel has
     dm = BrainAgeDataModule(root, spacing=8.0, shape=(16, 16, 16), augmentation=[cutout], preprocess_threads=1,
                             val_fraction=0.25, test_fraction=0.25)
     dm.setup("fit")
@@ -73,5 +73,6 @@ def test_in_place_augmentation_leaves_held_volumes_intact(write_nifti, brain_lik
     held = train.images[0].clone()
     first, second = train[0]["image"], train[0]["image"]
     torch.testing.assert_close(train.images[0], held)  # the held volume is unchanged
-    assert (first == 0).sum() > (held == 0).sum()  # the holes are there, in the copy
+    assert (held == -7.0).sum() == 0 and (first == -7.0).sum() > 0  # the holes are there, in the copy only
+    # (a hole is visible wherever it lands: a fill of 0 could fall on the zero background and go unseen)
     assert not torch.equal(first, second)  # and drawn afresh per item
