@@ -53,7 +53,7 @@ class Cohort:
     seed: int
     effects: str = ""
     random_effects: str = ""
-    role: str = "validation"  # validation | tuning (tuning cohorts choose settings, they are not reported)
+    role: str = "validation"  # validation | tuning (chooses settings, unreported) | control (explains, chooses none)
 
 
 # Contraction at strength 1.5 (volume fraction 0.51 at 85 y): at strength 1 the tuning cohort's model barely read a
@@ -66,11 +66,13 @@ COHORTS = (
     Cohort("tune_mix", 101, effects="atrophy:putamen*1.5,atrophy:pallidum*1.5,intensity:supramarginal*1.5,"
                                     "intensity:caudalmiddlefrontal", role="tuning"),
     # tune_mix without its darkenings (same seed): are its two contractions read when nothing competes with them?
-    Cohort("tune_mix_atrophy", 101, effects="atrophy:putamen*1.5,atrophy:pallidum*1.5", role="tuning"),
+    Cohort("tune_mix_atrophy", 101, effects="atrophy:putamen*1.5,atrophy:pallidum*1.5", role="control"),
     Cohort("atrophy", 11, effects="atrophy:hippocampus*1.5,atrophy:thalamusproper*1.5,atrophy:grow:lateral-ventricle"),
     Cohort("intensity", 12, effects="intensity:precuneus,intensity:superiortemporal,intensity:brighten:caudate"),
     Cohort("mix", 13, effects="atrophy:caudate*1.5,atrophy:amygdala*1.5,intensity:lateraloccipital*1.5,"
                               "intensity:rostralmiddlefrontal"),
+    # mix without its darkenings (same seed): does the model read the mix's contractions when nothing competes?
+    Cohort("mix_atrophy", 13, effects="atrophy:caudate*1.5,atrophy:amygdala*1.5", role="control"),
     Cohort("random", 14, random_effects="atrophy=2,intensity=2"),
     Cohort("demo", 1),  # the demo's own effects (make demo: seed 1): the null-control measurement of issue 14
 )
