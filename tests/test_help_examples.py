@@ -90,9 +90,9 @@ def _bash(command: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedP
                           capture_output=True, timeout=timeout)
 
 
-# every command module, imported once by the fork server (not by this process): children start warm
+# imported once by the fork server (not by this process): command modules and cached reference data
 _FORKS = multiprocessing.get_context("forkserver")
-_FORKS.set_forkserver_preload([module for module, _ in COMMANDS.values()])
+_FORKS.set_forkserver_preload([f"{__package__}.console_warm" if __package__ else "console_warm"])
 
 
 def _console_script(script: str, argv: list[str], cwd: str, env: dict, stdout: str, stderr: str) -> None:
