@@ -123,9 +123,9 @@ def grouped_linear(
     supported = x.dtype in _GROUPED_MM_DTYPES and _aligned(x, w_t) and out_aligned
     use_grouped = impl == "grouped_mm" or (impl == "auto" and _HAS_GROUPED_MM and supported)
     if use_grouped:
-        # native op in eager mode and for bf16 (its fake kernel traces); the custom-op wrapper only when compiling
-        # other dtypes (its first eager call would also import torch._dynamo: ~3 s at start-up without Lightning)
-        gmm = _grouped_mm_op if torch.compiler.is_compiling() and x.dtype != torch.bfloat16 else F.grouped_mm
+        # native op for bf16 (its fake kernel traces); the custom-op wrapper for other dtypes, also in eager mode: its
+        # backward makes a stride-0 gradient contiguous, which torch 2.13's native CPU backward rejects
+        gmm = F.grouped_mm if x.dtype == torch.bfloat16 else _grouped_mm_op
         y = gmm(x, w_t, offs=plan.offs)  # (t*k, o)
     else:
         counts = torch.diff(plan.offs, prepend=plan.offs.new_zeros(1))  # (e,)

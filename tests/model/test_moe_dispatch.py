@@ -97,6 +97,21 @@ def test_grouped_mm_equals_loop_with_empty_groups() -> None:
     assert_close(outs[0][rows], x[rows] @ w[0].detach().t() + b[0].detach())
 
 
+def test_grouped_mm_backward_takes_an_expanded_gradient() -> None:
+    """`.sum()` hands back a stride-0 gradient; torch 2.13's native grouped_mm backward rejects it on CPU ("Invalid
+    strides/sizes"), which is why eager fp32 goes through the custom op that makes it contiguous."""
+    torch.manual_seed(6)
+    plan = plan_dispatch(torch.tensor([[0, 1], [1, 2], [2, 0], [0, 2]]), torch.rand(4, 2), 3)
+    grads = []
+    for impl in ("grouped_mm", "loop"):
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(7), requires_grad=True)
+        w = torch.randn(3, 32, 16, generator=torch.Generator().manual_seed(8), requires_grad=True)
+        grouped_linear(x, w, None, plan, impl).sum().backward()
+        grads.append((x.grad, w.grad))
+    assert_close(grads[0][0], grads[1][0])
+    assert_close(grads[0][1], grads[1][1])
+
+
 @pytest.mark.parametrize("router", ["eigen", "softmax", "emoe"])
 def test_every_parameter_has_grad_even_with_an_idle_expert(router: str) -> None:
     torch.manual_seed(3)
