@@ -125,7 +125,14 @@ def train(folder: Path, cohort_root: Path, epochs: int, extra: Sequence[Path] = 
     ``best.ckpt`` (``folder/train``)."""
     work = folder / "train"
     best = work / "checkpoints" / "best.ckpt"
+    wanted = {"epochs": epochs, "extra_configs": [str(Path(p).resolve()) for p in extra]}
     if best.is_file() and (work / "done.json").is_file():
+        done = json.loads((work / "done.json").read_text())
+        found = {"epochs": done.get("epochs"), "extra_configs": [str(Path(p).resolve()) for p in
+                                                                  done.get("extra_configs", [])]}
+        if found != wanted:
+            raise ValueError(f"{work / 'done.json'}: this folder's model was trained with {found}, this run asks for "
+                             f"{wanted}; use a fresh --out for another training configuration")
         return best
     work.mkdir(parents=True, exist_ok=True)
     callbacks = work / "callbacks.yaml"
@@ -139,8 +146,7 @@ def train(folder: Path, cohort_root: Path, epochs: int, extra: Sequence[Path] = 
           "--config", str(callbacks), "--data.root", str(cohort_root), "--trainer.max_epochs", str(epochs),
           "--trainer.default_root_dir", str(work), "--trainer.enable_progress_bar", "false",
           "--trainer.logger.init_args.tracking_uri", f"sqlite:///{work / 'mlflow.db'}"], folder / "logs" / "fit.log")
-    (work / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "epochs": epochs,
-                                                 "extra_configs": [str(p) for p in extra]}))
+    (work / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - start, **wanted}))
     return best
 
 
