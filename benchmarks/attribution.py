@@ -74,6 +74,11 @@ COHORTS = (
     # mix without its darkenings (same seed): does the model read the mix's contractions when nothing competes?
     Cohort("mix_atrophy", 13, effects="atrophy:caudate*1.5,atrophy:amygdala*1.5", role="control"),
     Cohort("random", 14, random_effects="atrophy=2,intensity=2"),
+    # the atrophy cohort's ageing structures (read by the model there) beside the mix cohort's darkenings: does a
+    # strong intensity effect push down an atrophy the model reads when alone? (issue 14's first failure)
+    Cohort("mix_ageing", 15, effects="atrophy:hippocampus*1.5,atrophy:thalamusproper*1.5,"
+                                     "atrophy:grow:lateral-ventricle,intensity:lateraloccipital*1.5,"
+                                     "intensity:rostralmiddlefrontal"),
     Cohort("demo", 1),  # the demo's own effects (make demo: seed 1): the null-control measurement of issue 14
 )
 
