@@ -1,8 +1,8 @@
 """Attribution benchmark: do the region attribution methods find planted effects, atrophy included, on cohorts whose
 planted regions differ?
 
-For each cohort (``COHORTS``: atrophy only, intensity only, a mix, regions drawn at random; plus a separate tuning
-cohort whose results are never reported as validation) the script
+For each cohort (``COHORTS``: atrophy only, intensity only, two mixes, regions drawn at random; plus tuning cohorts
+whose results are never reported as validation, and controls that explain and choose nothing) the script
 1. writes the cohort with ``brainage synth --effects ...`` (2 mm, ground_truth.json names the planted regions);
 2. trains the demo model on it (``brainage fit --config configs/demo.yaml``, CPU) and keeps ``best.ckpt``;
 3. attributes the held-out subjects (``test.csv``) with every method of ``brainage.report.attribute``, saving the
