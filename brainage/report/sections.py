@@ -192,6 +192,10 @@ HOW_TO_READ = [
     "bootstrap intervals over scans; a rank interval says how stable a region's place in the list is; regions are "
     "ranked by the null-corrected contribution (the contribution minus what a random voxel set of the same size "
     "adds).",
+    "A low rank means the model does not use the region, not that the region does not change with age. When several "
+    "regions carry the same age information the model may read only some of them: on synthetic cohorts with planted "
+    "effects it left some atrophies and darkenings unread while others ranked first (docs/report.md). The ranking "
+    "explains this model's predictions, not the biology of ageing.",
     "Cohort: MAE = mean absolute error in years; brain-age gap = predicted minus true age (positive: the brain looks "
     "older than its age).",
     "With a synthetic cohort, 'Validation against ground truth' checks the ranking against the regions where age "

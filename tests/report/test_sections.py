@@ -145,6 +145,7 @@ def test_subject_section_shows_unknown_ages_as_unknown(result, canvas):
 def test_how_to_read_explains_normalisation_and_colours(result, canvas):
     document = _html(S.how_to_read(result, canvas))
     assert "z-scored inside the brain" in document and "Negative (blue)" in document
+    assert "A low rank means the model does not use the region" in document  # a ranking explains the model
 
 
 def test_page_puts_the_main_result_first_with_a_table_of_contents(result):
