@@ -130,11 +130,13 @@ def train(folder: Path, cohort_root: Path, epochs: int, extra: Sequence[Path] = 
     ``best.ckpt`` (``folder/train``)."""
     work = folder / "train"
     best = work / "checkpoints" / "best.ckpt"
-    wanted = {"epochs": epochs, "extra_configs": [str(Path(p).resolve()) for p in extra]}
+    def setting(epochs: object, configs: Sequence[str | Path]) -> dict:
+        return {"epochs": epochs, "extra_configs": [str(Path(p).resolve()) for p in configs]}
+
+    wanted = setting(epochs, extra)
     if best.is_file() and (work / "done.json").is_file():
         done = json.loads((work / "done.json").read_text())
-        found = {"epochs": done.get("epochs"), "extra_configs": [str(Path(p).resolve()) for p in
-                                                                  done.get("extra_configs", [])]}
+        found = setting(done.get("epochs"), done.get("extra_configs", []))
         if found != wanted:
             raise ValueError(f"{work / 'done.json'}: this folder's model was trained with {found}, this run asks for "
                              f"{wanted}; use a fresh --out for another training configuration")
