@@ -1,8 +1,9 @@
 """Attribution benchmark: do the region attribution methods find planted effects, atrophy included, on cohorts whose
 planted regions differ?
 
-For each cohort (``COHORTS``: atrophy only, intensity only, two mixes, regions drawn at random; plus tuning cohorts
-whose results are never reported as validation, and controls that explain and choose nothing) the script
+For each cohort (``COHORTS``: atrophy only, intensity only, two mixes, regions drawn at random, and ``*_spread``
+variants whose effects each follow their own age; plus tuning cohorts whose results are never reported as
+validation, and controls that explain and choose nothing) the script
 1. writes the cohort with ``brainage synth --effects ...`` (2 mm, ground_truth.json names the planted regions);
 2. trains the demo model on it (``brainage fit --config configs/demo.yaml``, CPU) and keeps ``best.ckpt``;
 3. attributes the held-out subjects (``test.csv``) with every method of ``brainage.report.attribute``, saving the
@@ -54,6 +55,7 @@ class Cohort:
     effects: str = ""
     random_effects: str = ""
     role: str = "validation"  # validation | tuning (chooses settings, unreported) | control (explains, chooses none)
+    spread: float = 0.0  # ``brainage synth --effect-spread``: SD (y) of each effect's own ageing offset
 
 
 # Contraction at strength 1.5 (volume fraction 0.51 at 85 y): at strength 1 the tuning cohort's model barely read a
@@ -81,6 +83,10 @@ COHORTS = (
                                      "intensity:rostralmiddlefrontal"),
     Cohort("demo", 1),  # the demo's own effects (make demo: seed 1): the null-control measurement of issue 14
 )
+# The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
+# given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
+COHORTS += tuple(replace(c, name=f"{c.name}_spread", spread=10.0)
+                 for c in COHORTS if c.name in ("tune_mix", "mix", "atrophy", "intensity"))
 
 
 def _run(command: list[str], log: Path) -> None:
@@ -121,6 +127,8 @@ def build_cohort(cohort: Cohort, folder: Path, subjects: int, workers: int) -> P
         command += ["--effects", cohort.effects]
     elif cohort.random_effects:
         command += ["--random-effects", cohort.random_effects, "--effect-seed", str(cohort.seed)]
+    if cohort.spread:
+        command += ["--effect-spread", str(cohort.spread)]
     _run(command, folder / "logs" / "synth.log")
     return out
 

@@ -43,7 +43,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
@@ -394,6 +394,7 @@ class SubjectSpec:
     biological_age: float  # age driving the planted effects (age + brain-age gap)
     ventricle_log_offset: float  # individual ventricle size (log volume ratio)
     size_scale: float  # global linear scale (sex + head size)
+    effect_age_offsets: dict[str, float] = field(default_factory=dict)  # effect name -> own ageing offset (y)
 
 
 def _dct_field(ctx: _Context, coef: np.ndarray) -> np.ndarray:
@@ -426,7 +427,7 @@ def _amplitudes(effects: tuple[PlantedEffect, ...] | None, spec: SubjectSpec) ->
         }
     out = {}
     for e in effects:
-        value = e.amplitude(spec.biological_age)
+        value = e.amplitude(spec.biological_age + spec.effect_age_offsets.get(e.name, 0.0))
         if e.direction == "grow":  # the individual ventricle size offset applies to every growing structure
             value = warps[e.name].amplitude(math.exp(value + spec.ventricle_log_offset))
         elif e.direction == "shrink":
@@ -462,8 +463,8 @@ def _render_subject(ctx: _Context, spec: SubjectSpec, seed: int, nuisance: bool)
     # The subject's brain is `size_scale` times the template: output point p samples the template at c + (p - c) / s.
     lin = (rot / spec.size_scale).astype(np.float32)
     pts = (pts - ctx.centre.astype(np.float32)) @ lin.T + (ctx.centre + shift).astype(np.float32)
-    for name, field in ctx.warps.items():
-        pts = pts + np.float32(amplitude[name]) * field
+    for name, warp in ctx.warps.items():
+        pts = pts + np.float32(amplitude[name]) * warp
     coords = (pts - ctx.src_origin.astype(np.float32)).T  # (3, n) source voxel coordinates (1 mm grid)
     values = ndi.map_coordinates(src, coords, order=1, mode="constant", cval=0.0, prefilter=False)
 
@@ -533,9 +534,13 @@ def _write_subject(job: tuple[SubjectSpec, int, bool, str]) -> str:
 
 
 def _make_subjects(
-    n: int, seed: int, age_range: tuple[float, float], n_sites: int, nuisance: bool
+    n: int, seed: int, age_range: tuple[float, float], n_sites: int, nuisance: bool,
+    effect_names: Sequence[str] = (), effect_spread: float = 0.0,
 ) -> list[SubjectSpec]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2**31 - 1]))  # cohort stream, separate from subjects
+    # (n, effects) own ageing offsets; a stream of their own, so a cohort without spread is unchanged
+    offsets = np.random.default_rng(np.random.SeedSequence([seed, 2**31 - 2])).normal(
+        0.0, effect_spread, size=(n, len(effect_names)))
     ages = np.round(rng.uniform(age_range[0], age_range[1], size=n), 1)
     sexes = rng.permutation(np.array(["F", "M"] * ((n + 1) // 2))[:n])
     sites = rng.permutation(np.arange(n) % n_sites)
@@ -553,6 +558,8 @@ def _make_subjects(
             biological_age=round(float(ages[i] + gaps[i]), 3),
             ventricle_log_offset=round(float(vent[i]), 4),
             size_scale=round(float((1.03 if sexes[i] == "M" else 0.97) + head[i]), 4),
+            effect_age_offsets={name: round(float(offsets[i, j]), 3) for j, name in enumerate(effect_names)
+                                if effect_spread > 0},
         )
         for i in range(n)
     ]
@@ -675,6 +682,8 @@ def _ground_truth(
         "null_regions": groups["null"],
         "subject_variability": {
             "biological_age": "age + N(0, 2.5) y drives all effects (brain-age gap); 0 when nuisance is off",
+            "effect_age_offsets": "per effect, N(0, settings.effect_spread) y added to the biological age that "
+            "drives it (absent: 0)",
             "ventricle_log_offset": "N(0, 0.1) added to the log volume ratio of the ventricles (of every growing "
             "structure with --effects); 0 when nuisance is off",
             "size_scale": "1.03 (M) / 0.97 (F) + N(0, 0.02) linear scale; sex effect kept when nuisance is off",
@@ -703,6 +712,7 @@ def synthesize_cohort(
     nuisance: bool = True,
     overwrite: bool = False,
     effects: Sequence[PlantedEffect] | None = None,
+    effect_spread: float = 0.0,
 ) -> Path:
     """Write a synthetic BIDS cohort to ``out`` and return ``out``.
 
@@ -723,6 +733,10 @@ def synthesize_cohort(
         overwrite: allow writing into a non-empty folder.
         effects: planted effects chosen by option (:mod:`brainage.data.effects`); they replace the demo effects
             (ventricles, hippocampus, frontal cortex, white matter and its lesions). None: the demo effects.
+        effect_spread: standard deviation (years) of each planted effect's own ageing offset, drawn per subject and
+            effect: effect e follows biological age + N(0, effect_spread), so every effect carries age information
+            the others do not (regional brain ages differ within a person: Kaufmann et al. 2019, Nat Neurosci
+            22:1617). 0 (default): every effect follows the biological age alone. Needs ``effects``.
     """
     out = Path(out)
     if int(n) != n or n < 1:
@@ -742,10 +756,18 @@ def synthesize_cohort(
     effects = None if effects is None else tuple(effects)
     if effects is not None and not effects:
         raise ValueError("effects is empty; pass None for the demo effects or at least one PlantedEffect")
+    if not 0 <= effect_spread <= 30:
+        raise ValueError(f"effect_spread must be between 0 and 30 years, got {effect_spread!r}")
+    if effect_spread > 0 and effects is None:
+        raise ValueError("effect_spread needs planted effects (--effects or --random-effects); the demo effects "
+                         "follow the biological age alone")
     out.mkdir(parents=True, exist_ok=True)
 
-    subjects = _make_subjects(int(n), int(seed), (lo, hi), int(n_sites), nuisance)
+    subjects = _make_subjects(int(n), int(seed), (lo, hi), int(n_sites), nuisance,
+                              [e.name for e in effects or ()], float(effect_spread))
     settings = {"seed": int(seed), "n": int(n), "spacing": float(spacing), "age_range": [lo, hi]}
+    if effect_spread > 0:
+        settings["effect_spread"] = float(effect_spread)
     settings |= {"n_sites": int(n_sites), "nuisance": bool(nuisance), "generator": "brainage.data.synth"}
     if effects is not None:
         settings["effects"] = [e.to_dict() for e in effects]
@@ -809,7 +831,8 @@ def _parser() -> argparse.ArgumentParser:
         "  brainage synth --n 50 --out /tmp/clean --no-nuisance --age-min 30 --age-max 80\n"
         "  brainage synth --n 400 --out /tmp/a --effects atrophy:thalamusproper,atrophy:grow:lateral-ventricle,"
         "intensity:L-precuneus*1.5\n"
-        "  brainage synth --n 400 --out /tmp/r --random-effects atrophy=2,intensity=2 --effect-seed 7\n\n"
+        "  brainage synth --n 400 --out /tmp/r --random-effects atrophy=2,intensity=2 --effect-seed 7\n"
+        "  brainage synth --n 400 --out /tmp/v --effects atrophy:putamen,intensity:precuneus --effect-spread 10\n\n"
         "effects: KIND[:DIRECTION]:REGION[+REGION...][*STRENGTH], comma separated; KIND atrophy (shrink, or grow for "
         "the\nventricles) or intensity (darken, or brighten); REGION an atlas name (L-hippocampus) or a bare label "
         "for both\nhemispheres (hippocampus). A .json/.yaml file holds a list of {kind, regions, direction, "
@@ -831,6 +854,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--random-effects", metavar="KIND=N,...", help="draw N bilateral effects per kind at random among "
                    "the eligible atlas regions, e.g. atrophy=2,intensity=1")
     p.add_argument("--effect-seed", type=int, default=None, help="seed of --random-effects (default: --seed)")
+    p.add_argument("--effect-spread", type=float, default=0.0, metavar="YEARS",
+                   help="each planted effect follows its own age, biological age + N(0, YEARS) per subject, so "
+                   "every effect carries age information the others do not (default 0: all follow one age)")
     p.add_argument("--verbose", "-v", action="store_true", help="log progress details")
     return p
 
@@ -859,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
             nuisance=not args.no_nuisance,
             overwrite=args.overwrite,
             effects=effects,
+            effect_spread=args.effect_spread,
         )
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"brainage synth: error: {err}", file=sys.stderr)

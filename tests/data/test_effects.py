@@ -126,3 +126,39 @@ def test_default_cohort_is_unchanged_by_the_effects_option(tmp_path):
                                                      "cortical_thinning", "white_matter_change"]
     assert "effects" not in truth["settings"] and truth["effects"][0]["displaced"]
     assert int(image.sum()) == DEFAULT_SUM_SEED5_4MM
+
+
+def test_effect_spread_gives_every_effect_its_own_age(tmp_path):
+    """--effect-spread: each planted effect follows biological age + its own N(0, spread) offset. The same subjects
+    (same ages, sexes, sites) with and without spread differ only inside the planted regions, each region darker
+    exactly when its own effect's offset is positive; without spread the cohort is the one written before."""
+    effects = parse_effects("intensity:L-precuneus,intensity:R-superiorfrontal", NAMES)
+    kw = {"n": 6, "seed": 4, "spacing": 4.0, "workers": 1, "nuisance": False, "n_sites": 1, "effects": effects,
+          "age_range": (50.0, 60.0)}
+    plain = synth.synthesize_cohort(tmp_path / "plain", **kw)
+    spread = synth.synthesize_cohort(tmp_path / "spread", effect_spread=10.0, **kw)
+    t0, t1 = (json.loads((root / "ground_truth.json").read_text()) for root in (plain, spread))
+    assert "effect_spread" not in t0["settings"] and t1["settings"]["effect_spread"] == 10.0
+    assert all(s["effect_age_offsets"] == {} for s in t0["subjects"])
+    keep = ("participant_id", "age", "sex", "site", "biological_age")
+    assert [{k: s[k] for k in keep} for s in t0["subjects"]] == [{k: s[k] for k in keep} for s in t1["subjects"]]
+    offsets = np.array([[s["effect_age_offsets"][e.name] for e in effects] for s in t1["subjects"]])  # (6, 2)
+    assert offsets.shape == (6, 2) and 3 < offsets.std() < 20 and not np.allclose(offsets[:, 0], offsets[:, 1])
+
+    shape, affine = mni_grid(4.0)
+    labels = load_default_atlas().resample_to(shape, affine)
+    ids = load_default_atlas().ids_by_name()
+    masks = [labels == ids[e.regions[0]] for e in effects]
+    near = ndi.distance_transform_edt(~(masks[0] | masks[1]), sampling=4.0) <= 12.0  # edge + site blur: < 9 mm
+    a, b = _images(plain), _images(spread)
+    for i, pid in enumerate(sorted(a)):
+        diff = b[pid] - a[pid]
+        assert np.abs(diff[~near]).max() == 0, "spread changed voxels away from the planted regions"
+        for j, mask in enumerate(masks):
+            if abs(offsets[i, j]) > 1:  # older own age -> darker region
+                assert np.sign(diff[mask].mean()) == -np.sign(offsets[i, j]), (pid, effects[j].name)
+
+
+def test_effect_spread_needs_planted_effects(tmp_path, capsys):
+    assert synth.main(["--n", "2", "--out", str(tmp_path / "c"), "--effect-spread", "5"]) == 2
+    assert "effect_spread needs planted effects" in capsys.readouterr().err and not (tmp_path / "c").exists()
