@@ -41,3 +41,15 @@ def test_train_refuses_a_folder_trained_with_another_configuration(tmp_path: Pat
     _trained(tmp_path, epochs, [str(ROOT / e) for e in extra])
     with pytest.raises(ValueError, match="done.json.*fresh --out"):
         _benchmark().train(tmp_path, tmp_path / "cohort", 15, [ROOT / "configs" / "model" / "sfcn.yaml"])
+
+
+def test_spread_cohorts_write_each_effect_with_its_own_age(tmp_path: Path) -> None:
+    """A ``*_spread`` cohort is its base cohort (effects, seed) written with ``brainage synth --effect-spread``."""
+    bench = _benchmark()
+    cohorts = {c.name: c for c in bench.COHORTS}
+    base, spread = cohorts["mix"], cohorts["mix_spread"]
+    assert (spread.effects, spread.seed, spread.role, spread.spread) == (base.effects, base.seed, base.role, 10.0)
+    root = bench.build_cohort(spread, tmp_path, subjects=2, workers=1)
+    truth = json.loads((root / "ground_truth.json").read_text())
+    assert truth["settings"]["effect_spread"] == 10.0
+    assert all(set(s["effect_age_offsets"]) == {e["name"] for e in truth["effects"]} for s in truth["subjects"])
