@@ -20,6 +20,7 @@ from brainage.reference.templates import mni_grid
 NAMES = list(load_default_atlas().names.values())
 SPACING = 3.0
 DEFAULT_SUM_SEED5_4MM = 20807946  # voxel sum of sub-0001 (seed 5, 4 mm) written by synth before effects were options
+CHOSEN_SUM_SEED5_4MM = 20813310  # the same with two chosen effects, written by synth before --effect-spread (5d3084d)
 
 
 def test_string_form_resolves_hemispheres_directions_and_strength():
@@ -162,3 +163,11 @@ def test_effect_spread_gives_every_effect_its_own_age(tmp_path):
 def test_effect_spread_needs_planted_effects(tmp_path, capsys):
     assert synth.main(["--n", "2", "--out", str(tmp_path / "c"), "--effect-spread", "5"]) == 2
     assert "effect_spread needs planted effects" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_chosen_effects_without_spread_are_unchanged_by_the_spread_option(tmp_path):
+    """Chosen effects without --effect-spread render exactly as before the option existed: the offsets have a random
+    stream of their own."""
+    effects = parse_effects("atrophy:L-thalamusproper,intensity:R-precuneus", NAMES)
+    root = synth.synthesize_cohort(tmp_path / "c", n=1, seed=5, spacing=4.0, workers=1, effects=effects)
+    assert int(_images(root)["sub-0001"].sum()) == CHOSEN_SUM_SEED5_4MM
