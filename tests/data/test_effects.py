@@ -132,7 +132,7 @@ def test_default_cohort_is_unchanged_by_the_effects_option(tmp_path):
 def test_effect_spread_gives_every_effect_its_own_age(tmp_path):
     """--effect-spread: each planted effect follows biological age + its own N(0, spread) offset. The same subjects
     (same ages, sexes, sites) with and without spread differ only inside the planted regions, each region darker
-    exactly when its own effect's offset is positive; without spread the cohort is the one written before."""
+    exactly when its own effect's offset is positive."""
     effects = parse_effects("intensity:L-precuneus,intensity:R-superiorfrontal", NAMES)
     kw = {"n": 6, "seed": 4, "spacing": 4.0, "workers": 1, "nuisance": False, "n_sites": 1, "effects": effects,
           "age_range": (50.0, 60.0)}
@@ -147,8 +147,8 @@ def test_effect_spread_gives_every_effect_its_own_age(tmp_path):
     assert offsets.shape == (6, 2) and 3 < offsets.std() < 20 and not np.allclose(offsets[:, 0], offsets[:, 1])
 
     shape, affine = mni_grid(4.0)
-    labels = load_default_atlas().resample_to(shape, affine)
-    ids = load_default_atlas().ids_by_name()
+    atlas = load_default_atlas()
+    labels, ids = atlas.resample_to(shape, affine), atlas.ids_by_name()
     masks = [labels == ids[e.regions[0]] for e in effects]
     near = ndi.distance_transform_edt(~(masks[0] | masks[1]), sampling=4.0) <= 12.0  # edge + site blur: < 9 mm
     a, b = _images(plain), _images(spread)
