@@ -85,6 +85,9 @@ ALLOWED_ARGUMENTS: dict[str, dict[str, Value]] = {
     # brainage.data.transforms
     "LoadVolumed": {"max_voxels": INT},
     "ValidateT1d": {"min_voxel_mm": NUMBER, "max_voxel_mm": NUMBER},
+    "RegisterToTemplated": {"control_points": Value(_list_of(_is_int, range(3, 4)), "three integers"),
+                            "smoothness": NUMBER, "iterations": INT, "fit_spacing": NUMBER, "spacing": NUMBER,
+                            "min_correlation": NUMBER},
     # loaders and layout (deterministic chain)
     "LoadImaged": {"reader": NONE | choice("NibabelReader", "NumpyReader"), "dtype": NONE | DTYPE,
                    "image_only": BOOL, "ensure_channel_first": BOOL, "simple_keys": BOOL, "expanduser": BOOL},

@@ -1,5 +1,6 @@
 """brainage's own dictionary transforms, used in the declared preprocessing chains (`brainage.data.preprocessing`):
-LoadVolumed (NIfTI via MONAI LoadImage, OpenBHB `.npy` on the 1 mm MNI grid) and ValidateT1d (the input checks).
+LoadVolumed (NIfTI via MONAI LoadImage, OpenBHB `.npy` on the 1 mm MNI grid), ValidateT1d (the input checks) and
+RegisterToTemplated (optional nonlinear normalisation to ICBM152, `brainage.data.registration`).
 Input contract: T1w, skull-stripped (zero background), affinely aligned to MNI152.
 
 Bounded memory per scan (our choice of limits): before a NIfTI file is decoded, `check_claimed_size` reads only its
@@ -21,8 +22,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
+from brainage.data.registration import TemplateRegistration
+
 __all__ = ["DEFAULT_MAX_VOXELS", "MAX_EXTENSION_BYTES", "MNI_1MM_AFFINE", "NPY_GRIDS", "ImageError", "LoadVolumed",
-           "ValidateT1", "ValidateT1d", "check_claimed_size", "claimed_bytes", "nifti_header"]
+           "RegisterToTemplated", "ValidateT1", "ValidateT1d", "check_claimed_size", "claimed_bytes", "nifti_header"]
 
 DEFAULT_MAX_VOXELS = 512**3
 MAX_EXTENSION_BYTES = 16 * 2**20  # NIfTI header extensions (vox_offset) accepted before the image data
@@ -203,4 +206,38 @@ class ValidateT1d(MapTransform):
         for key in self.key_iterator(d):
             meta = getattr(d[key], "meta", {})
             d[key] = self.validate(d[key], name=str(meta.get("filename_or_obj", key)))
+        return d
+
+
+class RegisterToTemplated(MapTransform):
+    """Nonlinear normalisation of a (1, X, Y, Z) RAS image to the ICBM152 T1 (`TemplateRegistration`: affine + FFD);
+    the output lies on the MNI grid at ``spacing`` mm. Deterministic, so it belongs in the cached chain, after
+    Orientationd and before Spacingd. A fit that ends below ``min_correlation`` raises ImageError naming the file.
+
+    Args: those of `brainage.data.registration.TemplateRegistration`.
+    """
+
+    def __init__(self, keys: str | list[str] = "image", control_points: list[int] | tuple[int, int, int] = (7, 8, 7),
+                 smoothness: float = 0.01, iterations: int = 60, fit_spacing: float = 4.0, spacing: float = 2.0,
+                 min_correlation: float = 0.5) -> None:
+        super().__init__(keys)
+        self.register = TemplateRegistration(tuple(control_points), smoothness, iterations, fit_spacing, spacing,
+                                             min_correlation)
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            meta = dict(getattr(img, "meta", {}))
+            name = str(meta.get("filename_or_obj", key))
+            if img.ndim != 4 or img.shape[0] != 1:
+                raise ImageError(f"{name}: found an image of shape {tuple(img.shape)} before registration; expected "
+                                 "(1, X, Y, Z) (put RegisterToTemplated after EnsureChannelFirstd)")
+            out = self.register(torch.as_tensor(img)[0], np.asarray(img.affine, dtype=np.float64))
+            if not out.correlation >= self.register.min_correlation:  # also refuses NaN
+                raise ImageError(f"{name}: registration to the ICBM152 T1 ended at correlation {out.correlation:.3f}; "
+                                 f"expected >= {self.register.min_correlation} (a skull-stripped T1 affinely near "
+                                 "MNI152, see the input contract)")
+            meta.pop("affine", None)
+            d[key] = MetaTensor(out.image[None], affine=torch.as_tensor(out.affine), meta=meta)  # (1, X, Y, Z)
         return d

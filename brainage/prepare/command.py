@@ -31,6 +31,7 @@ from tqdm import tqdm
 from brainage.contracts.atomic import write_bytes_atomic
 from brainage.data.inputs import read_inputs
 from brainage.data.manifest import MANIFEST_COLUMNS, SkullStrip
+from brainage.reference.templates import icbm152_on_grid
 
 __all__ = ["PrepareSettings", "main", "output_key", "prepare_dataset", "prepare_subject"]
 
@@ -96,7 +97,7 @@ def prepare_subject(row: dict, out: Path | str, settings: PrepareSettings) -> di
         check = qc.assess(result.data, settings.spacing, settings.qc_ncc, settings.qc_coverage)
         record |= {"qc_ncc": check.ncc, "qc_coverage": check.coverage, "qc_status": check.status,
                    "qc_reason": check.reason, "mni_to_world": result.mni_to_world.round(6).tolist()}
-        grid = register.template_on_grid(settings.spacing)[1]
+        grid = icbm152_on_grid(settings.spacing)[1]
         out_img = nib.Nifti1Image(result.data, grid)
         out_img.set_sform(grid, code=4)  # 4 = MNI_152
         out_img.set_qform(grid, code=4)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brainage.prepare.register import template_on_grid
+from brainage.reference.templates import icbm152_on_grid
 
 __all__ = ["COVERAGE_THRESHOLD", "NCC_THRESHOLD", "QCResult", "assess", "qc_html", "qc_png"]
 
@@ -40,7 +40,7 @@ class QCResult:
 def assess(data: np.ndarray, spacing: float, ncc_threshold: float = NCC_THRESHOLD,
            coverage_threshold: float = COVERAGE_THRESHOLD) -> QCResult:
     """QC of a prepared volume ``data`` on ``mni_grid(spacing)`` against the template inside its brain mask."""
-    template, _ = template_on_grid(spacing)
+    template, _ = icbm152_on_grid(spacing)
     if data.shape != template.shape:
         raise ValueError(f"prepared volume has shape {data.shape}; expected the {spacing} mm MNI grid {template.shape}")
     inside = template > 0.05
@@ -65,7 +65,7 @@ def qc_png(data: np.ndarray, spacing: float, title: str) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    template, _ = template_on_grid(spacing)
+    template, _ = icbm152_on_grid(spacing)
     centre = [int(c) for c in np.round(np.argwhere(template > 0.05).mean(axis=0))]
     positive = data[data > 0]
     vmax = float(np.percentile(positive, 99.5)) if positive.size else 1.0

@@ -11,16 +11,14 @@ bits. Nibabel arrays are RAS voxel -> mm; ITK images are LPS: :func:`to_sitk` / 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from brainage.reference.templates import load_icbm152, mni_grid
+from brainage.reference.templates import icbm152_on_grid, mni_grid
 
 __all__ = ["REGISTRATION_SPACING_MM", "SAMPLING_SEED", "affine_register", "from_sitk", "resample_to_grid",
-           "set_threads", "template_on_grid", "template_sitk", "to_sitk", "transform_to_ras"]
+           "set_threads", "template_sitk", "to_sitk", "transform_to_ras"]
 
 REGISTRATION_SPACING_MM = 2.0  # the fixed (template) image of the registration
 SAMPLING_SEED = 20240611  # fixed metric sampling seed: same input -> same samples -> same transform
@@ -56,23 +54,9 @@ def from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data), _LPS @ lps
 
 
-@functools.lru_cache(maxsize=4)
-def template_on_grid(spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """(t1, affine): the ICBM152 T1 ([0, 1], 0 outside the brain) on :func:`mni_grid` ``(spacing)``, anti-aliased."""
-    t1, affine = load_icbm152("t1")
-    shape, grid = mni_grid(spacing)
-    sigma = np.sqrt(max(spacing**2 - 1.0, 0.0)) / 2.355  # FWHM^2 = spacing^2 - 1 mm^2 (1 mm source)
-    source = ndi.gaussian_filter(t1, sigma) if sigma > 0 else t1
-    to_source = np.linalg.inv(affine) @ grid  # output voxel -> template voxel
-    out = ndi.affine_transform(source, to_source[:3, :3], to_source[:3, 3], output_shape=shape, order=1, cval=0.0)
-    out = out.astype(np.float32)
-    out.setflags(write=False)
-    return out, grid
-
-
 def template_sitk(spacing: float = REGISTRATION_SPACING_MM) -> tuple[sitk.Image, sitk.Image]:
     """(template T1, brain mask dilated by 2 voxels) as SimpleITK images at ``spacing`` mm."""
-    t1, affine = template_on_grid(spacing)
+    t1, affine = icbm152_on_grid(spacing)
     mask = ndi.binary_dilation(t1 > 0.05, iterations=2).astype(np.uint8)
     return to_sitk(t1, affine), sitk.Cast(to_sitk(mask, affine), sitk.sitkUInt8)
 

@@ -15,8 +15,9 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage as ndi
 
-__all__ = ["TemplateKind", "icbm152_path", "load_icbm152", "mni_grid"]
+__all__ = ["TemplateKind", "icbm152_on_grid", "icbm152_path", "load_icbm152", "mni_grid"]
 
 TemplateKind = Literal["t1", "gm", "wm"]
 _KINDS: tuple[str, ...] = ("t1", "gm", "wm")
@@ -64,3 +65,17 @@ def mni_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
     out = affine.copy()
     out[:3, :3] = np.diag([float(spacing)] * 3)
     return (shape[0], shape[1], shape[2]), out
+
+
+@functools.lru_cache(maxsize=4)
+def icbm152_on_grid(spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """(t1, affine): the ICBM152 T1 ([0, 1], 0 outside the brain) on :func:`mni_grid` ``(spacing)``, anti-aliased."""
+    t1, affine = load_icbm152("t1")
+    shape, grid = mni_grid(spacing)
+    sigma = np.sqrt(max(spacing**2 - 1.0, 0.0)) / 2.355  # FWHM^2 = spacing^2 - 1 mm^2 (1 mm source)
+    source = ndi.gaussian_filter(t1, sigma) if sigma > 0 else t1
+    to_source = np.linalg.inv(affine) @ grid  # output voxel -> template voxel
+    out = ndi.affine_transform(source, to_source[:3, :3], to_source[:3, 3], output_shape=shape, order=1, cval=0.0)
+    out = out.astype(np.float32)
+    out.setflags(write=False)
+    return out, grid

@@ -15,11 +15,10 @@ from scipy import ndimage as ndi
 pytest.importorskip("SimpleITK", reason="the 'prepare' extra (SimpleITK) is not installed")
 
 from brainage.data.inputs import read_inputs  # noqa: E402
-from brainage.reference.templates import load_icbm152, mni_grid  # noqa: E402
 from brainage.prepare.command import PrepareSettings, main, prepare_subject  # noqa: E402
 from brainage.prepare.phantom import rms_displacement, synthetic_raw_head  # noqa: E402
-from brainage.prepare.register import template_on_grid  # noqa: E402
 from brainage.prepare.steps import deepbet_available  # noqa: E402
+from brainage.reference.templates import icbm152_on_grid, load_icbm152, mni_grid  # noqa: E402
 
 pytestmark = pytest.mark.slow  # registration and skull stripping end to end
 
@@ -147,7 +146,7 @@ def test_deepbet_skull_strip_and_registration(tmp_path):
     assert record["qc_status"] == "ok", record["qc_reason"]
     assert rms_displacement(np.asarray(record["mni_to_world"]), truth, _brain_points()) < 2.0
     data = np.asarray(nib.load(tmp_path / "out" / "head_T1w.nii.gz").dataobj)
-    template, _ = template_on_grid(SPACING)
+    template, _ = icbm152_on_grid(SPACING)
     distance = ndi.distance_transform_edt(template <= 0.05, sampling=SPACING)  # mm outside the template brain
     assert (data[distance > 6.0] > 0).mean() < 0.01  # no bone or scalp (the phantom's shell starts 3 mm out)
     assert (data[distance == 0] > 0).mean() > 0.98  # and the brain is kept

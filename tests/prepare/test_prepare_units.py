@@ -10,7 +10,8 @@ sitk = pytest.importorskip("SimpleITK", reason="the 'prepare' extra (SimpleITK) 
 from brainage.prepare import qc  # noqa: E402
 from brainage.prepare.command import main, output_key  # noqa: E402
 from brainage.prepare.phantom import pose_matrix  # noqa: E402
-from brainage.prepare.register import from_sitk, template_on_grid, to_sitk, transform_to_ras  # noqa: E402
+from brainage.prepare.register import from_sitk, to_sitk, transform_to_ras  # noqa: E402
+from brainage.reference.templates import icbm152_on_grid  # noqa: E402
 
 
 def _oblique_affine() -> np.ndarray:
@@ -53,7 +54,7 @@ def test_transform_to_ras_matches_itk_point_mapping():
 
 
 def test_qc_assess_against_a_reference_correlation():
-    template, _ = template_on_grid(4.0)
+    template, _ = icbm152_on_grid(4.0)
     good = qc.assess(template * 900.0, 4.0)
     assert good.status == "ok" and good.ncc == pytest.approx(1.0) and good.coverage == pytest.approx(1.0)
     cropped = template.copy()
@@ -67,7 +68,7 @@ def test_qc_assess_against_a_reference_correlation():
 
 
 def test_qc_html_escapes_user_strings():
-    png = qc.qc_png(template_on_grid(4.0)[0], 4.0, "<b>x</b>")
+    png = qc.qc_png(icbm152_on_grid(4.0)[0], 4.0, "<b>x</b>")
     rows = [{"key": "k", "subject_id": "<script>alert(1)</script>", "session": "ses-&1", "qc_status": "fail",
              "qc_ncc": 0.2, "qc_coverage": 0.5, "qc_reason": "bad <reason>", "source_path": "/a/<b>.nii"}]
     page = qc.qc_html(rows, {"k": png})
