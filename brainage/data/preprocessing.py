@@ -225,6 +225,9 @@ class Preprocessing:
         if not validate < orientation < spacing_at < crop:
             raise PreprocessingError(f"preprocessing: found the order {names}; expected ValidateT1d before "
                                      "Orientationd before Spacingd before ResizeWithPadOrCropd")
+        if "RegisterToTemplated" in names and not orientation < names.index("RegisterToTemplated") < spacing_at:
+            raise PreprocessingError(f"preprocessing: found the order {names}; expected RegisterToTemplated after "
+                                     "Orientationd and before Spacingd")
         if spec[orientation]["init_args"].get("axcodes") != "RAS":
             raise PreprocessingError(f"preprocessing: Orientationd has axcodes="
                                      f"{spec[orientation]['init_args'].get('axcodes')!r}; expected 'RAS'")
@@ -285,7 +288,8 @@ class Preprocessing:
         return {"deterministic": self.spec}
 
     def contract(self) -> dict:
-        """The input contract recorded in the model card."""
+        """The input contract recorded in the model card (with the chain's own nonlinear normalisation, if any)."""
+        registered = any(e["class_path"].endswith(".RegisterToTemplated") for e in self.spec)
         return {
             "modality": "T1w",
             "skull_stripped": True,
@@ -294,6 +298,8 @@ class Preprocessing:
             "spacing_mm": self.spacing,
             "shape": list(self.shape),
             "normalisation": self.normalisation,
+            **({"registration": "nonlinear to the ICBM152 2009a T1 in the chain (affine + free-form deformation, "
+                                "RegisterToTemplated)"} if registered else {}),
         }
 
     def to_dict(self) -> dict:
