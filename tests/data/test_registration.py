@@ -121,3 +121,31 @@ def test_the_chain_places_registration_between_orientation_and_resampling():
     assert "registration" in good.contract() and "registration" not in Preprocessing(chain).contract()
     with pytest.raises(PreprocessingError, match="RegisterToTemplated after Orientationd and before Spacingd"):
         Preprocessing(chain[:5] + [entry] + chain[5:])  # after Spacingd
+
+
+def test_training_drops_a_scan_that_fails_registration_and_keeps_the_rest(tmp_path):
+    """A real synthetic cohort with one scan replaced by noise, set up with the registered chain: the noise scan is
+    dropped with a reason naming it and the correlation; every other scan is registered onto the MNI grid."""
+    import nibabel as nib
+
+    from brainage.data.datamodule import BrainAgeDataModule
+    from brainage.data.synth import synthesize_cohort
+
+    root = synthesize_cohort(tmp_path / "cohort", n=10, seed=4, spacing=4.0, workers=1)
+    bad = root / "sub-0003" / "anat" / "sub-0003_T1w.nii.gz"
+    img = nib.load(bad)
+    noise = np.random.default_rng(5).uniform(0, 1000, size=img.shape).astype(np.int16)
+    nib.save(nib.Nifti1Image(noise, img.affine), bad)
+    chain = default_deterministic(spacing=4.0, shape=(40, 48, 40))
+    chain.insert(4, {"class_path": "brainage.data.transforms.RegisterToTemplated",
+                     "init_args": {"spacing": 4.0, "iterations": 20}})
+    dm = BrainAgeDataModule(str(root), preprocessing=chain, augment=False, batch_size=2, val_fraction=0.3,
+                            test_fraction=0.2)
+
+    dm.setup("fit")
+
+    (dropped,) = [d for d in dm.dropped if "sub-" in str(d["subject_id"])]
+    assert dropped["subject_id"] == "sub-0003"
+    assert "sub-0003_T1w.nii.gz" in dropped["reason"] and "correlation" in dropped["reason"]
+    kept = [dm.datasets[name][i]["image"] for name in dm.datasets for i in range(len(dm.datasets[name]))]
+    assert len(kept) == 9 and all(tuple(x.shape) == (1, 40, 48, 40) and torch.isfinite(x).all() for x in kept)
