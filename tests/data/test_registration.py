@@ -149,3 +149,20 @@ def test_training_drops_a_scan_that_fails_registration_and_keeps_the_rest(tmp_pa
     assert "sub-0003_T1w.nii.gz" in dropped["reason"] and "correlation" in dropped["reason"]
     kept = [dm.datasets[name][i]["image"] for name in dm.datasets for i in range(len(dm.datasets[name]))]
     assert len(kept) == 9 and all(tuple(x.shape) == (1, 40, 48, 40) and torch.isfinite(x).all() for x in kept)
+
+
+@pytest.mark.slow  # end to end in a subprocess
+def test_registration_benchmark_runs_and_registered_scans_match_the_template_better():
+    """benchmarks/registration.py on 2 synthetic scans ends with one JSON line (no timing assertions); the registered
+    chain's outputs correlate with the template better than the plain chain's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "registration.py"), "--scans", "2"],
+                          capture_output=True, text=True, timeout=600, cwd=root, check=True)
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["scans"] == 2 and last["plain_s_per_scan"] > 0 and last["registered_s_per_scan"] > 0
+    assert last["correlation_registered"] > last["correlation_plain"], last
