@@ -7,8 +7,8 @@ rate is per core. Chains timed interleaved scan by scan (medians):
 - plain: configs/data/synthetic.yaml's deterministic chain on the .nii.gz (decode, validate, resample, z-score, crop);
 - registered: configs/data/synthetic_registered.yaml's (the same plus RegisterToTemplated before resampling).
 
-Quality, on the same scans: the correlation of each output with the ICBM152 T1 on the model grid, inside the
-template brain, for both chains. The last printed line is one JSON object: {"plain_s_per_scan",
+Quality, on the same scans: the correlation of each output with the MNI152 template on its grid, inside the
+template's brain mask, for both chains. The last printed line is one JSON object: {"plain_s_per_scan",
 "registered_s_per_scan", "cost_ratio": registered / plain, "correlation_plain", "correlation_registered" (medians),
 "scans", "threads"}.
 """
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,19 +36,14 @@ def _chain(config: str):
     return Preprocessing(yaml.safe_load((ROOT / config).read_text())["preprocessing"]).deterministic()
 
 
-def _template_correlation(image, brain_cache: dict) -> float:
-    """Correlation of a (1, X, Y, Z) output with the ICBM152 T1 sampled on its grid, inside the template brain."""
-    from brainage.reference.templates import load_icbm152
+def _template_correlation(image) -> float:
+    """Correlation of a (1, X, Y, Z) output with the MNI152 template on its grid, inside the template's brain mask
+    (the report's figure helpers: `brainage.report.figures`)."""
+    from brainage.report.figures import brain_mask, template_on_grid
 
-    key = tuple(np.asarray(image.affine).ravel().round(3)) + tuple(image.shape)
-    if key not in brain_cache:
-        t1, affine = load_icbm152("t1")
-        to_template = np.linalg.inv(affine) @ np.asarray(image.affine, dtype=np.float64)
-        coords = to_template[:3, :3] @ np.indices(image.shape[1:]).reshape(3, -1) + to_template[:3, 3:]
-        template = ndi.map_coordinates(ndi.gaussian_filter(t1, 1.2), coords, order=1).reshape(image.shape[1:])
-        brain_cache[key] = (template, ndi.binary_erosion(template > 0.1, iterations=1))
-    template, brain = brain_cache[key]
-    return float(np.corrcoef(image[0].numpy()[brain], template[brain])[0, 1])
+    shape, affine = tuple(image.shape[1:]), np.asarray(image.affine, dtype=np.float64)
+    brain = brain_mask(shape, affine)
+    return float(np.corrcoef(image[0].numpy()[brain], template_on_grid(shape, affine)[brain])[0, 1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,13 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         registered({"image": paths[0]})  # template grids and caches loaded once, outside the timing
         times: dict[str, list[float]] = {"plain": [], "registered": []}
         corr: dict[str, list[float]] = {"plain": [], "registered": []}
-        brains: dict = {}
         for path in paths:
             for name, chain in (("plain", plain), ("registered", registered)):
                 start = time.perf_counter()
                 image = chain({"image": path})["image"]
                 times[name].append(time.perf_counter() - start)
-                corr[name].append(_template_correlation(image, brains))
+                corr[name].append(_template_correlation(image))
     result = {
         "plain_s_per_scan": statistics.median(times["plain"]),
         "registered_s_per_scan": statistics.median(times["registered"]),

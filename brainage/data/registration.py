@@ -7,7 +7,7 @@ inside its brain, with a first-difference penalty on the control grid. Low-frequ
 scan: it removes the smooth inter-subject shape differences that move a small structure by millimetres, so a change
 of that structure's own size lands on the same template voxels in every scan (docs/data.md, measured there).
 
-Scale: about 0.55 s per 2 mm scan on one CPU core (4 mm fit, 7 x 8 x 7 control points, 60 iterations;
+Scale: about 0.55-0.9 s per 2 mm scan on one CPU core (4 mm fit, 7 x 8 x 7 control points, 60 iterations;
 benchmarks/registration.py); run it in the cached preprocessing chain (`brainage.data.transforms.RegisterToTemplated`),
 never per epoch.
 """
