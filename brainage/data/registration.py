@@ -14,6 +14,7 @@ never per epoch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,14 @@ def _sample(volume: torch.Tensor, affine: np.ndarray, points: torch.Tensor) -> t
     out = F.grid_sample(volume[None, None], grid.reshape(1, 1, 1, -1, 3), mode="bilinear", padding_mode="zeros",
                         align_corners=True)  # (1, 1, 1, 1, n)
     return out.reshape(points.shape[:-1])
+
+
+@functools.lru_cache(maxsize=1)
+def _field_of_view() -> tuple[torch.Tensor, torch.Tensor]:
+    """(first corner (3,) mm, extent (3,) mm) of the 1 mm ICBM152 grid: the box the FFD control grid spans."""
+    t1, affine = load_icbm152("t1")
+    return (torch.tensor(affine[:3, 3], dtype=torch.float32),
+            torch.tensor(np.diag(affine)[:3] * (np.array(t1.shape) - 1), dtype=torch.float32))
 
 
 class TemplateRegistration:
@@ -96,9 +105,7 @@ class TemplateRegistration:
     def _displacement(self, control: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Trilinear FFD displacement (mm) at mm ``points`` (..., 3); ``control`` (1, 3, cx, cy, cz) spans the
         template's field of view, corner to corner."""
-        t1, affine = load_icbm152("t1")
-        low = torch.tensor(affine[:3, 3], dtype=torch.float32)
-        span = torch.as_tensor(np.diag(affine)[:3] * (np.array(t1.shape) - 1), dtype=torch.float32)
+        low, span = _field_of_view()
         grid = (2.0 * (points - low) / span - 1.0).flip(-1)  # (z, y, x) order in [-1, 1]
         out = F.grid_sample(control, grid.reshape(1, 1, 1, -1, 3), mode="bilinear", padding_mode="border",
                             align_corners=True)  # (1, 3, 1, 1, n)
