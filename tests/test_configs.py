@@ -24,13 +24,15 @@ def _args(layers: list[str]) -> list[str]:
 
 def _layers(config: Path) -> list[str]:
     """A top-level config stands alone; an experiment gets the base layers for the sections (model, data) it does
-    not set, as pipelines/compare.sh layers a model on configs/experiment/compare.yaml; a layer is combined with the
-    base layers of the other kinds."""
+    not set (a model section giving only the net's init_args sets nothing), as pipelines/compare.sh layers a model on
+    configs/experiment/compare.yaml; a layer is combined with the base layers of the other kinds."""
     if config.parent == Path("configs"):
         return [str(config)]
     if config.parts[1] == "experiment":
         raw = yaml.safe_load((ROOT / config).read_text())
-        return [b for b in BASE if Path(b).parts[1] not in raw] + [str(config)]
+        net = (raw.get("model") or {}).get("net") or {}
+        sets = set(raw) - ({"model"} if "class_path" not in net else set())  # init_args alone layer on a base net
+        return [b for b in BASE if Path(b).parts[1] not in sets] + [str(config)]
     return [b for b in BASE if Path(b).parts[1] != config.parts[1]] + [str(config)]
 
 
@@ -61,14 +63,17 @@ def test_config_instantiates(config, monkeypatch, tmp_path):
         args += ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]  # the rest is still checked
     cli = BrainAgeCLI(args=args, run=False)
     net = cli.model.net
-    if "model" in raw:
-        expected = raw["model"]["net"]["class_path"].rsplit(".", 1)[1]
-        assert type(net).__name__ == expected
+    raw_net = (raw.get("model") or {}).get("net") or {}
+    if "class_path" in raw_net:
+        assert type(net).__name__ == raw_net["class_path"].rsplit(".", 1)[1]
+    for key, value in (raw_net.get("init_args") or {}).items():  # a layer's net arguments reach the built net
+        if not isinstance(value, dict):
+            assert net.init_args[key] == value, key
     if data is not None:  # the declared chain is the one built; its crop is the model's grid
         assert cli.datamodule.preprocessing == Preprocessing(data["preprocessing"], data["augmentation"])
         crop = [e for e in data["preprocessing"] if e["class_path"].endswith(".ResizeWithPadOrCropd")]
         assert list(cli.datamodule.preprocessing.shape) == crop[0]["init_args"]["spatial_size"]
-    if data is not None and "model" in raw:
+    if data is not None and "class_path" in raw_net:
         assert tuple(net.init_args["img_size"]) == cli.datamodule.preprocessing.shape
     assert cli.trainer is not None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["PatchEmbed3d"]
+__all__ = ["ConvStem3d", "PatchEmbed3d"]
 
 
 class PatchEmbed3d(nn.Module):
@@ -48,3 +48,44 @@ class PatchEmbed3d(nn.Module):
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (b, gx, gy, gz, c, p, p, p)
         x = x.reshape(b, gx * gy * gz, c * p**3)  # (b, n, c*p^3)
         return self.proj(x), (gx, gy, gz)
+
+
+class ConvStem3d(nn.Module):
+    """Convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(p) stride-2
+    3^3 convolutions with GroupNorm + GELU, then a 1^3 projection, giving the same token grid as :class:`PatchEmbed3d`.
+
+    Overlapping receptive fields and non-linear local features let a token see an edge that moves across its patch
+    border, which one linear projection per patch reads only as a small intensity change.
+
+    Args:
+        patch_size: p, a power of 2 (>= 2); every spatial size of the input must be divisible by it.
+        in_chans: c.
+        embed_dim: d; the stem's widths double up to it (d / 2^(n-1), ..., d), at least 8 channels each.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        if patch_size < 2 or patch_size & (patch_size - 1) or in_chans < 1 or embed_dim < 1:
+            raise ValueError(f"patch_size={patch_size} must be a power of 2 >= 2, in_chans={in_chans} and "
+                             f"embed_dim={embed_dim} >= 1")
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        n = patch_size.bit_length() - 1  # stride-2 stages
+        widths = [max(8, embed_dim >> (n - 1 - i)) for i in range(n)]
+        layers: list[nn.Module] = []
+        c = in_chans
+        for w in widths:
+            layers += [nn.Conv3d(c, w, 3, stride=2, padding=1), nn.GroupNorm(min(4, w), w), nn.GELU()]
+            c = w
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Linear(c, embed_dim)
+
+    grid = PatchEmbed3d.grid
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        """``x`` (b, c, X, Y, Z) -> (tokens (b, n, d) in C order of the grid, grid (gx, gy, gz))."""
+        if x.dim() != 5 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input (b, {self.in_chans}, X, Y, Z), got shape {tuple(x.shape)}")
+        grid = self.grid(tuple(x.shape[2:]))
+        x = self.stem(x)  # (b, w, gx, gy, gz)
+        return self.proj(x.flatten(2).transpose(1, 2)), grid  # (b, n, w) -> (b, n, d)

@@ -3,9 +3,9 @@
 ViT: Dosovitskiy et al., ICLR 2021 (pre-norm blocks, timm layout); ERMoE: Cheng et al., arXiv 2511.10971.
 
 Design:
-- Patch embedding as reshape + Linear (:class:`PatchEmbed3d`), learned absolute position embeddings for the grid of
-  ``img_size``; an input of another shape divisible by the patch works, with the position embeddings interpolated
-  trilinearly to its grid.
+- Patch embedding as reshape + Linear (:class:`PatchEmbed3d`) or a convolutional stem (:class:`ConvStem3d`); learned
+  absolute position embeddings for the grid of ``img_size``; an input of another shape divisible by the patch works,
+  with the position embeddings interpolated trilinearly to its grid.
 - Pre-norm blocks ``x + attn(norm(x))``, ``x + mlp(norm(x))`` with SDPA attention and stochastic depth (linearly
   increasing to ``drop_path``).
 - Read-out after the final LayerNorm: ``pool="grid"`` (default) projects each patch token to ``head_dim`` features
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from brainage.model.attention import Attention
 from brainage.model.moe import MoEConfig
-from brainage.model.patch_embed import PatchEmbed3d
+from brainage.model.patch_embed import ConvStem3d, PatchEmbed3d
 from brainage.model.routing import LayerRouting, ModelOutput, SlotOutput
 from brainage.model.serialize import to_jsonable
 from brainage.model.slot import make_mlp
@@ -117,6 +117,8 @@ class BrainAgeViT(nn.Module):
     Args:
         img_size: configured input shape (X, Y, Z), each divisible by ``patch_size``.
         patch_size: cubic patch edge p.
+        stem: "linear" (one projection per patch, :class:`PatchEmbed3d`) or "conv" (:class:`ConvStem3d`, Xiao et al.
+            2021; p a power of 2).
         in_chans: input channels.
         embed_dim: width d, divisible by ``num_heads``.
         depth: number of blocks.
@@ -141,6 +143,7 @@ class BrainAgeViT(nn.Module):
         self,
         img_size: tuple[int, int, int] = (56, 64, 56),
         patch_size: int = 8,
+        stem: Literal["linear", "conv"] = "linear",
         in_chans: int = 1,
         embed_dim: int = 96,
         depth: int = 4,
@@ -157,12 +160,14 @@ class BrainAgeViT(nn.Module):
     ) -> None:
         super().__init__()
         self.init_args: dict[str, Any] = to_jsonable(
-            dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-                 num_heads=num_heads, mlp_ratio=mlp_ratio, mlp=mlp, moe=moe, moe_layers=moe_layers, pool=pool, head_dim=head_dim,
-                 use_sex=use_sex, dropout=dropout, drop_path=drop_path)
+            dict(img_size=img_size, patch_size=patch_size, stem=stem, in_chans=in_chans, embed_dim=embed_dim,
+                 depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, mlp=mlp, moe=moe, moe_layers=moe_layers,
+                 pool=pool, head_dim=head_dim, use_sex=use_sex, dropout=dropout, drop_path=drop_path)
         )  # fmt: skip
         if mlp not in ("dense", "moe"):
             raise ValueError(f"mlp={mlp!r} must be 'dense' or 'moe'")
+        if stem not in ("linear", "conv"):
+            raise ValueError(f"stem={stem!r} must be 'linear' or 'conv'")
         if pool not in ("grid", "mean", "cls"):
             raise ValueError(f"pool={pool!r} must be 'grid', 'mean' or 'cls'")
         if head_dim < 1:
@@ -174,7 +179,7 @@ class BrainAgeViT(nn.Module):
         hidden = int(round(mlp_ratio * embed_dim))
         if hidden < 1:
             raise ValueError(f"mlp_ratio={mlp_ratio} gives an empty MLP at embed_dim={embed_dim}")
-        self.patch_embed = PatchEmbed3d(patch_size, in_chans, embed_dim)
+        self.patch_embed = (PatchEmbed3d if stem == "linear" else ConvStem3d)(patch_size, in_chans, embed_dim)
         self.grid = self.patch_embed.grid(tuple(img_size))
         n = self.grid[0] * self.grid[1] * self.grid[2]
         self.pos_embed = nn.Parameter(torch.zeros(1, n, embed_dim))  # (1, n, d)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from brainage.model import SFCN, BrainAgeViT, MoEConfig, build_net
-from brainage.model.patch_embed import PatchEmbed3d
+from brainage.model.patch_embed import ConvStem3d, PatchEmbed3d
 from brainage.model.vit import resolve_moe_layers
 
 TINY = dict(embed_dim=32, depth=2, num_heads=4)
@@ -144,3 +144,26 @@ def test_sfcn_forward_and_round_trip() -> None:
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
     with pytest.raises(ValueError, match=r"\(2, 1, 16, 40, 32\)"):
         net(torch.randn(2, 1, 16, 40, 32), sex=torch.zeros(2))
+
+
+def test_conv_stem_grid_receptive_field_and_round_trip() -> None:
+    """The conv stem gives PatchEmbed3d's grid, sees across a patch border (the linear projection cannot), and
+    rebuilds from its init_args."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 1, 16, 16, 8)
+    bump = torch.zeros_like(x)
+    bump[0, 0, 8, 4, 4] = 1.0  # first voxel of the patch after the border along X
+    for embed, crosses in ((PatchEmbed3d(8, 1, 16), False), (ConvStem3d(8, 1, 16), True)):
+        tokens, grid = embed(x)
+        assert grid == (2, 2, 1) and tokens.shape == (1, 4, 16)
+        moved = (embed(x + bump)[0] - tokens).abs().amax(-1)[0]  # (n,) change per token; token 0 is the patch before
+        assert bool(moved[0] > 1e-6) is crosses and bool(moved[2] > 1e-6)
+    net = BrainAgeViT(img_size=(16, 16, 16), patch_size=8, stem="conv", **TINY)
+    assert isinstance(net.patch_embed, ConvStem3d)
+    twin = build_net("BrainAgeViT", json.loads(json.dumps(net.init_args)))
+    twin.load_state_dict(net.state_dict())
+    y = torch.randn(2, 1, 16, 16, 16)
+    torch.testing.assert_close(net.eval()(y).pred, twin.eval()(y).pred)
+    for bad in (dict(patch_size=6, img_size=(12, 12, 12), stem="conv"), dict(stem="deep")):
+        with pytest.raises(ValueError, match="patch_size=6|stem='deep'"):
+            BrainAgeViT(**{**dict(img_size=(16, 16, 16), patch_size=8), **bad}, **TINY)
