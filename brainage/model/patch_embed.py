@@ -50,12 +50,22 @@ class PatchEmbed3d(nn.Module):
         return self.proj(x), (gx, gy, gz)
 
 
+class _ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each voxel of a (b, c, X, Y, Z) map (ConvNeXt's channels-first LayerNorm):
+    local, unlike GroupNorm, whose statistics span the whole volume."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)  # (b, X, Y, Z, c) normalised over c
+
+
 class ConvStem3d(nn.Module):
     """Convolutional stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(p) stride-2
-    3^3 convolutions with GroupNorm + GELU, then a 1^3 projection, giving the same token grid as :class:`PatchEmbed3d`.
+    4^3 convolutions (padding 1) with a per-voxel LayerNorm + GELU, then a projection, giving the token grid of
+    :class:`PatchEmbed3d`.
 
-    Overlapping receptive fields and non-linear local features let a token see an edge that moves across its patch
-    border, which one linear projection per patch reads only as a small intensity change.
+    Each token's receptive field is centred on its patch and reaches 7 voxels beyond it on every side (22 voxels
+    for p = 8), so a token sees an edge that moves across its patch border, which one linear projection per patch
+    reads only as a small intensity change; routing maps still place each token on its own patch.
 
     Args:
         patch_size: p, a power of 2 (>= 2); every spatial size of the input must be divisible by it.
@@ -74,8 +84,8 @@ class ConvStem3d(nn.Module):
         widths = [max(8, embed_dim >> (n - 1 - i)) for i in range(n)]
         layers: list[nn.Module] = []
         c = in_chans
-        for w in widths:
-            layers += [nn.Conv3d(c, w, 3, stride=2, padding=1), nn.GroupNorm(min(4, w), w), nn.GELU()]
+        for w in widths:  # 4^3, stride 2, padding 1: X -> X / 2, output j centred on input 2j + 0.5
+            layers += [nn.Conv3d(c, w, 4, stride=2, padding=1), _ChannelNorm(w), nn.GELU()]
             c = w
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Linear(c, embed_dim)

@@ -147,17 +147,19 @@ def test_sfcn_forward_and_round_trip() -> None:
 
 
 def test_conv_stem_grid_receptive_field_and_round_trip() -> None:
-    """The conv stem gives PatchEmbed3d's grid, sees across a patch border (the linear projection cannot), and
-    rebuilds from its init_args."""
+    """The conv stem gives PatchEmbed3d's grid; a voxel moves exactly the tokens whose receptive field holds it (the
+    token's patch plus 7 voxels each side, centred; the linear projection: its patch only); round trip."""
     torch.manual_seed(3)
-    x = torch.randn(1, 1, 16, 16, 8)
-    bump = torch.zeros_like(x)
-    bump[0, 0, 8, 4, 4] = 1.0  # first voxel of the patch after the border along X
-    for embed, crosses in ((PatchEmbed3d(8, 1, 16), False), (ConvStem3d(8, 1, 16), True)):
+    x = torch.randn(1, 1, 40, 8, 8)
+    for embed, reach in ((PatchEmbed3d(8, 1, 16), 0), (ConvStem3d(8, 1, 16), 7)):
         tokens, grid = embed(x)
-        assert grid == (2, 2, 1) and tokens.shape == (1, 4, 16)
-        moved = (embed(x + bump)[0] - tokens).abs().amax(-1)[0]  # (n,) change per token; token 0 is the patch before
-        assert bool(moved[0] > 1e-6) is crosses and bool(moved[2] > 1e-6)
+        assert grid == (5, 1, 1) and tokens.shape == (1, 5, 16)
+        for v in range(40):
+            bumped = x.clone()
+            bumped[0, 0, v, 4, 4] += 1.0
+            moved = (embed(bumped)[0] - tokens).abs().amax(-1)[0]  # (n,) change per token
+            expected = [t for t in range(5) if 8 * t - reach <= v <= 8 * t + 7 + reach]
+            assert [t for t in range(5) if moved[t] > 1e-6] == expected, (type(embed).__name__, v)
     net = BrainAgeViT(img_size=(16, 16, 16), patch_size=8, stem="conv", **TINY)
     assert isinstance(net.patch_embed, ConvStem3d)
     twin = build_net("BrainAgeViT", json.loads(json.dumps(net.init_args)))
