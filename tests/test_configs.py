@@ -30,10 +30,14 @@ def _layers(config: Path) -> list[str]:
         return [str(config)]
     if config.parts[1] == "experiment":
         raw = yaml.safe_load((ROOT / config).read_text())
-        net = (raw.get("model") or {}).get("net") or {}
-        sets = set(raw) - ({"model"} if "class_path" not in net else set())  # init_args alone layer on a base net
+        sets = set(raw) - ({"model"} if "class_path" not in _net_section(raw) else set())  # bare init_args: a layer
         return [b for b in BASE if Path(b).parts[1] not in sets] + [str(config)]
     return [b for b in BASE if Path(b).parts[1] != config.parts[1]] + [str(config)]
+
+
+def _net_section(raw: dict) -> dict:
+    """The ``model.net`` section of a parsed config ({} when it has none)."""
+    return (raw.get("model") or {}).get("net") or {}
 
 
 def _data_section(config: Path) -> dict | None:
@@ -63,7 +67,7 @@ def test_config_instantiates(config, monkeypatch, tmp_path):
         args += ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]  # the rest is still checked
     cli = BrainAgeCLI(args=args, run=False)
     net = cli.model.net
-    raw_net = (raw.get("model") or {}).get("net") or {}
+    raw_net = _net_section(raw)
     if "class_path" in raw_net:
         assert type(net).__name__ == raw_net["class_path"].rsplit(".", 1)[1]
     for key, value in (raw_net.get("init_args") or {}).items():  # a layer's net arguments reach the built net
