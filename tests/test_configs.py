@@ -73,6 +73,9 @@ def test_config_instantiates(config, monkeypatch, tmp_path):
     for key, value in (raw_net.get("init_args") or {}).items():  # a layer's net arguments reach the built net
         if not isinstance(value, dict):
             assert net.init_args[key] == value, key
+    swap = (raw.get("model") or {}).get("region_swap")
+    if swap:  # a layer's region swap reaches the module
+        assert cli.model.region_swap.settings() == swap["init_args"]
     if data is not None:  # the declared chain is the one built; its crop is the model's grid
         assert cli.datamodule.preprocessing == Preprocessing(data["preprocessing"], data["augmentation"])
         crop = [e for e in data["preprocessing"] if e["class_path"].endswith(".ResizeWithPadOrCropd")]

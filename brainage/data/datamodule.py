@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -123,6 +124,7 @@ class BrainAgeDataModule(pl.LightningDataModule):
         self.table: pd.DataFrame | None = None
         self.dropped: list[dict] = []
         self.datasets: dict[str, CachedVolumes] = {}
+        self.grid_affine: np.ndarray | None = None  # (4, 4) voxel -> world of the first preprocessed scan, in setup
 
     def prepare_table(self) -> pd.DataFrame:
         """Read the manifest, drop rows without age, and assign subject-level splits."""
@@ -190,6 +192,10 @@ class BrainAgeDataModule(pl.LightningDataModule):
             log.warning(line)
         self.table = table[ok].reset_index(drop=True)
         self.write_splits()
+        first = next((image for image, _ in results if image is not None), None)
+        if first is not None:
+            first = self.cache.read(first) if isinstance(first, Path) else first
+            self.grid_affine = np.asarray(first.affine, dtype=np.float64)
         # in memory: drop MONAI metadata; cached: keep the entry paths
         images = [image if isinstance(image, Path) else image.as_tensor() for image, _ in results if image is not None]
         for split in ("train", "val", "test"):

@@ -28,6 +28,7 @@ from brainage.model import orthonormalize_
 from brainage.contracts.checkpoint import checkpoint_metadata
 from brainage.training.metrics import BrainAgeMetrics
 from brainage.training.optim import build_optimizer, warmup_cosine
+from brainage.training.region_swap import RegionSwap
 
 __all__ = ["BrainAgeModule"]
 
@@ -49,12 +50,15 @@ class BrainAgeModule(pl.LightningModule):
         aux_loss_weight: multiplier on the net's auxiliary loss (already weighted inside the MoE config).
         optimizer: "adamw" (default) or "sgd" (with `momentum`; Peng et al. 2021 trained SFCN with SGD).
         momentum: SGD momentum (unused by AdamW).
+        region_swap: batch augmentation swapping whole atlas regions between training scans
+            (`brainage.training.region_swap.RegionSwap`; None = off), for models whose attribution must see every
+            regional effect; set on the nonlinearly normalised chain.
     """
 
     def __init__(self, net: nn.Module, loss: Literal["l1", "mse", "huber"] = "l1", lr: float = 1e-3,
                  weight_decay: float = 0.05, warmup_epochs: float = 1.0, min_lr_ratio: float = 0.01,
                  aux_loss_weight: float = 1.0, optimizer: Literal["adamw", "sgd"] = "adamw",
-                 momentum: float = 0.9) -> None:
+                 momentum: float = 0.9, region_swap: RegionSwap | None = None) -> None:
         super().__init__()
         if loss not in _LOSSES:
             raise ValueError(f"loss={loss!r}; expected one of {sorted(_LOSSES)}")
@@ -64,7 +68,9 @@ class BrainAgeModule(pl.LightningModule):
             raise ValueError(f"optimizer={optimizer!r}; expected 'adamw' or 'sgd'")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum={momentum} must be in [0, 1)")
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "region_swap"])
+        self.hparams["region_swap"] = None if region_swap is None else region_swap.settings()  # plain types only
+        self.region_swap = region_swap
         self.net = net
         self.register_buffer("age_mean", torch.tensor(50.0))
         self.register_buffer("age_std", torch.tensor(20.0))
@@ -90,6 +96,12 @@ class BrainAgeModule(pl.LightningModule):
             self._make_metrics(sites, deduplicate=self.trainer.world_size > 1)
         if dm is not None:
             self.check_data(dm)
+        if stage == "fit" and self.region_swap is not None:
+            affine = getattr(dm, "grid_affine", None)
+            shape = getattr(getattr(dm, "preprocessing", None), "shape", None)
+            if affine is None or shape is None:
+                raise ValueError("region_swap needs a BrainAgeDataModule (its grid shape and affine place the atlas)")
+            self.region_swap.set_grid(shape, affine)
 
     def check_data(self, dm) -> None:
         """ValueError when the net's input grid differs from the datamodule's preprocessed grid."""
@@ -105,7 +117,10 @@ class BrainAgeModule(pl.LightningModule):
         return self.net(image, sex=sex).pred * self.age_std + self.age_mean
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        out = self.net(batch["image"], sex=batch.get("sex"))
+        image = batch["image"]  # (b, 1, X, Y, Z)
+        if stage == "train" and self.region_swap is not None:
+            image = self.region_swap(image)
+        out = self.net(image, sex=batch.get("sex"))
         target = (batch["age"] - self.age_mean) / self.age_std  # (b,)
         loss = _LOSSES[self.hparams.loss](out.pred.float(), target)
         total = loss + self.hparams.aux_loss_weight * out.aux_loss
