@@ -28,8 +28,8 @@ import pandas as pd
 
 from brainage.attribution.mapping import RegionIndex
 
-__all__ = ["RANK_STATISTICS", "RankStatistic", "RegionContributions", "bootstrap_means", "interval_table",
-           "null_corrected", "null_rate", "rank_regions", "t_statistic"]
+__all__ = ["RANK_STATISTICS", "RankStatistic", "RegionContributions", "bootstrap_intervals", "bootstrap_means",
+           "hemisphere", "interval_table", "null_corrected", "null_rate", "rank_regions", "t_statistic"]
 
 RankStatistic = Literal["null_corrected", "t"]  # rank_regions(by=...)
 RANK_STATISTICS: tuple[str, ...] = get_args(RankStatistic)
@@ -115,7 +115,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(-values, axis=-1, kind="stable"), axis=-1, kind="stable") + 1
 
 
-def _intervals(values: np.ndarray, n_boot: int, level: float, seed: int, by: RankStatistic = "null_corrected"
+def bootstrap_intervals(values: np.ndarray, n_boot: int, level: float, seed: int, by: RankStatistic = "null_corrected"
                ) -> np.ndarray:
     """``level`` percentile intervals of the bootstrap means of (s, r) values and of their descending ranks by mean
     (``by="null_corrected"``) or t (``by="t"``) -> (4, r): mean low, mean high, rank low, rank high; NaN with fewer
@@ -131,7 +131,7 @@ def _intervals(values: np.ndarray, n_boot: int, level: float, seed: int, by: Ran
                      np.floor(np.percentile(ranks, tail, axis=0)), np.ceil(np.percentile(ranks, 100 - tail, axis=0))])
 
 
-def _hemisphere(name: str) -> tuple[str, str]:
+def hemisphere(name: str) -> tuple[str, str]:
     side, _, rest = name.partition("-")
     return ({"L": "left", "R": "right", "B": "both"}[side], rest) if side in ("L", "R", "B") and rest else ("", name)
 
@@ -152,12 +152,12 @@ def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float 
     keep = ~np.all(np.isnan(contrib.values), axis=0)  # regions on the grid
     values = contrib.values[:, keep]
     corrected = null_corrected(values, contrib.sizes[keep], contrib.null_values, contrib.null_sizes)
-    raw = _intervals(values, n_boot, level, seed)  # (4, r')
-    null = _intervals(corrected, n_boot, level, seed, by)  # same resamples (same seed): paired intervals
+    raw = bootstrap_intervals(values, n_boot, level, seed)  # (4, r')
+    null = bootstrap_intervals(corrected, n_boot, level, seed, by)  # same resamples (same seed): paired intervals
     s = len(corrected)  # (r',) t of the null-corrected values; NaN from a single subject
     t = t_statistic(corrected.mean(axis=0), (corrected**2).mean(axis=0), s) if s > 1 else np.full(len(raw[0]), np.nan)
     names = np.asarray(contrib.regions.names)[keep]
-    sides = [_hemisphere(n) for n in names]
+    sides = [hemisphere(n) for n in names]
     frame = pd.DataFrame({
         "region": names,
         "structure": [s[1] for s in sides],
@@ -189,6 +189,6 @@ def interval_table(values: np.ndarray, names: Sequence[str], n_boot: int = 2000,
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != len(names):
         raise ValueError(f"values (subjects, {len(names)}) expected, got {values.shape}")
-    low, high = _intervals(values, n_boot, level, seed)[:2]
+    low, high = bootstrap_intervals(values, n_boot, level, seed)[:2]
     return pd.DataFrame({"name": list(names), "contribution": values.mean(axis=0), "ci_low": low, "ci_high": high,
                          "share_positive": (values > 0).mean(axis=0), "covers_zero": (low <= 0) & (high >= 0)})
