@@ -64,8 +64,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     loaded = time.perf_counter() - start
     atlas = load_default_atlas()
     index = RegionIndex.from_names(atlas.names)
-    models = fit_regional_models(images, ages, index.columns(atlas.resample_to(images.shape[1:], affine)), index,
-                                 folds=folds)
+    regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
+    models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds)
     table = rank_regional(models, n_boot=n_boot)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])

@@ -57,23 +57,24 @@ def _folds(s: int, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def fit_regional_models(images: np.ndarray, ages: Sequence[float], regions: np.ndarray, index: RegionIndex,
+def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndarray, index: RegionIndex,
                         folds: int = 5, seed: int = 0) -> RegionalAgeModels:
     """Fit and cross-validate one ridge model per region.
 
     Args:
-        images: (s, X, Y, Z) preprocessed scans on one grid.
+        voxels: (s, n) values of the atlas-labelled voxels of s preprocessed scans on one grid (``image[regions >=
+            0]`` per scan, any float dtype).
         ages: (s,) known ages in years.
-        regions: (X, Y, Z) region row of every voxel (``RegionIndex.columns``), -1 = none.
+        rows: (n,) region row of each voxel column (``RegionIndex.columns`` of the grid).
         index: the atlas regions (r rows).
         folds: cross-validation folds (subjects dealt at random with ``seed``).
     """
     from sklearn.linear_model import RidgeCV
 
-    images, ages = np.asarray(images, dtype=np.float32), np.asarray(ages, dtype=np.float64)
-    if images.ndim != 4 or len(images) != len(ages) or images.shape[1:] != np.shape(regions):
-        raise ValueError(f"expected images (s, X, Y, Z), s ages and regions (X, Y, Z); got {images.shape}, "
-                         f"{ages.shape} and {np.shape(regions)}")
+    voxels, ages, rows = np.asarray(voxels), np.asarray(ages, dtype=np.float64), np.asarray(rows)
+    if voxels.ndim != 2 or len(voxels) != len(ages) or rows.shape != voxels.shape[1:]:
+        raise ValueError(f"expected voxels (s, n), s ages and n region rows; got {voxels.shape}, {ages.shape} and "
+                         f"{rows.shape}")
     if not np.all(np.isfinite(ages)):
         raise ValueError("regional age models need every age known; leave out scans without one")
     if len(ages) < max(MIN_SUBJECTS, 2 * folds):
@@ -83,21 +84,19 @@ def fit_regional_models(images: np.ndarray, ages: Sequence[float], regions: np.n
         raise ValueError(f"folds={folds} must be in [2, {len(ages)}]")
     s, r = len(ages), len(index)
     fold = _folds(s, folds, seed)
-    flat = images.reshape(s, -1)  # (s, X*Y*Z)
-    rows = np.asarray(regions).reshape(-1)
     baseline = np.empty(s)
     for k in range(folds):
         baseline[fold == k] = np.abs(ages[fold == k] - np.median(ages[fold != k]))
     errors = np.full((s, r), np.nan)
-    voxels = np.bincount(rows[rows >= 0], minlength=r)[:r]
-    for region in np.flatnonzero(voxels):
-        x = flat[:, rows == region].astype(np.float64)  # (s, v)
+    sizes = np.bincount(rows[rows >= 0], minlength=r)[:r]
+    for region in np.flatnonzero(sizes):
+        x = voxels[:, rows == region].astype(np.float64)  # (s, v)
         for k in range(folds):
             train, test = fold != k, fold == k
             mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-6
             model = RidgeCV(alphas=ALPHAS).fit((x[train] - mean) / std, ages[train])
             errors[test, region] = np.abs(model.predict((x[test] - mean) / std) - ages[test])
-    return RegionalAgeModels(errors, baseline, voxels, index, folds)
+    return RegionalAgeModels(errors, baseline, sizes, index, folds)
 
 
 def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from brainage.attribution.aggregate import RoutingAggregator
 from brainage.attribution.groups import bag_by_group, expert_share_by_group
 from brainage.attribution.mapping import patch_shape, token_grid_to_voxels
 from brainage.attribution.ranking import interval_table, rank_regions
+from brainage.attribution.regional import rank_regional
 from brainage.attribution.stats import MutualInformationTest, enrichment, shuffled_mutual_information
 from brainage.attribution.validation import GroundTruth, precision_at_k
 from brainage.report.progress import StageProgress
@@ -86,6 +87,19 @@ class RegionResult:
 
 
 @dataclass(frozen=True)
+class RegionalResult:
+    """Model-free regional age models (``brainage.attribution.regional``): where the scans change with age.
+
+    ``table``: ``rank_regional`` (rank, region, structure, hemisphere, gain, ci_low, ci_high, mae, rank_low,
+    rank_high, n_voxels) plus model_rank, the region's rank in the attribution table (NaN without attribution).
+    """
+
+    table: pd.DataFrame
+    volume: np.ndarray  # (X, Y, Z) gain of each voxel's region in years, 0 outside the regions
+    described: str  # scans and folds, in words
+
+
+@dataclass(frozen=True)
 class ValidationResult:
     """Attribution against the regions a synthetic cohort planted its age effects in."""
 
@@ -135,6 +149,8 @@ class ReportResult:
     affine: np.ndarray  # (4, 4) its voxel -> MNI mm
     layers: tuple[LayerResult, ...]  # ascending MoE layer
     regions: RegionResult | None  # None with --no-occlusion
+    regional: RegionalResult | None  # None when the regional age models did not run (regional_note says why)
+    regional_note: str
     validation: ValidationResult | None  # None without ground truth
     groups: GroupResult | None  # None without --group-by
     subjects: tuple[SubjectView, ...]
@@ -193,21 +209,37 @@ def _regions(agg: RoutingAggregator, g: int, run: AttributionRun, seed: int) -> 
     return RegionResult(table, volume, run.described, effects)
 
 
-def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResult | None) -> ValidationResult:
+def _regional(agg: RoutingAggregator, g: int, collected: Collected, regions: RegionResult | None, seed: int
+              ) -> RegionalResult:
+    table = rank_regional(collected.regional, seed=seed)
+    model_rank = {} if regions is None else dict(zip(regions.table["name"], regions.table["rank"]))
+    table["model_rank"] = [model_rank.get(name, np.nan) for name in table["region"]]
+    volume = region_volume(table, agg.regions.names, agg.regions.labels, agg.geometries[g].regions, "gain")
+    return RegionalResult(table, volume, collected.regional_note)
+
+
+def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResult | None,
+                regional: RegionalResult | None) -> ValidationResult:
     missing = tuple(sorted(set(truth.regions) - set(names)))
     k = len(truth.regions)
-    if regions is None or not k:
+    rankings = {}
+    if regions is not None:
+        table = regions.table
+        name = "region" if "region" in table.columns else "name"
+        rankings = {"model attribution: null-corrected contribution (primary)": table.sort_values(
+                        "rank", kind="stable")[name],
+                    "model attribution: contribution without null correction": table.sort_values(
+                        "contribution", ascending=False, kind="stable")[name]}
+    if regional is not None:
+        rankings["regional age models (model-free)"] = regional.table["region"]
+    if not rankings or not k:
         return ValidationResult(truth, missing, None, k, float("nan"))
-    table = regions.table
-    name = "region" if "region" in table.columns else "name"
-    rankings = {"null-corrected contribution (primary)": table.sort_values("rank", kind="stable")[name],
-                "contribution without null correction": table.sort_values("contribution", ascending=False,
-                                                                          kind="stable")[name]}
+    regions_ranked = len(next(iter(rankings.values())))
     lenient = {*truth.regions, *truth.indirect_regions}
     rows = [{"ranking": label, "planted": precision_at_k(ranked, truth.regions),
              **({"planted or displaced": precision_at_k(ranked, lenient, k)} if truth.indirect_regions else {})}
             for label, ranked in rankings.items()]
-    return ValidationResult(truth, missing, pd.DataFrame(rows), k, k / len(table))
+    return ValidationResult(truth, missing, pd.DataFrame(rows), k, k / regions_ranked)
 
 
 def _groups(collected: Collected, column: str) -> GroupResult:
@@ -249,6 +281,7 @@ def analyse(collected: Collected, settings: ReportSettings, progress: StageProgr
             layers.append(_layer(agg, layer, g, settings))
             stage.advance()
         regions = _regions(agg, g, collected.attribution, settings.seed) if collected.attribution is not None else None
+        regional = _regional(agg, g, collected, regions, settings.seed) if collected.regional is not None else None
         truth = collected.inputs.truth
         return ReportResult(
             predictions=collected.predictions,
@@ -259,7 +292,9 @@ def analyse(collected: Collected, settings: ReportSettings, progress: StageProgr
             affine=geo.affine,
             layers=tuple(layers),
             regions=regions,
-            validation=_validation(truth, agg.regions.names, regions) if truth is not None else None,
+            regional=regional,
+            regional_note=collected.regional_note,
+            validation=_validation(truth, agg.regions.names, regions, regional) if truth is not None else None,
             groups=_groups(collected, settings.group_by) if settings.group_by else None,
             subjects=_subjects(collected, settings.subject_figures, agg.layers[-1]),
             shuffles=settings.shuffles,

@@ -6,7 +6,9 @@ routing maps `brainage predict --save-routing DIR` saved; then attributes the pr
 atlas regions with ``--attribution-method`` (:mod:`brainage.report.attribute`, Captum; default region occlusion) and,
 with ground truth, occludes every planted effect's regions at once. Routing goes straight into a
 :class:`~brainage.attribution.aggregate.RoutingAggregator` (memory O(tokens) per subject); preprocessed images are
-kept only for the attributed scans and dropped once attribution is done. The model is only called, never modified
+kept only for the attributed scans and dropped once attribution is done; the atlas-labelled voxels (float16) of up
+to ``--regional-subjects`` scans with a known age feed the model-free regional age models
+(:mod:`brainage.attribution.regional`). The model is only called, never modified
 (routing under ``torch.inference_mode``; attribution needs gradients for the gradient methods). Nothing here writes
 files: :mod:`brainage.report.write` does.
 
@@ -32,6 +34,7 @@ import torch
 from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.groups import read_group_column
 from brainage.attribution.ranking import RegionContributions
+from brainage.attribution.regional import MIN_SUBJECTS, RegionalAgeModels, fit_regional_models
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
@@ -77,6 +80,8 @@ class Collected:
     predictions: pd.DataFrame  # predict's OUTPUT_COLUMNS plus sex, site and the extra columns
     subject_rows: list[int] = field(default_factory=list)  # predictions row of each aggregator subject
     attribution: AttributionRun | None = None
+    regional: RegionalAgeModels | None = None
+    regional_note: str = ""  # why the regional age models did not run, or what they ran on
 
 
 @dataclass
@@ -95,6 +100,24 @@ class _Kept:
             self.sex.append(result.row.get("sex"))
             age = result.row.get("age")
             self.age.append(math.nan if age is None else float(age))
+
+
+@dataclass
+class _Regional:
+    """The atlas-labelled voxels (float16) of scans with a known age, per geometry, for the regional age models."""
+
+    limit: int
+    voxels: dict[int, list[np.ndarray]] = field(default_factory=dict)  # geometry -> [(n,)]
+    ages: dict[int, list[float]] = field(default_factory=dict)
+
+    def add(self, result: SubjectResult, geometry: int, regions: np.ndarray) -> None:
+        age = result.row.get("age")
+        if result.image is None or age is None or math.isnan(float(age)):
+            return
+        kept = self.voxels.setdefault(geometry, [])
+        if len(kept) < self.limit:
+            kept.append(np.asarray(result.image)[regions >= 0].astype(np.float16))
+            self.ages.setdefault(geometry, []).append(float(age))
 
 
 def _fill_ages(table: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -158,8 +181,9 @@ def _frame(rows: list[dict], extra_columns: Sequence[str]) -> pd.DataFrame:
 
 
 def _route_with_model(inputs: ReportInputs, keep: int, settings: ReportSettings, progress: StageProgress,
-                      kept: _Kept) -> Collected:
-    """Predict every input row with routing and aggregate it on the atlas; keep the first ``keep`` images."""
+                      kept: _Kept, regional: _Regional) -> Collected:
+    """Predict every input row with routing and aggregate it on the atlas; keep the first ``keep`` images, and the
+    labelled voxels of the first scans with a known age for the regional age models."""
     model = inputs.model
     if model.num_experts < 1:
         raise ValueError("the model has no mixture-of-experts layer (num_experts = 0); an expert attribution report "
@@ -167,7 +191,7 @@ def _route_with_model(inputs: ReportInputs, keep: int, settings: ReportSettings,
     collected = Collected(inputs, RoutingAggregator(inputs.atlas, model.num_experts), pd.DataFrame())
     rows: list[dict] = []
     with progress.stage("routing", len(inputs.table), "scans") as stage:
-        for result in predict_iter(model, inputs.table, return_routing=True, keep_image=keep > 0,
+        for result in predict_iter(model, inputs.table, return_routing=True, keep_image=settings.images_needed > 0,
                                    batch_size=settings.batch_size, num_workers=settings.workers,
                                    progress=progress.detail):
             stage.advance()
@@ -181,6 +205,7 @@ def _route_with_model(inputs: ReportInputs, keep: int, settings: ReportSettings,
                                                result.routing)
             collected.subject_rows.append(len(rows) - 1)
             kept.add(result, subject.geometry, keep)
+            regional.add(result, subject.geometry, collected.aggregator.geometries[subject.geometry].regions)
     collected.predictions = _frame(rows, inputs.extra_columns)
     return collected
 
@@ -234,15 +259,19 @@ def _route_saved(inputs: ReportInputs, folder: Path, progress: StageProgress) ->
     return collected
 
 
-def _keep_saved_images(collected: Collected, count: int, settings: ReportSettings, kept: _Kept) -> None:
-    """Preprocess the first ``count`` rows with saved routing and keep them for attribution (one prediction pass over
-    these rows only; rows whose image fails to load are skipped)."""
-    model = collected.inputs.model
-    rows = collected.inputs.table.iloc[collected.subject_rows[:count]].reset_index(drop=True)
+def _keep_saved_images(collected: Collected, count: int, settings: ReportSettings, kept: _Kept,
+                       regional: _Regional) -> None:
+    """Preprocess the first rows with saved routing and keep ``count`` of them for attribution and the voxels of
+    scans with a known age for the regional age models (one prediction pass over these rows only; rows whose image
+    fails to load are skipped)."""
+    model, aggregator = collected.inputs.model, collected.aggregator
+    rows = collected.inputs.table.iloc[collected.subject_rows[:settings.images_needed]].reset_index(drop=True)
     for result in predict_iter(model, rows, keep_image=True, batch_size=settings.batch_size,
                                num_workers=settings.workers):
         if result.error is None:
-            kept.add(result, collected.aggregator.geometry(model.preprocessing.shape, result.affine), count)
+            g = aggregator.geometry(model.preprocessing.shape, result.affine)
+            kept.add(result, g, count)
+            regional.add(result, g, aggregator.geometries[g].regions)
 
 
 def _forward(model: LoadedModel, sex: Sequence[float]) -> AgeForward:
@@ -298,16 +327,40 @@ def _attribute(collected: Collected, kept: _Kept, settings: ReportSettings, prog
                           np.asarray(voxels), values)
 
 
+def _regional_models(collected: Collected, regional: _Regional, settings: ReportSettings, progress: StageProgress
+                     ) -> tuple[RegionalAgeModels | None, str]:
+    """The regional age models of the kept scans on the main geometry, and a sentence on what they ran on."""
+    aggregator = collected.aggregator
+    g = aggregator.main_geometry()
+    voxels, ages = regional.voxels.get(g, []), regional.ages.get(g, [])
+    if len(ages) < MIN_SUBJECTS:
+        return None, (f"not run: {len(ages)} scans with a known age on the main model grid, the regional age models "
+                      f"need at least {MIN_SUBJECTS}")
+    regions = aggregator.geometries[g].regions  # (X, Y, Z) region rows, -1 = background
+    with progress.stage("regional age models", 1, "fit") as stage:
+        models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], aggregator.regions,
+                                     seed=settings.seed)
+        stage.advance()
+    return models, f"{len(ages)} scans with a known age, {models.folds}-fold cross-validation"
+
+
 def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
-    """Inputs -> routing aggregated on the atlas, predictions, region attribution (see the module docstring)."""
+    """Inputs -> routing aggregated on the atlas, predictions, region attribution, regional age models (see the
+    module docstring)."""
     inputs = read_report_inputs(settings)
-    keep, kept = settings.occluded_subjects, _Kept()
+    keep, kept, regional = settings.occluded_subjects, _Kept(), _Regional(settings.regional_subjects)
     if settings.routing is not None:
         collected = _route_saved(inputs, settings.routing, progress)
-        if keep:
-            _keep_saved_images(collected, keep, settings, kept)
+        if settings.images_needed and inputs.model is not None:  # preprocessing the scans needs the model's chain
+            _keep_saved_images(collected, keep, settings, kept, regional)
     else:
-        collected = _route_with_model(inputs, keep, settings, progress, kept)
-    if keep and collected.aggregator is not None and collected.aggregator.subjects:
+        collected = _route_with_model(inputs, keep, settings, progress, kept, regional)
+    if collected.aggregator is None or not collected.aggregator.subjects:
+        return collected
+    if keep:
         collected.attribution = _attribute(collected, kept, settings, progress)
+    if settings.regional_subjects and inputs.model is None:
+        collected.regional_note = "not run: with --routing and no --model no scan is preprocessed"
+    elif settings.regional_subjects:
+        collected.regional, collected.regional_note = _regional_models(collected, regional, settings, progress)
     return collected

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what a region is compared with: young = the mean of the youngest third of the "
                         "attributed scans (default), young_matched = that mean intensity-matched to each scan, "
                         "young_scans = one matched young scan per scan, cohort = the mean of all of them")
+    parser.add_argument("--regional-subjects", type=int, default=ReportSettings.regional_subjects,
+                        help="scans with a known age used by the regional age models, one cross-validated ridge "
+                        "model per atlas region on its own voxels: where the scans change with age, whatever the "
+                        "model reads (default %(default)s; 0 = off; needs at least 20; about 1 MB per scan at 1 mm)")
     parser.add_argument("--group-by", metavar="COLUMN", help="compare groups of a participants.tsv / manifest column "
                         "(e.g. diagnosis, site): brain-age gap and expert usage per group")
     parser.add_argument("--mlflow-run", metavar="RUN_ID", help="log the report folder to this MLflow run as "
@@ -134,7 +138,8 @@ def run(settings: ReportSettings) -> int:
     from brainage.report.write import log_to_mlflow, save_csv, write_report
 
     started = time.perf_counter()
-    stages = ["routing", *(["attribution"] if settings.occlusion else []), "analyse", "render", "write"]
+    stages = ["routing", *(["attribution"] if settings.occlusion else []),
+              *(["regional age models"] if settings.regional_subjects else []), "analyse", "render", "write"]
     progress = StageProgress(stages, settings.verbose)
     try:
         collected = collect(settings, progress)

@@ -31,7 +31,8 @@ from brainage.report.figures import (
 )
 
 __all__ = ["Section", "Canvas", "SECTIONS", "build_page", "region_display", "both_signs", "CONTROL_EFFECT",
-           "main_result", "how_to_read", "cohort", "regions", "experts", "validation", "groups", "subjects", "methods"]
+           "main_result", "how_to_read", "cohort", "regions", "regional", "experts", "validation", "groups",
+           "subjects", "methods"]
 
 Section = tuple[str, list]
 CONTROL_EFFECT = "null regions (control)"  # the effect row of the regions no effect was planted in
@@ -170,11 +171,26 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
     if len(c.age):
         blocks.append(R.paragraph(f"Model accuracy on this cohort: MAE {c.mae:.2f} years on {len(c.age)} scans with a "
                                   f"known age (see 'Cohort')."))
+    if result.regional is not None:
+        ageing = result.regional.table[result.regional.table["ci_low"] > 0]
+        unread = ageing[~(ageing["model_rank"] <= len(ageing))]  # ageing regions outside the model's top ranks
+        blocks.append(R.paragraph(
+            R.strong("Where these scans change with age"), " (model-free regional age models; see 'Where the scans "
+            f"age'): {len(ageing)} regions tell age better than the median age (95% interval above 0), led by "
+            f"{_gain_list(ageing)}"
+            + (f"; of these, {_gain_list(unread)} rank below the model's top {len(ageing)}, so the model reads them "
+               "little or not at all" if result.regions is not None and len(unread) else "") + "."))
     if result.validation is not None and result.validation.precision is not None:
         v = result.validation
-        blocks.append(R.paragraph(f"Ground truth: precision@{v.k} of the region ranking "
-                                  f"{v.precision['planted'].iloc[0]:.2f} (chance {v.chance:.2f})."))
+        found = "; ".join(f"{row['ranking']} {row['planted']:.2f}" for _, row in v.precision.iterrows())
+        blocks.append(R.paragraph(f"Ground truth: precision@{v.k} ({found}; chance {v.chance:.2f})."))
     return "Main result", blocks
+
+
+def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
+    """'region (+gain y [low, high])' of the first ``n`` rows of a regional table."""
+    return ", ".join(f"{row['region']} ({_years(row['gain'])} {R.format_interval(row['ci_low'], row['ci_high'])})"
+                     for _, row in rows.head(n).iterrows()) or "none"
 
 
 HOW_TO_READ = [
@@ -196,6 +212,11 @@ HOW_TO_READ = [
     "regions carry the same age information the model may read only some of them: on synthetic cohorts with planted "
     "effects it left some atrophies and darkenings unread while others ranked first (docs/report.md). The ranking "
     "explains this model's predictions, not the biology of ageing.",
+    "Where the scans age (model-free): one ridge regression per atlas region, fitted to that region's own voxels "
+    "and scored by cross-validation, tells how many years of error the region alone removes against predicting "
+    "the median age (gain). It ranks where these scans change with age, whether or not the brain-age model uses "
+    "it; a region high here and low in the model's ranking ages but is read little by the model. Regions that a "
+    "neighbour's atrophy displaces also change, so they can rank high here too.",
     "Cohort: MAE = mean absolute error in years; brain-age gap = predicted minus true age (positive: the brain looks "
     "older than its age).",
     "With a synthetic cohort, 'Validation against ground truth' checks the ranking against the regions where age "
@@ -277,6 +298,44 @@ def regions(result: ReportResult, canvas: Canvas) -> Section | None:
                              "effects against this control: 'Validation against ground truth'."))
     blocks.append(R.details(f"All {len(shown)} regions", R.table(shown, diverging=[value], scroll=True)))
     return "Regions that drive the predicted age", blocks
+
+
+def regional(result: ReportResult, canvas: Canvas) -> Section | None:
+    """Model-free regional age models: the gain map and table, beside the model's own ranking."""
+    if result.regional is None:
+        if not result.regional_note:
+            return None
+        return "Where the scans age (model-free)", [R.paragraph(f"Regional age models {result.regional_note}.")]
+    table = result.regional.table
+    shown = pd.DataFrame({
+        "rank": table["rank"].astype(int),
+        "region": table["region"].astype(str),
+        "hemisphere": table["hemisphere"].astype(str),
+        "voxels": table["n_voxels"].astype(int),
+        "gain (y)": table["gain"].round(2),
+        "95% interval": [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "rank interval": [R.format_interval(lo, hi, integer=True) for lo, hi in zip(table["rank_low"],
+                                                                                    table["rank_high"])],
+        "MAE (y)": table["mae"].round(2),
+        "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
+    })
+    volume = np.clip(result.regional.volume, 0.0, None)  # regions no better than the median age stay uncoloured
+    figure = stat_map_png(volume, result.affine, "", threshold=1e-6, cmap="Reds", symmetric=False)
+    return "Where the scans age (model-free)", [
+        R.paragraph(
+            "One ridge regression per atlas region predicts age from that region's own voxels, scored by "
+            "cross-validation (", R.text(result.regional.described), "; Kaufmann et al. 2019, regional brain age). "
+            "Gain = the median-age predictor's mean absolute error minus the region's, in years: how much age the "
+            "region alone tells. The 95% interval and the rank interval are bootstrap intervals over scans. This "
+            "ranking does not use the brain-age model: it shows where the scans change with age, including changes "
+            "the model leaves unread. The last column is the region's rank in 'Regions that drive the predicted "
+            "age'."),
+        R.figure(figure, "Gain per atlas region (years of error removed against the median age, cross-validated). "
+                         "Darker red: the region's own voxels tell more about age. Uncoloured: no better than the "
+                         "median age, or no region."),
+        R.table(shown.head(TOP_REGIONS), heat=["gain (y)"]),
+        R.details(f"All {len(shown)} regions", R.table(shown, heat=["gain (y)"], scroll=True)),
+    ]
 
 
 def _expert_table(layer: LayerResult, num_experts: int) -> pd.DataFrame:
@@ -431,15 +490,22 @@ def methods(result: ReportResult, canvas: Canvas) -> Section:
         "give each scan's contribution per voxel of a set with no regional effect (median over 24 sets), subtracted "
         "times the region's size. Intervals: 2000 bootstrap resamples of the scans (percentile), ranks re-computed "
         "in each.",
+        "Regional age models (model-free; Kaufmann et al. 2019, Popescu et al. 2021): per atlas region, ridge "
+        "regression (scikit-learn RidgeCV, penalty by leave-one-out within the training folds) on the region's "
+        "voxels, each standardised on the training folds; 5-fold cross-validation over the scans with a known age "
+        "(--regional-subjects); gain = median-age MAE minus the region's MAE; 2000 bootstrap resamples of the scans' "
+        "paired errors give the intervals and rank intervals.",
         "Routing source: " + (f"the maps saved by `brainage predict --save-routing` in {routing}" if routing
                               else "the model, run once over the inputs") + ".",
-        "Files: tables/*.csv (region x expert tables, enrichment, mutual information, occlusion, predictions, groups), "
-        "maps/*.nii.gz (per-expert frequency maps and the sensitivity map, model grid with its MNI affine).",
+        "Files: tables/*.csv (region x expert tables, enrichment, mutual information, occlusion, regional age models, "
+        "predictions, groups), "
+        "maps/*.nii.gz (per-expert frequency maps, the sensitivity map and the regional gain map, model grid with "
+        "its MNI affine).",
     ])]
 
 
 SECTIONS: tuple[Callable[[ReportResult, Canvas], Section | None], ...] = (
-    main_result, how_to_read, cohort, regions, experts, validation, groups, subjects, methods)
+    main_result, how_to_read, cohort, regions, regional, experts, validation, groups, subjects, methods)
 
 
 def build_page(result: ReportResult, started: float, on_section: Callable[[], None] = lambda: None) -> str:

@@ -45,6 +45,7 @@ class ReportSettings:
     occlusion_subjects: int = 40  # top-10 rank intervals 7.5-25 ranks wide at 40 scans, 23-58 at 16-20 (docs/report.md)
     occlusion_reference: Reference = "young"
     attribution_method: Method = DEFAULT_METHOD
+    regional_subjects: int = 400  # scans with a known age for the regional age models (brainage.attribution.regional)
     group_by: str | None = None
     mlflow_run: str | None = None
     tracking_uri: str | None = None
@@ -68,8 +69,8 @@ class ReportSettings:
     def check(self) -> None:
         if (self.atlas is None) != (self.atlas_names is None):
             raise ValueError("--atlas and --atlas-names go together: a label NIfTI and the TSV naming its labels")
-        for name in ("occlusion_subjects", "subject_figures", "shuffles", "batch_size"):
-            if getattr(self, name) < (0 if name == "subject_figures" else 1):
+        for name in ("occlusion_subjects", "subject_figures", "shuffles", "batch_size", "regional_subjects"):
+            if getattr(self, name) < (0 if name in ("subject_figures", "regional_subjects") else 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.model is None and (self.routing is None or self.occlusion):
             raise ValueError("--model is required, except with --routing DIR and --no-occlusion (occlusion runs the "
@@ -90,3 +91,8 @@ class ReportSettings:
     def occluded_subjects(self) -> int:
         """Scans kept for occlusion (0 with ``--no-occlusion``)."""
         return self.occlusion_subjects if self.occlusion else 0
+
+    @property
+    def images_needed(self) -> int:
+        """Preprocessed scans the report keeps: for attribution and for the regional age models."""
+        return max(self.occluded_subjects, self.regional_subjects)

@@ -9,9 +9,11 @@ Every file is written atomically (``brainage.contracts.atomic``), so a reader ne
   tables/mutual_information.csv                           I(expert; region) vs within-subject shuffles
   tables/occlusion_sensitivity.csv                        regions ranked by age contribution (occlusion)
   tables/effect_occlusion.csv                             with ground truth: each planted effect occluded at once
+  tables/regional_age_models.csv                          model-free regional age models: gain per region, ranked
   tables/groups_bag.csv, groups_expert_share.csv          with --group-by: BAG and expert use per group
   maps/layer{L}_expert{E}_freq.nii.gz                     per-expert top-1 frequency, model grid, MNI affine
   maps/occlusion_sensitivity.nii.gz                       age contribution (years) per region
+  maps/regional_age_gain.nii.gz                           regional age models' gain (years) per region
   index.html                                              the report (offline, images embedded)
 """
 
@@ -69,6 +71,9 @@ def report_files(result: ReportResult) -> dict[str, Callable[[Path], None]]:
         volume("occlusion_sensitivity.nii.gz", result.regions.volume)
         if result.regions.effects is not None:
             table("effect_occlusion.csv", result.regions.effects)
+    if result.regional is not None:
+        table("regional_age_models.csv", result.regional.table)
+        volume("regional_age_gain.nii.gz", result.regional.volume)
     if result.groups is not None:
         g = result.groups
         table("groups_bag.csv", g.bag.rename(columns={"group": g.column}))

@@ -69,6 +69,21 @@ def test_occlusion_ranks_planted_regions_first(trained):
     assert f"precision@{len(truth.regions)}" in html  # the report states the same number
 
 
+def test_regional_age_models_rank_every_region_with_intervals(trained):
+    """The model-free regional ranking runs on the held-out scans (60 with a known age) and the page states its
+    precision beside the model attribution's."""
+    cohort, report = trained
+    truth = load_ground_truth(cohort / "ground_truth.json")
+    regional = pd.read_csv(report / "tables" / "regional_age_models.csv")
+    assert regional["rank"].tolist() == list(range(1, len(regional) + 1)) and len(regional) >= 80
+    assert regional["gain"].is_monotonic_decreasing and (regional["ci_low"] <= regional["ci_high"]).all()
+    assert (regional["rank_low"] <= regional["rank_high"]).all()
+    precision = precision_at_k(regional["region"], truth.regions)
+    html = (report / "index.html").read_text()
+    assert "Where the scans age (model-free)" in html and "60 scans with a known age" in html
+    assert f"regional age models (model-free) {precision:.2f}" in html
+
+
 def test_expert_region_mutual_information_beats_shuffled_labels(trained):
     _, report = trained
     mi = pd.read_csv(report / "tables" / "mutual_information.csv")

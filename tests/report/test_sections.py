@@ -157,3 +157,50 @@ def test_page_puts_the_main_result_first_with_a_table_of_contents(result):
             "Groups by diagnosis", "Subjects", "Methods and files"} <= {t for _, t in titles}
     for anchor, _ in titles:
         assert f'<h2 id="{anchor}">' in document
+
+
+def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collected, tmp_path):
+    """Regional age models on 40 scans whose L-front voxels follow age: the section, the main result, the validation
+    table and the written files show them, with each region's rank in the model's attribution beside it."""
+    import io
+
+    from brainage.attribution.regional import fit_regional_models
+    from brainage.report.analysis import analyse
+    from brainage.report.progress import StageProgress
+    from brainage.report.write import report_files
+    from tests.report.conftest import make_settings
+
+    agg = collected.aggregator
+    regions = agg.geometries[0].regions  # (X, Y, Z) region rows, -1 = background
+    rows = regions[regions >= 0]
+    rng = np.random.default_rng(4)
+    ages = rng.uniform(20, 80, 40)
+    voxels = rng.normal(size=(40, len(rows))).astype(np.float16)  # (s, n)
+    front = rows == agg.regions.names.index("L-front")
+    voxels[:, front] += ((ages[:, None] - 50) / 10).astype(np.float16)
+    models = fit_regional_models(voxels, ages, rows, agg.regions)
+    with_regional = dataclasses.replace(collected, regional=models, regional_note="40 scans with a known age, 5-fold "
+                                                                                  "cross-validation")
+    result = analyse(with_regional, make_settings(tmp_path), StageProgress(["analyse"], stream=io.StringIO()))
+    canvas = S.Canvas(result)
+    document = _html(S.regional(result, canvas))
+    assert "Where the scans age (model-free)" in document and "40 scans with a known age" in document
+    assert _rows(document, 0)[0] == "1" and "L-front" in re.findall(r"<tbody>(.*?)</tbody>", document, re.S)[0][:400]
+    first = result.regional.table.iloc[0]
+    assert first.region == "L-front" and first.ci_low > 3 and first.model_rank == 1  # the model ranks it first too
+    assert document.count("data:image/png;base64,") == 1  # the gain map
+    main = _html(S.main_result(result, canvas))
+    assert "Where these scans change with age" in main and "L-front" in main
+    rankings = list(result.validation.precision["ranking"])
+    assert rankings[-1] == "regional age models (model-free)" and len(rankings) == 3
+    regional_precision = result.validation.precision["planted"].iloc[-1]
+    assert regional_precision >= 0.5 and f"regional age models (model-free) {regional_precision:.2f}" in main
+    files = report_files(result)
+    assert {"tables/regional_age_models.csv", "maps/regional_age_gain.nii.gz"} <= set(files)
+
+
+def test_regional_section_says_why_it_did_not_run(result, canvas):
+    assert S.regional(result, canvas) is None  # not asked for
+    note = dataclasses.replace(result, regional_note="not run: 5 scans with a known age on the main model grid, the "
+                                                     "regional age models need at least 20")
+    assert "need at least 20" in _html(S.regional(note, canvas))
