@@ -96,6 +96,7 @@ class RegionalResult:
 
     table: pd.DataFrame
     volume: np.ndarray  # (X, Y, Z) gain of each voxel's region in years, 0 outside the regions
+    ageing_volume: np.ndarray  # (X, Y, Z) the same, 0 also where the gain's interval reaches 0 (the page's map)
     described: str  # scans and folds, in words
 
 
@@ -214,8 +215,11 @@ def _regional(agg: RoutingAggregator, g: int, collected: Collected, regions: Reg
     table = rank_regional(collected.regional, seed=seed)
     model_rank = {} if regions is None else dict(zip(regions.table["name"], regions.table["rank"]))
     table["model_rank"] = [model_rank.get(name, np.nan) for name in table["region"]]
-    volume = region_volume(table, agg.regions.names, agg.regions.labels, agg.geometries[g].regions, "gain")
-    return RegionalResult(table, volume, collected.regional_note)
+    rows = agg.geometries[g].regions  # (X, Y, Z) region rows, -1 = background
+    volume = region_volume(table, agg.regions.names, agg.regions.labels, rows, "gain")
+    surely = table.assign(gain=table["gain"].where(table["ci_low"] > 0, 0.0))
+    ageing = region_volume(surely, agg.regions.names, agg.regions.labels, rows, "gain")
+    return RegionalResult(table, volume, ageing, collected.regional_note)
 
 
 def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResult | None,

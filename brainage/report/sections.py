@@ -178,8 +178,9 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
             R.strong("Where these scans change with age"), " (model-free regional age models; see 'Where the scans "
             f"age'): {len(ageing)} regions tell age better than the median age (95% interval above 0), led by "
             f"{_gain_list(ageing)}"
-            + (f"; of these, {_gain_list(unread)} rank below the model's top {len(ageing)}, so the model reads them "
-               "little or not at all" if result.regions is not None and len(unread) else "") + "."))
+            + (f"; of these, {', '.join(unread['region'].head(6))} rank below the model's top {len(ageing)} (see "
+               "'Regions that drive the predicted age'), so the model reads them less than the scans show" if
+               result.regions is not None and len(unread) else "") + "."))
     if result.validation is not None and result.validation.precision is not None:
         v = result.validation
         found = "; ".join(f"{row['ranking']} {row['planted']:.2f}" for _, row in v.precision.iterrows())
@@ -319,8 +320,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
     })
-    volume = np.clip(result.regional.volume, 0.0, None)  # regions no better than the median age stay uncoloured
-    figure = stat_map_png(volume, result.affine, "", threshold=1e-6, cmap="Reds", symmetric=False)
+    figure = stat_map_png(result.regional.ageing_volume, result.affine, "", threshold=1e-6, cmap="Reds",
+                          symmetric=False)
     return "Where the scans age (model-free)", [
         R.paragraph(
             "One ridge regression per atlas region predicts age from that region's own voxels, scored by "
@@ -331,8 +332,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "the model leaves unread. The last column is the region's rank in 'Regions that drive the predicted "
             "age'."),
         R.figure(figure, "Gain per atlas region (years of error removed against the median age, cross-validated). "
-                         "Darker red: the region's own voxels tell more about age. Uncoloured: no better than the "
-                         "median age, or no region."),
+                         "Darker red: the region's own voxels tell more about age. Uncoloured: the 95% interval of "
+                         "the gain reaches 0 (no surer than the median age), or no region."),
         R.table(shown.head(TOP_REGIONS), heat=["gain (y)"]),
         R.details(f"All {len(shown)} regions", R.table(shown, heat=["gain (y)"], scroll=True)),
     ]

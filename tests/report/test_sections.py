@@ -189,6 +189,10 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     first = result.regional.table.iloc[0]
     assert first.region == "L-front" and first.ci_low > 3 and first.model_rank == 1  # the model ranks it first too
     assert document.count("data:image/png;base64,") == 1  # the gain map
+    sure = set(result.regional.table.loc[result.regional.table["ci_low"] > 0, "region"])
+    painted = np.unique(regions[result.regional.ageing_volume != 0])  # region rows coloured on the page's map
+    assert {agg.regions.names[r] for r in painted} == sure and "L-front" in sure  # intervals above 0 only
+    assert np.count_nonzero(result.regional.volume) > np.count_nonzero(result.regional.ageing_volume)  # file: all
     main = _html(S.main_result(result, canvas))
     assert "Where these scans change with age" in main and "L-front" in main
     rankings = list(result.validation.precision["ranking"])
