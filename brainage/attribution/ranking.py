@@ -29,7 +29,8 @@ import pandas as pd
 from brainage.attribution.mapping import RegionIndex
 
 __all__ = ["RANK_STATISTICS", "RankStatistic", "RegionContributions", "bootstrap_intervals", "bootstrap_means",
-           "hemisphere", "interval_table", "null_corrected", "null_rate", "rank_regions", "t_statistic"]
+           "hemisphere", "interval_table", "null_corrected", "null_rate", "rank_regions", "region_columns",
+           "t_statistic"]
 
 RankStatistic = Literal["null_corrected", "t"]  # rank_regions(by=...)
 RANK_STATISTICS: tuple[str, ...] = get_args(RankStatistic)
@@ -136,6 +137,12 @@ def hemisphere(name: str) -> tuple[str, str]:
     return ({"L": "left", "R": "right", "B": "both"}[side], rest) if side in ("L", "R", "B") and rest else ("", name)
 
 
+def region_columns(names: Sequence[str]) -> dict[str, list[str]]:
+    """The naming columns of a region table: region, structure, hemisphere ("L-putamen" -> putamen, left)."""
+    sides = [hemisphere(str(n)) for n in names]
+    return {"region": [str(n) for n in names], "structure": [s[1] for s in sides], "hemisphere": [s[0] for s in sides]}
+
+
 def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
                  by: RankStatistic = "null_corrected") -> pd.DataFrame:
     """Tidy ranking of the regions on the grid, by decreasing ``by``: the null-corrected contribution or its t.
@@ -156,12 +163,8 @@ def rank_regions(contrib: RegionContributions, n_boot: int = 2000, level: float 
     null = bootstrap_intervals(corrected, n_boot, level, seed, by)  # same resamples (same seed): paired intervals
     s = len(corrected)  # (r',) t of the null-corrected values; NaN from a single subject
     t = t_statistic(corrected.mean(axis=0), (corrected**2).mean(axis=0), s) if s > 1 else np.full(len(raw[0]), np.nan)
-    names = np.asarray(contrib.regions.names)[keep]
-    sides = [hemisphere(n) for n in names]
     frame = pd.DataFrame({
-        "region": names,
-        "structure": [s[1] for s in sides],
-        "hemisphere": [s[0] for s in sides],
+        **region_columns(np.asarray(contrib.regions.names)[keep]),
         "contribution": values.mean(axis=0),
         "ci_low": raw[0],
         "ci_high": raw[1],

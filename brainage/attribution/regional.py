@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.attribution.mapping import RegionIndex
-from brainage.attribution.ranking import bootstrap_intervals, hemisphere
+from brainage.attribution.ranking import bootstrap_intervals, region_columns
 
 __all__ = ["ALPHAS", "MIN_SUBJECTS", "RegionalAgeModels", "fit_regional_models", "rank_regional"]
 
@@ -105,12 +105,8 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     keep = models.voxels > 0
     gains = models.gains[:, keep]  # (s, r')
     low, high, rank_low, rank_high = bootstrap_intervals(gains, n_boot, level, seed)
-    names = np.asarray(models.regions.names)[keep]
-    sides = [hemisphere(n) for n in names]
     frame = pd.DataFrame({
-        "region": names,
-        "structure": [side[1] for side in sides],
-        "hemisphere": [side[0] for side in sides],
+        **region_columns(np.asarray(models.regions.names)[keep]),
         "gain": gains.mean(axis=0),
         "ci_low": low,
         "ci_high": high,

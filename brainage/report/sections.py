@@ -66,19 +66,27 @@ def _years(value: float) -> str:
     return f"{value:+.2f} y"
 
 
+def _ranked_columns(table: pd.DataFrame, names: pd.Series, label: str, values: pd.Series) -> dict:
+    """The display columns every ranked region table shares: rank, region, hemisphere, voxels, the value (``label``),
+    its 95% interval (``ci_low``/``ci_high``) and the rank interval."""
+    return {
+        "rank": table["rank"].astype(int),
+        "region": names.astype(str),
+        "hemisphere": table["hemisphere"].astype(str),
+        "voxels": table["n_voxels"].astype(int),
+        label: values,
+        "95% interval": [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "rank interval": [R.format_interval(lo, hi, integer=True) for lo, hi in zip(table["rank_low"],
+                                                                                    table["rank_high"])],
+    }
+
+
 def region_display(table: pd.DataFrame) -> pd.DataFrame:
     """Display columns of a region ranking frame (``RegionResult.table``: name, hemisphere, contribution, ci_low,
     ci_high, rank, rank_low, rank_high, null_corrected, n_voxels, method; band methods also show own and shell, the
     region itself and its boundary shell)."""
     shown = pd.DataFrame({
-        "rank": table["rank"].astype(int),
-        "region": table["name"].astype(str),
-        "hemisphere": table["hemisphere"].astype(str),
-        "voxels": table["n_voxels"].astype(int),
-        "contribution (y)": table["contribution"].round(3),
-        "95% interval": [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])],
-        "rank interval": [R.format_interval(lo, hi, integer=True) for lo, hi in zip(table["rank_low"],
-                                                                                    table["rank_high"])],
+        **_ranked_columns(table, table["name"], "contribution (y)", table["contribution"].round(3)),
         "null-corrected (y)": table["null_corrected"].round(3),
         "method": table["method"].astype(str),
     }).reset_index(drop=True)
@@ -309,14 +317,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         return "Where the scans age (model-free)", [R.paragraph(f"Regional age models {result.regional_note}.")]
     table = result.regional.table
     shown = pd.DataFrame({
-        "rank": table["rank"].astype(int),
-        "region": table["region"].astype(str),
-        "hemisphere": table["hemisphere"].astype(str),
-        "voxels": table["n_voxels"].astype(int),
-        "gain (y)": table["gain"].round(2),
-        "95% interval": [R.format_interval(lo, hi) for lo, hi in zip(table["ci_low"], table["ci_high"])],
-        "rank interval": [R.format_interval(lo, hi, integer=True) for lo, hi in zip(table["rank_low"],
-                                                                                    table["rank_high"])],
+        **_ranked_columns(table, table["region"], "gain (y)", table["gain"].round(2)),
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
     })
