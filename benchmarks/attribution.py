@@ -82,6 +82,11 @@ COHORTS = (
                                      "atrophy:grow:lateral-ventricle,intensity:lateraloccipital*1.5,"
                                      "intensity:rostralmiddlefrontal"),
     Cohort("demo", 1),  # the demo's own effects (make demo: seed 1): the null-control measurement of issue 14
+    # Fresh validation cohorts (added 2026-12-04, regions drawn by seed, never looked at before the regional models'
+    # chain was fixed on the cohorts above; docs/report.md, "Fresh cohorts")
+    Cohort("fresh_mix", 21, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh_atrophy", 22, random_effects="atrophy=3"),
+    Cohort("fresh_mix_atrophy", 23, random_effects="atrophy=3,intensity=1"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
