@@ -87,6 +87,12 @@ COHORTS = (
     Cohort("fresh_mix", 21, random_effects="atrophy=2,intensity=2"),
     Cohort("fresh_atrophy", 22, random_effects="atrophy=3"),
     Cohort("fresh_mix_atrophy", 23, random_effects="atrophy=3,intensity=1"),
+    # Second fresh set (added 2026-12-04 after the fresh_* results were published): validates the regional ranking
+    # that leaves out voxels near stronger neighbours (docs/report.md, "Leaving out the voxels ...")
+    Cohort("fresh2_atrophy", 31, random_effects="atrophy=3"),
+    Cohort("fresh2_intensity", 32, random_effects="intensity=3"),
+    Cohort("fresh2_mix", 33, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh2_mix_atrophy", 34, random_effects="atrophy=3,intensity=1"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
