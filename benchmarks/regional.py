@@ -6,13 +6,15 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
 2. preprocesses every scan with a data chain (default: the nonlinearly normalised one,
    ``configs/data/synthetic_registered.yaml``; ``--cache-dir`` keeps the tensors between runs);
 3. fits one cross-validated ridge model per atlas region (``brainage.attribution.regional``) over all the cohort's
-   scans (model-free and cross-validated, so no subject is both fitted and scored), ranks the regions by gain with
-   bootstrap intervals, and scores the ranking: precision@k with k = the number of planted regions, chance = k /
-   regions, and the same counting displaced neighbours as found.
+   scans (model-free and cross-validated, so no subject is both fitted and scored) on each region's interior (voxels
+   farther than ``--margin`` mm from every other region; 0 = all voxels), ranks the regions by gain with bootstrap
+   intervals, and scores the ranking: precision@k with k = the number of planted regions, chance = k / regions, the
+   same counting displaced neighbours as found, and the all-voxel ranking's precision@k beside it.
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
-script resumes. Printed: precision@k per cohort with chance, the planted regions' ranks, and one JSON line. About 8 min
-per 400-subject cohort on 2 CPU cores, most of it registration. Research use only.
+script resumes (a folder written with another chain, margin or folds is refused). Printed: precision@k per cohort
+with chance, the planted regions' ranks, and one JSON line. About 8 min per 400-subject cohort on 2 CPU cores, most of
+it registration. Research use only.
 
 Run: ``python benchmarks/regional.py --out /work/runs/regional --cohorts tune tune_mix``.
 """
@@ -31,6 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.attribution import COHORTS, build_cohort  # noqa: E402
+from brainage.attribution.regional import MARGIN_MM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,34 +51,46 @@ def load_scans(cohort_root: Path, chain: Path, cache_dir: Path | None) -> tuple[
     return images, np.array([float(item["age"]) for item in items]), data.grid_affine
 
 
-def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | None, folds: int, n_boot: int) -> dict:
+def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | None, folds: int, n_boot: int,
+               margin: float) -> dict:
     """Fit, rank and score one cohort (``folder/result.json``, skipped when present)."""
     from brainage.attribution.mapping import RegionIndex
-    from brainage.attribution.regional import fit_regional_models, rank_regional
+    from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
     from brainage.reference.atlas import load_default_atlas
 
     done = folder / "result.json"
+    chain_name = str(chain.relative_to(ROOT) if chain.is_relative_to(ROOT) else chain)
     if done.is_file():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"))
+        if found != (chain_name, margin, folds):
+            raise ValueError(f"{done}: written with chain, margin, folds {found}, this run asks for "
+                             f"{(chain_name, margin, folds)}; use a fresh --out")
+        return result
     start = time.perf_counter()
     images, ages, affine = load_scans(cohort_root, chain, cache_dir)
     loaded = time.perf_counter() - start
     atlas = load_default_atlas()
     index = RegionIndex.from_names(atlas.names)
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
-    models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds)
+    interior = interior_rows(regions, affine, margin)[regions >= 0] if margin > 0 else None
+    models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
+                                 interior=interior)
     table = rank_regional(models, n_boot=n_boot)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
-    result = {"subjects": len(ages), "chain": str(chain.relative_to(ROOT) if chain.is_relative_to(ROOT) else chain),
-              "folds": folds, "k": k, "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
+    result = {"subjects": len(ages), "chain": chain_name, "margin_mm": margin, "folds": folds, "k": k,
+              "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
               "planted_rank_intervals": {r: [int(table.rank_low[i]), int(table.rank_high[i])] for r, i in at.items()},
+              **({"precision_all_voxels": precision_at_k(list(table.sort_values("gain_all", ascending=False,
+                                                                               kind="stable")["region"]), planted)}
+                 if "gain_all" in table else {}),
               "baseline_mae": float(models.baseline_errors.mean()),
               "seconds_preprocess": loaded, "seconds_models": time.perf_counter() - start - loaded}
     with atomic_path(folder / "regional.csv") as tmp:
@@ -98,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="data section whose preprocessing chain prepares the scans (default: registered)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="preprocessed-volume cache shared between runs")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--margin", type=float, default=MARGIN_MM,
+                        help=f"mm of border left out of each region (default {MARGIN_MM}, the report's; 0 = none)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     args = parser.parse_args(argv)
@@ -106,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / cohort.name
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         results[cohort.name] = run_cohort(folder, root.resolve(), args.chain.resolve(), args.cache_dir, args.folds,
-                                          args.boot)
+                                          args.boot, args.margin)
         r = results[cohort.name]
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
-              f"planted or displaced {r['precision_planted_or_displaced']:.2f}), {r['subjects']} scans; planted "
+              f"planted or displaced {r['precision_planted_or_displaced']:.2f}"
+              + (f"; all voxels {r['precision_all_voxels']:.2f}" if "precision_all_voxels" in r else "")
+              + f"), {r['subjects']} scans; planted "
               f"ranks {r['planted_ranks']}", flush=True)
     print(json.dumps(results))
     return 0

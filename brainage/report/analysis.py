@@ -91,7 +91,8 @@ class RegionalResult:
     """Model-free regional age models (``brainage.attribution.regional``): where the scans change with age.
 
     ``table``: ``rank_regional`` (rank, region, structure, hemisphere, gain, ci_low, ci_high, mae, rank_low,
-    rank_high, n_voxels) plus model_rank, the region's rank in the attribution table (NaN without attribution).
+    rank_high, n_voxels: each region's interior; gain_all, gain_all_low, gain_all_high, n_voxels_all: all its voxels)
+    plus model_rank, the region's rank in the attribution table (NaN without attribution).
     """
 
     table: pd.DataFrame
@@ -235,7 +236,9 @@ def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResul
                     "model attribution: contribution without null correction": table.sort_values(
                         "contribution", ascending=False, kind="stable")[name]}
     if regional is not None:
-        rankings["regional age models (model-free)"] = regional.table["region"]
+        rankings["regional age models (model-free, interiors)"] = regional.table["region"]
+        rankings["regional age models, all voxels"] = regional.table.sort_values(
+            "gain_all", ascending=False, kind="stable")["region"]
     if not rankings or not k:
         return ValidationResult(truth, missing, None, k, float("nan"))
     regions_ranked = len(next(iter(rankings.values())))

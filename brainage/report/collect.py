@@ -34,7 +34,7 @@ import torch
 from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.groups import read_group_column
 from brainage.attribution.ranking import RegionContributions
-from brainage.attribution.regional import MIN_SUBJECTS, RegionalAgeModels, fit_regional_models
+from brainage.attribution.regional import MARGIN_MM, MIN_SUBJECTS, RegionalAgeModels, fit_regional_models, interior_rows
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
@@ -336,12 +336,15 @@ def _regional_models(collected: Collected, regional: _Regional, settings: Report
     if len(ages) < MIN_SUBJECTS:
         return None, (f"not run: {len(ages)} scans with a known age on the main model grid, the regional age models "
                       f"need at least {MIN_SUBJECTS}")
-    regions = aggregator.geometries[g].regions  # (X, Y, Z) region rows, -1 = background
+    geometry = aggregator.geometries[g]
+    regions = geometry.regions  # (X, Y, Z) region rows, -1 = background
     with progress.stage("regional age models", 1, "fit") as stage:
         models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], aggregator.regions,
-                                     seed=settings.seed)
+                                     seed=settings.seed,
+                                     interior=interior_rows(regions, geometry.affine)[regions >= 0])
         stage.advance()
-    return models, f"{len(ages)} scans with a known age, {models.folds}-fold cross-validation"
+    return models, (f"{len(ages)} scans with a known age, {models.folds}-fold cross-validation, each region's "
+                    f"voxels farther than {MARGIN_MM:g} mm from other regions")
 
 
 def collect(settings: ReportSettings, progress: StageProgress) -> Collected:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from brainage.attribution.regional import MARGIN_MM
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -317,26 +318,33 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         return "Where the scans age (model-free)", [R.paragraph(f"Regional age models {result.regional_note}.")]
     table = result.regional.table
     shown = pd.DataFrame({
-        **_ranked_columns(table, table["region"], "gain (y)", table["gain"].round(2)),
+        **_ranked_columns(table, table["region"], "gain, interior (y)", table["gain"].round(2)),
+        "gain, all voxels (y)": table["gain_all"].round(2),
+        "95% interval, all voxels": [R.format_interval(lo, hi) for lo, hi in zip(table["gain_all_low"],
+                                                                                  table["gain_all_high"])],
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
     })
     figure = stat_map_png(result.regional.ageing_volume, result.affine, "", threshold=1e-6, cmap="Reds",
                           symmetric=False)
+    heat = ["gain, interior (y)", "gain, all voxels (y)"]
     return "Where the scans age (model-free)", [
         R.paragraph(
-            "One ridge regression per atlas region predicts age from that region's own voxels, scored by "
+            "One ridge regression per atlas region predicts age from that region's voxels, scored by "
             "cross-validation (", R.text(result.regional.described), "; Kaufmann et al. 2019, regional brain age). "
             "Gain = the median-age predictor's mean absolute error minus the region's, in years: how much age the "
-            "region alone tells. The 95% interval and the rank interval are bootstrap intervals over scans. This "
-            "ranking does not use the brain-age model: it shows where the scans change with age, including changes "
-            "the model leaves unread. The last column is the region's rank in 'Regions that drive the predicted "
-            "age'."),
-        R.figure(figure, "Gain per atlas region (years of error removed against the median age, cross-validated). "
-                         "Darker red: the region's own voxels tell more about age. Uncoloured: the 95% interval of "
-                         "the gain reaches 0 (no surer than the median age), or no region."),
-        R.table(shown.head(TOP_REGIONS), heat=["gain (y)"]),
-        R.details(f"All {len(shown)} regions", R.table(shown, heat=["gain (y)"], scroll=True)),
+            "region alone tells. The ranking uses each region's interior: misregistration and blur carry a strongly "
+            "changing region (a darkening, a growing ventricle) a few millimetres into its neighbours, whose border "
+            "voxels then tell age although nothing changed in them. The gain on all the region's voxels stands "
+            "beside it: a region high there but low on its interior takes its age information from a neighbour. "
+            "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
+            "the brain-age model: it shows where the scans change with age, including changes the model leaves "
+            "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
+        R.figure(figure, "Interior gain per atlas region (years of error removed against the median age, "
+                         "cross-validated). Darker red: the region's interior tells more about age. Uncoloured: the "
+                         "95% interval of the gain reaches 0 (no surer than the median age), or no region."),
+        R.table(shown.head(TOP_REGIONS), heat=heat),
+        R.details(f"All {len(shown)} regions", R.table(shown, heat=heat, scroll=True)),
     ]
 
 
@@ -494,7 +502,8 @@ def methods(result: ReportResult, canvas: Canvas) -> Section:
         "in each.",
         "Regional age models (model-free; Kaufmann et al. 2019, Popescu et al. 2021): per atlas region, ridge "
         "regression (scikit-learn RidgeCV, penalty by leave-one-out within the training folds) on the region's "
-        "voxels, each standardised on the training folds; 5-fold cross-validation over the scans with a known age "
+        f"interior voxels (farther than {MARGIN_MM:g} mm, centre to centre, from every other atlas region; all voxels beside "
+        "it), each standardised on the training folds; 5-fold cross-validation over the scans with a known age "
         "(--regional-subjects); gain = median-age MAE minus the region's MAE; 2000 bootstrap resamples of the scans' "
         "paired errors give the intervals and rank intervals.",
         "Routing source: " + (f"the maps saved by `brainage predict --save-routing` in {routing}" if routing

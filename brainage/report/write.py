@@ -9,11 +9,12 @@ Every file is written atomically (``brainage.contracts.atomic``), so a reader ne
   tables/mutual_information.csv                           I(expert; region) vs within-subject shuffles
   tables/occlusion_sensitivity.csv                        regions ranked by age contribution (occlusion)
   tables/effect_occlusion.csv                             with ground truth: each planted effect occluded at once
-  tables/regional_age_models.csv                          model-free regional age models: gain per region, ranked
+  tables/regional_age_models.csv                          model-free regional age models: interior gain per region
+                                                          (ranked) and the gain on all its voxels
   tables/groups_bag.csv, groups_expert_share.csv          with --group-by: BAG and expert use per group
   maps/layer{L}_expert{E}_freq.nii.gz                     per-expert top-1 frequency, model grid, MNI affine
   maps/occlusion_sensitivity.nii.gz                       age contribution (years) per region
-  maps/regional_age_gain.nii.gz                           regional age models' gain (years) per region
+  maps/regional_age_gain.nii.gz                           regional age models' interior gain (years) per region
   index.html                                              the report (offline, images embedded)
 """
 

@@ -1,5 +1,6 @@
 """Regional age models: held-out errors match a scikit-learn pipeline on the same folds, an ageing region ranks first
-with an interval above 0, a noise region's interval covers 0, and bad input is refused."""
+with an interval above 0, a noise region's interval covers 0, interiors match a brute-force distance check and leave
+a neighbour's spill-over out, and bad input is refused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainage.attribution.mapping import RegionIndex
-from brainage.attribution.regional import ALPHAS, _folds, fit_regional_models, rank_regional
+from brainage.attribution.regional import ALPHAS, _folds, fit_regional_models, interior_rows, rank_regional
 
 INDEX = RegionIndex.from_names({1: "L-ageing", 2: "R-noise", 3: "L-weak", 4: "R-absent"})
 
@@ -56,6 +57,59 @@ def test_ageing_region_ranks_first_and_noise_covers_zero():
     assert np.all((table.ci_low <= table.gain) & (table.gain <= table.ci_high))
 
 
+def _interior_reference(regions: np.ndarray, affine: np.ndarray, margin: float) -> np.ndarray:
+    """Every labelled voxel against every voxel of another region, by brute force."""
+    ijk = np.argwhere(regions >= 0)  # (n, 3)
+    mm = ijk @ affine[:3, :3].T  # (n, 3)
+    rows = regions[tuple(ijk.T)]
+    out = regions.copy()
+    for (i, j, k), point, row in zip(ijk, mm, rows):
+        if np.any(np.linalg.norm(mm[rows != row] - point, axis=1) <= margin):
+            out[i, j, k] = -1
+    return out
+
+
+@pytest.mark.parametrize("zooms", [(3.0, 3.0, 3.0), (1.0, 2.0, 1.5)])
+def test_interiors_match_a_brute_force_distance_check(zooms):
+    rng = np.random.default_rng(1)
+    regions = np.full((12, 10, 11), -1)
+    regions[1:11, 1:9, 1:10] = rng.integers(0, 3, size=(5, 4, 3)).repeat(2, 0).repeat(2, 1).repeat(3, 2)[:10, :8, :9]
+    regions[regions == 1] = np.where(rng.random((regions == 1).sum()) < 0.2, -1, 1)  # holes: background inside
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = [-20, 7, 3]  # the offset must not matter
+    for margin in (0.5, 1.5, 3.5, 4.5, 6.5):
+        np.testing.assert_array_equal(interior_rows(regions, affine, margin), _interior_reference(regions, affine,
+                                                                                                 margin))
+    assert np.array_equal(interior_rows(regions, affine, 0.5), regions)  # nothing that close: all kept
+
+
+def test_interiors_leave_a_neighbours_spill_over_out():
+    """Row 0 ages; its change leaks into the first slab of row 1 (as blur and misregistration would), whose interior
+    holds noise only; row 2 is one voxel thick beside row 1, so it has no interior and gains exactly 0."""
+    rng = np.random.default_rng(2)
+    s = 60
+    ages = rng.uniform(20, 80, s)
+    regions = np.full((10, 6, 6), -1)
+    regions[:4], regions[4:9], regions[9] = 0, 1, 2
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    images = rng.normal(size=(s, 10, 6, 6)).astype(np.float32)
+    images[:, :5] += ((ages - 50) / 10)[:, None, None, None]  # row 0 and the leak into row 1's border slab
+    interior = interior_rows(regions, affine)  # 4.5 mm: the slab next to another region is left out
+    assert np.all(interior[3] == -1) and np.all(interior[4] == -1) and np.all(interior[5:8] == 1)
+    labelled = regions >= 0
+    models = fit_regional_models(images[:, labelled], ages, regions[labelled], INDEX, interior=interior[labelled])
+    table = rank_regional(models, n_boot=500).set_index("region")
+    ageing, leaky, thin = table.loc["L-ageing"], table.loc["R-noise"], table.loc["L-weak"]
+    assert ageing["rank"] == 1 and ageing.ci_low > 5
+    assert leaky.gain_all_low > 5 and leaky.ci_low < 0 < leaky.ci_high  # all voxels: ages; interior: noise
+    assert leaky.n_voxels == 3 * 36 and leaky.n_voxels_all == 5 * 36
+    assert thin.n_voxels == 0 and thin.gain == 0 and thin.ci_low == thin.ci_high == 0  # the median age: gain 0
+    np.testing.assert_array_equal(models.errors[:, 2], models.baseline_errors)
+    assert "R-absent" not in table.index and len(table) == 3
+    whole = fit_regional_models(images[:, labelled], ages, regions[labelled], INDEX)
+    np.testing.assert_array_equal(models.whole.errors, whole.errors)  # the all-voxel models are the plain ones
+
+
 def test_bad_input_is_refused():
     images, ages, regions = _cohort(s=30)
     with pytest.raises(ValueError, match="every age known"):
@@ -66,3 +120,5 @@ def test_bad_input_is_refused():
         fit_regional_models(images, ages, regions[:5], INDEX)
     with pytest.raises(ValueError, match="folds=1"):
         fit_regional_models(images, ages, regions, INDEX, folds=1)
+    with pytest.raises(ValueError, match="interior must be the n region rows"):
+        fit_regional_models(images, ages, regions, INDEX, interior=np.where(regions == 0, 1, regions))

@@ -81,7 +81,9 @@ def test_regional_age_models_rank_every_region_with_intervals(trained):
     precision = precision_at_k(regional["region"], truth.regions)
     html = (report / "index.html").read_text()
     assert "Where the scans age (model-free)" in html and "60 scans with a known age" in html
-    assert f"regional age models (model-free) {precision:.2f}" in html
+    assert f"regional age models (model-free, interiors) {precision:.2f}" in html
+    assert (regional["n_voxels"] < regional["n_voxels_all"]).mean() > 0.5  # borders left out of most regions
+    assert (regional["gain_all_low"] <= regional["gain_all"]).all()
 
 
 def test_expert_region_mutual_information_beats_shuffled_labels(trained):

@@ -33,14 +33,18 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     synthesize_cohort(cohort, n=30, seed=5, spacing=3.0, workers=1, effects=effects)
     bench = _benchmark()
     folder = tmp_path / "out"
-    result = bench.run_cohort(folder, cohort, ROOT / "configs" / "data" / "synthetic.yaml", None, folds=5, n_boot=200)
+    chain = ROOT / "configs" / "data" / "synthetic.yaml"
+    result = bench.run_cohort(folder, cohort, chain, None, folds=5, n_boot=200, margin=4.5)
+    assert result["margin_mm"] == 4.5 and 0 <= result["precision_all_voxels"] <= 1
     assert result["subjects"] == 30 and result["k"] == 2 and result["chance"] == pytest.approx(2 / 85)
     assert set(result["planted_ranks"]) == {"L-precuneus", "R-precuneus"}
     assert max(result["planted_ranks"].values()) <= 4, result["planted_ranks"]  # a darkening at strength 2
     table = pd.read_csv(folder / "regional.csv")
     assert len(table) == 85 and table["gain"].is_monotonic_decreasing
+    assert (table["n_voxels"] <= table["n_voxels_all"]).all() and (table["n_voxels"] < table["n_voxels_all"]).any()
     assert json.loads((folder / "result.json").read_text()) == result
     assert not list(folder.glob(".*.tmp*"))  # atomic writes leave no temporary file
     # resumes: a finished cohort is read back, not recomputed (a missing cohort would fail to load)
-    assert bench.run_cohort(folder, tmp_path / "absent", ROOT / "configs" / "data" / "synthetic.yaml", None, 5,
-                            200) == result
+    assert bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 4.5) == result
+    with pytest.raises(ValueError, match="use a fresh --out"):  # another margin: not silently mixed with these
+        bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 0.0)

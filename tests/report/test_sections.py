@@ -164,7 +164,7 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     table and the written files show them, with each region's rank in the model's attribution beside it."""
     import io
 
-    from brainage.attribution.regional import fit_regional_models
+    from brainage.attribution.regional import fit_regional_models, interior_rows
     from brainage.report.analysis import analyse
     from brainage.report.progress import StageProgress
     from brainage.report.write import report_files
@@ -178,7 +178,8 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     voxels = rng.normal(size=(40, len(rows))).astype(np.float16)  # (s, n)
     front = rows == agg.regions.names.index("L-front")
     voxels[:, front] += ((ages[:, None] - 50) / 10).astype(np.float16)
-    models = fit_regional_models(voxels, ages, rows, agg.regions)
+    interior = interior_rows(regions, agg.geometries[0].affine)[regions >= 0]
+    models = fit_regional_models(voxels, ages, rows, agg.regions, interior=interior)
     with_regional = dataclasses.replace(collected, regional=models, regional_note="40 scans with a known age, 5-fold "
                                                                                   "cross-validation")
     result = analyse(with_regional, make_settings(tmp_path), StageProgress(["analyse"], stream=io.StringIO()))
@@ -195,10 +196,14 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     assert np.count_nonzero(result.regional.volume) > np.count_nonzero(result.regional.ageing_volume)  # file: all
     main = _html(S.main_result(result, canvas))
     assert "Where these scans change with age" in main and "L-front" in main
+    assert "gain, interior (y)" in document and "gain, all voxels (y)" in document
+    assert (result.regional.table["n_voxels"] <= result.regional.table["n_voxels_all"]).all()
     rankings = list(result.validation.precision["ranking"])
-    assert rankings[-1] == "regional age models (model-free)" and len(rankings) == 3
-    regional_precision = result.validation.precision["planted"].iloc[-1]
-    assert regional_precision >= 0.5 and f"regional age models (model-free) {regional_precision:.2f}" in main
+    assert rankings[-2:] == ["regional age models (model-free, interiors)", "regional age models, all voxels"]
+    assert len(rankings) == 4
+    regional_precision = result.validation.precision["planted"].iloc[-2]
+    assert regional_precision >= 0.5
+    assert f"regional age models (model-free, interiors) {regional_precision:.2f}" in main
     files = report_files(result)
     assert {"tables/regional_age_models.csv", "maps/regional_age_gain.nii.gz"} <= set(files)
 
