@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "young_scans = one matched young scan per scan, cohort = the mean of all of them")
     parser.add_argument("--regional-subjects", type=int, default=ReportSettings.regional_subjects,
                         help="scans with a known age used by the regional age models, one cross-validated ridge "
-                        "model per atlas region on its own voxels: where the scans change with age, whatever the "
+                        "model per atlas region on its interior voxels: where the scans change with age, whatever the "
                         "model reads (default %(default)s; 0 = off; needs at least 20; about 1 MB per scan at 1 mm)")
     parser.add_argument("--group-by", metavar="COLUMN", help="compare groups of a participants.tsv / manifest column "
                         "(e.g. diagnosis, site): brain-age gap and expert usage per group")

@@ -222,11 +222,13 @@ HOW_TO_READ = [
     "regions carry the same age information the model may read only some of them: on synthetic cohorts with planted "
     "effects it left some atrophies and darkenings unread while others ranked first (docs/report.md). The ranking "
     "explains this model's predictions, not the biology of ageing.",
-    "Where the scans age (model-free): one ridge regression per atlas region, fitted to that region's own voxels "
-    "and scored by cross-validation, tells how many years of error the region alone removes against predicting "
-    "the median age (gain). It ranks where these scans change with age, whether or not the brain-age model uses "
-    "it; a region high here and low in the model's ranking ages but is read little by the model. Regions that a "
-    "neighbour's atrophy displaces also change, so they can rank high here too.",
+    "Where the scans age (model-free): one ridge regression per atlas region, fitted to that region's interior "
+    "voxels (away from its borders with other regions) and scored by cross-validation, tells how many years of "
+    "error the region alone removes against predicting the median age (gain). It ranks where these scans change "
+    "with age, whether or not the brain-age model uses it; a region high here and low in the model's ranking ages "
+    "but is read little by the model. A region high on all its voxels but low on its interior borrows its age "
+    "information from a neighbour across the border. Regions that a neighbour's atrophy displaces also change, so "
+    "they can rank high here too.",
     "Cohort: MAE = mean absolute error in years; brain-age gap = predicted minus true age (positive: the brain looks "
     "older than its age).",
     "With a synthetic cohort, 'Validation against ground truth' checks the ranking against the regions where age "
@@ -502,9 +504,9 @@ def methods(result: ReportResult, canvas: Canvas) -> Section:
         "in each.",
         "Regional age models (model-free; Kaufmann et al. 2019, Popescu et al. 2021): per atlas region, ridge "
         "regression (scikit-learn RidgeCV, penalty by leave-one-out within the training folds) on the region's "
-        f"interior voxels (farther than {MARGIN_MM:g} mm, centre to centre, from every other atlas region; all voxels beside "
-        "it), each standardised on the training folds; 5-fold cross-validation over the scans with a known age "
-        "(--regional-subjects); gain = median-age MAE minus the region's MAE; 2000 bootstrap resamples of the scans' "
+        f"interior voxels (farther than {MARGIN_MM:g} mm, centre to centre, from every other atlas region; all "
+        "voxels beside it), each standardised on the training folds; 5-fold cross-validation over the scans with a "
+        "known age (--regional-subjects); gain = median-age MAE minus the region's MAE; 2000 bootstrap resamples of the scans' "
         "paired errors give the intervals and rank intervals.",
         "Routing source: " + (f"the maps saved by `brainage predict --save-routing` in {routing}" if routing
                               else "the model, run once over the inputs") + ".",
