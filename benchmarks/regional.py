@@ -12,7 +12,7 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    same counting displaced neighbours as found, and the all-voxel ranking's precision@k beside it.
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
-script resumes (a folder written with another chain, margin or folds is refused). Printed: precision@k per cohort
+script resumes (a folder written with another chain, margin, folds or seed is refused). Printed: precision@k per cohort
 with chance, the planted regions' ranks, and one JSON line. About 8 min per 400-subject cohort on 2 CPU cores, most of
 it registration. Research use only.
 
@@ -52,7 +52,7 @@ def load_scans(cohort_root: Path, chain: Path, cache_dir: Path | None) -> tuple[
 
 
 def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | None, folds: int, n_boot: int,
-               margin: float) -> dict:
+               margin: float, seed: int = 0) -> dict:
     """Fit, rank and score one cohort (``folder/result.json``, skipped when present)."""
     from brainage.attribution.mapping import RegionIndex
     from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional
@@ -64,10 +64,10 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     chain_name = str(chain.relative_to(ROOT) if chain.is_relative_to(ROOT) else chain)
     if done.is_file():
         result = json.loads(done.read_text())
-        found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"))
-        if found != (chain_name, margin, folds):
-            raise ValueError(f"{done}: written with chain, margin, folds {found}, this run asks for "
-                             f"{(chain_name, margin, folds)}; use a fresh --out")
+        found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"), result.get("seed", 0))
+        if found != (chain_name, margin, folds, seed):
+            raise ValueError(f"{done}: written with chain, margin, folds, seed {found}, this run asks for "
+                             f"{(chain_name, margin, folds, seed)}; use a fresh --out")
         return result
     start = time.perf_counter()
     images, ages, affine = load_scans(cohort_root, chain, cache_dir)
@@ -77,13 +77,13 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
     interior = interior_rows(regions, affine, margin)[regions >= 0] if margin > 0 else None
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
-                                 interior=interior)
-    table = rank_regional(models, n_boot=n_boot)
+                                 seed=seed, interior=interior)
+    table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
-    result = {"subjects": len(ages), "chain": chain_name, "margin_mm": margin, "folds": folds, "k": k,
+    result = {"subjects": len(ages), "chain": chain_name, "margin_mm": margin, "folds": folds, "seed": seed, "k": k,
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="data section whose preprocessing chain prepares the scans (default: registered)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="preprocessed-volume cache shared between runs")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     parser.add_argument("--margin", type=float, default=MARGIN_MM,
                         help=f"mm of border left out of each region (default {MARGIN_MM}, the report's; 0 = none)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / cohort.name
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         results[cohort.name] = run_cohort(folder, root.resolve(), args.chain.resolve(), args.cache_dir, args.folds,
-                                          args.boot, args.margin)
+                                          args.boot, args.margin, args.seed)
         r = results[cohort.name]
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"

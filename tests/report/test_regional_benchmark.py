@@ -35,7 +35,7 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     folder = tmp_path / "out"
     chain = ROOT / "configs" / "data" / "synthetic.yaml"
     result = bench.run_cohort(folder, cohort, chain, None, folds=5, n_boot=200, margin=4.5)
-    assert result["margin_mm"] == 4.5 and 0 <= result["precision_all_voxels"] <= 1
+    assert result["margin_mm"] == 4.5 and result["seed"] == 0 and 0 <= result["precision_all_voxels"] <= 1
     assert result["subjects"] == 30 and result["k"] == 2 and result["chance"] == pytest.approx(2 / 85)
     assert set(result["planted_ranks"]) == {"L-precuneus", "R-precuneus"}
     assert max(result["planted_ranks"].values()) <= 4, result["planted_ranks"]  # a darkening at strength 2
