@@ -142,6 +142,8 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
     errors, inner = _region_errors(voxels, ages, np.asarray(interior), r, fold)
     errors[:, (sizes > 0) & (inner == 0)] = baseline[:, None]  # no interior voxel: the median age, gain 0
     return RegionalAgeModels(errors, baseline, inner, index, folds, whole=whole)
+
+
 def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Regions on the grid by decreasing gain. Columns: rank, region, structure, hemisphere, gain, ci_low, ci_high,
     mae, rank_low, rank_high, n_voxels (years; ``level`` bootstrap intervals over subjects); with ``models.whole``
