@@ -326,7 +326,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
                                                                                   table["gain_all_high"])],
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
-    })
+    }).rename(columns={"voxels": "interior voxels"})
     figure = stat_map_png(result.regional.ageing_volume, result.affine, "", threshold=1e-6, cmap="Reds",
                           symmetric=False)
     heat = ["gain, interior (y)", "gain, all voxels (y)"]
