@@ -30,21 +30,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.groups import read_group_column
+from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.regional import MARGIN_MM, MIN_SUBJECTS, RegionalAgeModels, fit_regional_models, interior_rows
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
+from brainage.data.preprocessing import Preprocessing
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
+from brainage.predict.decode import explain_failure
 from brainage.reference.atlas import load_atlas, load_default_atlas
 from brainage.report.attribute import AgeForward, attribute_regions, set_contributions
 from brainage.report.progress import StageProgress
 from brainage.report.settings import GROUP_COLUMN, ReportSettings
 
-__all__ = ["ReportInputs", "AttributionRun", "Collected", "read_report_inputs", "read_saved_routing", "collect"]
+__all__ = ["ReportInputs", "AttributionRun", "Collected", "read_report_inputs", "read_saved_routing", "read_chain",
+           "collect"]
 
 ATTRIBUTION_BATCH = 8  # images per model call of attribution
 
@@ -327,24 +332,80 @@ def _attribute(collected: Collected, kept: _Kept, settings: ReportSettings, prog
                           np.asarray(voxels), values)
 
 
+def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], regions: np.ndarray, affine: np.ndarray,
+                  index: RegionIndex, settings: ReportSettings, progress: StageProgress, source: str
+                  ) -> tuple[RegionalAgeModels | None, str]:
+    """Regional age models of s scans' (n,) labelled voxels on one grid (``regions`` (X, Y, Z) rows, ``affine``),
+    and a sentence on what they ran on."""
+    if len(ages) < MIN_SUBJECTS:
+        return None, (f"not run: {len(ages)} scans with a known age {source}, the regional age models need at least "
+                      f"{MIN_SUBJECTS}")
+    with progress.stage("regional age models", 1, "fit") as stage:
+        models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
+                                     interior=interior_rows(regions, affine)[regions >= 0])
+        stage.advance()
+    return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
+                    f"region's voxels farther than {MARGIN_MM:g} mm from other regions")
+
+
 def _regional_models(collected: Collected, regional: _Regional, settings: ReportSettings, progress: StageProgress
                      ) -> tuple[RegionalAgeModels | None, str]:
-    """The regional age models of the kept scans on the main geometry, and a sentence on what they ran on."""
+    """The regional age models of the kept scans on the main geometry."""
     aggregator = collected.aggregator
     g = aggregator.main_geometry()
     voxels, ages = regional.voxels.get(g, []), regional.ages.get(g, [])
-    if len(ages) < MIN_SUBJECTS:
-        return None, (f"not run: {len(ages)} scans with a known age on the main model grid, the regional age models "
-                      f"need at least {MIN_SUBJECTS}")
     geometry = aggregator.geometries[g]
-    regions = geometry.regions  # (X, Y, Z) region rows, -1 = background
-    with progress.stage("regional age models", 1, "fit") as stage:
-        models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], aggregator.regions,
-                                     seed=settings.seed,
-                                     interior=interior_rows(regions, geometry.affine)[regions >= 0])
-        stage.advance()
-    return models, (f"{len(ages)} scans with a known age, {models.folds}-fold cross-validation, each region's "
-                    f"voxels farther than {MARGIN_MM:g} mm from other regions")
+    return _fit_regional(voxels, ages, geometry.regions, geometry.affine, aggregator.regions, settings, progress,
+                         "on the main model grid")
+
+
+def read_chain(path: Path) -> Preprocessing:
+    """The deterministic preprocessing of a data YAML: its ``preprocessing:`` list (``configs/data/*.yaml``, or a fit
+    config's ``data:`` section), every transform and argument checked against the allow-list."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--regional-chain file not found: {path}")
+    section = yaml.safe_load(path.read_text())
+    if isinstance(section, dict):
+        section = section.get("data", section)
+        section = section.get("preprocessing") if isinstance(section, dict) else None
+    if not isinstance(section, list):
+        raise ValueError(f"{path}: no preprocessing list found; expected a data YAML with 'preprocessing:' (as in "
+                         "configs/data/*.yaml), a fit config with 'data: preprocessing:', or the list itself")
+    return Preprocessing(section, augment=False)
+
+
+def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: ReportSettings, progress: StageProgress
+                       ) -> tuple[RegionalAgeModels | None, str]:
+    """Regional age models of the first ``--regional-subjects`` scans with a known age, prepared by
+    ``--regional-chain``; scans that fail or land on another grid are skipped (named on stderr)."""
+    chain = read_chain(settings.regional_chain)
+    transform = chain.deterministic()
+    table = inputs.table[pd.to_numeric(inputs.table["age"], errors="coerce").notna()]
+    voxels, ages, grid, skipped = [], [], None, []
+    with progress.stage("regional age models", min(len(table), settings.regional_subjects), "scans") as stage:
+        for path, age in zip(table["path"], table["age"]):
+            if len(ages) == settings.regional_subjects:
+                break
+            try:
+                image = transform({"image": str(path)})["image"]  # (1, X, Y, Z) MetaTensor, affine voxel -> MNI mm
+            except Exception as err:  # noqa: BLE001 -- a bad scan is skipped and named, the rest go on
+                skipped.append(explain_failure(str(path), err))
+                continue
+            affine = np.asarray(image.affine, dtype=np.float64)
+            if grid is None:
+                grid = (affine, index.columns(inputs.atlas.resample_to(chain.shape, affine)))
+            elif not np.allclose(affine, grid[0], atol=1e-3):
+                skipped.append(f"{path}: the chain put it on another grid than the first scan's")
+                continue
+            voxels.append(image[0].numpy()[grid[1] >= 0].astype(np.float16))
+            ages.append(float(age))
+            stage.advance()
+    for line in skipped:
+        print(f"regional age models: skipped {line}", file=sys.stderr)
+    if grid is None:
+        return None, f"not run: no scan with a known age could be prepared by {settings.regional_chain}"
+    source = f"prepared by {settings.regional_chain.name}" + (f", {len(skipped)} skipped" if skipped else "")
+    return _fit_regional(voxels, ages, grid[1], grid[0], index, settings, progress, source)
 
 
 def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
@@ -362,8 +423,12 @@ def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
         return collected
     if keep:
         collected.attribution = _attribute(collected, kept, settings, progress)
-    if settings.regional_subjects and inputs.model is None:
-        collected.regional_note = "not run: with --routing and no --model no scan is preprocessed"
+    if settings.regional_subjects and settings.regional_chain is not None:
+        collected.regional, collected.regional_note = _regional_on_chain(inputs, collected.aggregator.regions,
+                                                                         settings, progress)
+    elif settings.regional_subjects and inputs.model is None:
+        collected.regional_note = ("not run: with --routing and no --model no scan is preprocessed (--regional-chain "
+                                   "prepares them without the model)")
     elif settings.regional_subjects:
         collected.regional, collected.regional_note = _regional_models(collected, regional, settings, progress)
     return collected

@@ -46,6 +46,7 @@ class ReportSettings:
     occlusion_reference: Reference = "young"
     attribution_method: Method = DEFAULT_METHOD
     regional_subjects: int = 400  # scans with a known age for the regional age models (brainage.attribution.regional)
+    regional_chain: Path | None = None  # data YAML whose preprocessing prepares those scans (default: the model's)
     group_by: str | None = None
     mlflow_run: str | None = None
     tracking_uri: str | None = None
@@ -94,5 +95,6 @@ class ReportSettings:
 
     @property
     def images_needed(self) -> int:
-        """Preprocessed scans the report keeps: for attribution and for the regional age models."""
-        return max(self.occluded_subjects, self.regional_subjects)
+        """Scans the report keeps preprocessed by the model's chain: for attribution and for the regional age models
+        (unless ``regional_chain`` prepares those)."""
+        return max(self.occluded_subjects, 0 if self.regional_chain else self.regional_subjects)
