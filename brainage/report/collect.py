@@ -62,6 +62,7 @@ class ReportInputs:
     atlas: AtlasLike
     truth: GroundTruth | None
     extra_columns: tuple[str, ...]  # input columns copied into the predictions table
+    regional_chain: Preprocessing | None = None  # --regional-chain: prepares the regional age models' scans
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,8 @@ def read_report_inputs(settings: ReportSettings) -> ReportInputs:
     atlas = load_atlas(settings.atlas, settings.atlas_names) if settings.atlas else load_default_atlas()
     truth_path = settings.ground_truth or find_ground_truth(list(settings.inputs))
     truth = load_ground_truth(truth_path) if truth_path else None
-    return ReportInputs(model, table, atlas, truth, extra)
+    chain = read_chain(settings.regional_chain) if settings.regional_chain and settings.regional_subjects else None
+    return ReportInputs(model, table, atlas, truth, extra, chain)
 
 
 def read_saved_routing(path: Path) -> ScanRouting:
@@ -360,25 +362,28 @@ def _regional_models(collected: Collected, regional: _Regional, settings: Report
 
 
 def read_chain(path: Path) -> Preprocessing:
-    """The deterministic preprocessing of a data YAML: its ``preprocessing:`` list (``configs/data/*.yaml``, or a fit
-    config's ``data:`` section), every transform and argument checked against the allow-list."""
+    """The deterministic preprocessing of a data YAML: its ``preprocessing:`` list with its ``spacing``/``shape``
+    shorthands (``configs/data/*.yaml``, or a fit config's ``data:`` section) or a bare list, every transform and
+    argument checked against the allow-list."""
     if not path.is_file():
         raise FileNotFoundError(f"--regional-chain file not found: {path}")
     section = yaml.safe_load(path.read_text())
-    if isinstance(section, dict):
-        section = section.get("data", section)
-        section = section.get("preprocessing") if isinstance(section, dict) else None
-    if not isinstance(section, list):
+    if isinstance(section, dict) and isinstance(section.get("data"), dict):
+        section = section["data"]
+    spec = section.get("preprocessing") if isinstance(section, dict) else section
+    if not isinstance(spec, list):
         raise ValueError(f"{path}: no preprocessing list found; expected a data YAML with 'preprocessing:' (as in "
                          "configs/data/*.yaml), a fit config with 'data: preprocessing:', or the list itself")
-    return Preprocessing(section, augment=False)
+    grid = {k: section.get(k) for k in ("spacing", "shape")} if isinstance(section, dict) else {}
+    return Preprocessing(spec, augment=False, spacing=grid.get("spacing"),
+                         shape=None if grid.get("shape") is None else tuple(grid["shape"]))
 
 
 def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: ReportSettings, progress: StageProgress
                        ) -> tuple[RegionalAgeModels | None, str]:
     """Regional age models of the first ``--regional-subjects`` scans with a known age, prepared by
     ``--regional-chain``; scans that fail or land on another grid are skipped (named on stderr)."""
-    chain = read_chain(settings.regional_chain)
+    chain = inputs.regional_chain
     transform = chain.deterministic()
     table = inputs.table[pd.to_numeric(inputs.table["age"], errors="coerce").notna()]
     voxels, ages, grid, skipped = [], [], None, []
@@ -423,7 +428,7 @@ def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
         return collected
     if keep:
         collected.attribution = _attribute(collected, kept, settings, progress)
-    if settings.regional_subjects and settings.regional_chain is not None:
+    if settings.regional_subjects and inputs.regional_chain is not None:
         collected.regional, collected.regional_note = _regional_on_chain(inputs, collected.aggregator.regions,
                                                                          settings, progress)
     elif settings.regional_subjects and inputs.model is None:

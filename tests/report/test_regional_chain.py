@@ -32,6 +32,8 @@ def test_read_chain_takes_a_data_yaml_or_a_fit_config_and_refuses_the_rest(tmp_p
     data = yaml.safe_load(REGISTERED.read_text())
     fit.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}, "data": data}))
     assert read_chain(fit) == chain
+    fit.write_text(yaml.safe_dump({"data": {**data, "spacing": 6.0, "shape": [24, 32, 24]}}))
+    assert (read_chain(fit).spacing, read_chain(fit).shape) == (6.0, (24, 32, 24))  # the datamodule's shorthands
     with pytest.raises(FileNotFoundError, match="--regional-chain file not found"):
         read_chain(tmp_path / "absent.yaml")
     (tmp_path / "empty.yaml").write_text("batch_size: 8\n")
@@ -56,6 +58,10 @@ def test_report_fits_the_regional_models_on_registered_scans(tmp_path, capsys):
     meta = checkpoint_metadata(net, pre.to_dict(), pre.contract(), 50.0, 15.0, {"age_mean": 50.0}, {}, None)
     model = save_checkpoint(tmp_path / "tiny.ckpt", net.state_dict(), meta)
     out = tmp_path / "report"
+    absent = tmp_path / "absent.yaml"
+    args = ["--model", str(model), "--input", str(cohort), "--out", str(out)]
+    assert main([*args, "--regional-chain", str(absent)]) == 2
+    assert f"--regional-chain file not found: {absent}" in capsys.readouterr().err and not out.exists()  # before work
     assert main(["--model", str(model), "--input", str(cohort), "--out", str(out), "--no-occlusion",
                  "--regional-chain", str(REGISTERED), "--shuffles", "5", "--subject-figures", "0",
                  "--workers", "0"]) == 1  # report written, one input failed (the constant scan)
