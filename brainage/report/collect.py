@@ -417,7 +417,9 @@ def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
     """Inputs -> routing aggregated on the atlas, predictions, region attribution, regional age models (see the
     module docstring)."""
     inputs = read_report_inputs(settings)
-    keep, kept, regional = settings.occluded_subjects, _Kept(), _Regional(settings.regional_subjects)
+    # with --regional-chain the regional scans are prepared apart, so the model's pass keeps no voxels for them
+    regional = _Regional(0 if inputs.regional_chain is not None else settings.regional_subjects)
+    keep, kept = settings.occluded_subjects, _Kept()
     if settings.routing is not None:
         collected = _route_saved(inputs, settings.routing, progress)
         if settings.images_needed and inputs.model is not None:  # preprocessing the scans needs the model's chain
