@@ -268,6 +268,21 @@ class Preprocessing:
             return cls(spacing=spacing, shape=shape, augment=False)
         raise PreprocessingError(f"checkpoint preprocessing: found keys {sorted(stored)}; expected 'deterministic'")
 
+    @property
+    def registered(self) -> bool:
+        """Whether the chain normalises nonlinearly to the template (RegisterToTemplated)."""
+        return any(e["class_path"].endswith(".RegisterToTemplated") for e in self.spec)
+
+    def with_registration(self) -> Preprocessing:
+        """This chain with RegisterToTemplated (its defaults, output at this chain's spacing) right after
+        Orientationd; itself if it already registers. No augmentation."""
+        if self.registered:
+            return self
+        spec = copy.deepcopy(self.spec)
+        at = _find(spec, ("Orientationd",), "reorientation") + 1
+        spec.insert(at, _entry("brainage.data.transforms.RegisterToTemplated", spacing=self.spacing))
+        return Preprocessing(spec, augment=False)
+
     def _compose(self, spec: list[dict], name: str) -> Compose:
         return Compose([build_transform(e, f"{name}[{i}]") for i, e in enumerate(spec)])
 
@@ -289,7 +304,6 @@ class Preprocessing:
 
     def contract(self) -> dict:
         """The input contract recorded in the model card (with the chain's own nonlinear normalisation, if any)."""
-        registered = any(e["class_path"].endswith(".RegisterToTemplated") for e in self.spec)
         return {
             "modality": "T1w",
             "skull_stripped": True,
@@ -299,7 +313,7 @@ class Preprocessing:
             "shape": list(self.shape),
             "normalisation": self.normalisation,
             **({"registration": "nonlinear to the ICBM152 2009a T1 in the chain (affine + free-form deformation, "
-                                "RegisterToTemplated)"} if registered else {}),
+                                "RegisterToTemplated)"} if self.registered else {}),
         }
 
     def to_dict(self) -> dict:

@@ -62,7 +62,7 @@ class ReportInputs:
     atlas: AtlasLike
     truth: GroundTruth | None
     extra_columns: tuple[str, ...]  # input columns copied into the predictions table
-    regional_chain: Preprocessing | None = None  # --regional-chain: prepares the regional age models' scans
+    regional_chain: Preprocessing | None = None  # prepares the regional age models' scans apart (regional_chain())
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,29 @@ def read_report_inputs(settings: ReportSettings) -> ReportInputs:
     atlas = load_atlas(settings.atlas, settings.atlas_names) if settings.atlas else load_default_atlas()
     truth_path = settings.ground_truth or find_ground_truth(list(settings.inputs))
     truth = load_ground_truth(truth_path) if truth_path else None
-    chain = read_chain(settings.regional_chain) if settings.regional_chain and settings.regional_subjects else None
-    return ReportInputs(model, table, atlas, truth, extra, chain)
+    return ReportInputs(model, table, atlas, truth, extra, regional_chain(settings, model))
+
+
+def regional_chain(settings: ReportSettings, model: LoadedModel | None) -> Preprocessing | None:
+    """The chain that prepares the regional age models' scans apart from the model's pass, or None when that pass
+    keeps them: ``--regional-chain registered`` (the model's chain with RegisterToTemplated added; None when it
+    already registers, or without a model), ``model`` (None), or a data YAML (:func:`read_chain`)."""
+    if not settings.regional_subjects or settings.regional_chain == "model":
+        return None
+    if settings.regional_chain == "registered":
+        return None if model is None or model.preprocessing.registered else model.preprocessing.with_registration()
+    return read_chain(Path(settings.regional_chain))
+
+
+def _chain_label(settings: ReportSettings) -> str:
+    return ("the model's chain with nonlinear normalisation added (--regional-chain registered)"
+            if settings.regional_chain == "registered" else Path(settings.regional_chain).name)
+
+
+def images_needed(settings: ReportSettings, inputs: ReportInputs) -> int:
+    """Scans the report keeps preprocessed by the model's chain: for attribution, and for the regional age models
+    unless another chain prepares those."""
+    return max(settings.occluded_subjects, 0 if inputs.regional_chain is not None else settings.regional_subjects)
 
 
 def read_saved_routing(path: Path) -> ScanRouting:
@@ -198,7 +219,8 @@ def _route_with_model(inputs: ReportInputs, keep: int, settings: ReportSettings,
     collected = Collected(inputs, RoutingAggregator(inputs.atlas, model.num_experts), pd.DataFrame())
     rows: list[dict] = []
     with progress.stage("routing", len(inputs.table), "scans") as stage:
-        for result in predict_iter(model, inputs.table, return_routing=True, keep_image=settings.images_needed > 0,
+        for result in predict_iter(model, inputs.table, return_routing=True,
+                                   keep_image=images_needed(settings, inputs) > 0,
                                    batch_size=settings.batch_size, num_workers=settings.workers,
                                    progress=progress.detail):
             stage.advance()
@@ -272,7 +294,8 @@ def _keep_saved_images(collected: Collected, count: int, settings: ReportSetting
     scans with a known age for the regional age models (one prediction pass over these rows only; rows whose image
     fails to load are skipped)."""
     model, aggregator = collected.inputs.model, collected.aggregator
-    rows = collected.inputs.table.iloc[collected.subject_rows[:settings.images_needed]].reset_index(drop=True)
+    rows = collected.inputs.table.iloc[collected.subject_rows[:images_needed(settings, collected.inputs)]]
+    rows = rows.reset_index(drop=True)
     for result in predict_iter(model, rows, keep_image=True, batch_size=settings.batch_size,
                                num_workers=settings.workers):
         if result.error is None:
@@ -334,14 +357,17 @@ def _attribute(collected: Collected, kept: _Kept, settings: ReportSettings, prog
                           np.asarray(voxels), values)
 
 
+def _too_few(scans: int, source: str) -> str:
+    return f"not run: {scans} scans with a known age {source}, the regional age models need at least {MIN_SUBJECTS}"
+
+
 def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], regions: np.ndarray, affine: np.ndarray,
                   index: RegionIndex, settings: ReportSettings, progress: StageProgress, source: str
                   ) -> tuple[RegionalAgeModels | None, str]:
     """Regional age models of s scans' (n,) labelled voxels on one grid (``regions`` (X, Y, Z) rows, ``affine``),
     and a sentence on what they ran on."""
     if len(ages) < MIN_SUBJECTS:
-        return None, (f"not run: {len(ages)} scans with a known age {source}, the regional age models need at least "
-                      f"{MIN_SUBJECTS}")
+        return None, _too_few(len(ages), source)
     with progress.stage("regional age models", 1, "fit") as stage:
         models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
                                      interior=interior_rows(regions, affine)[regions >= 0])
@@ -386,6 +412,8 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
     chain = inputs.regional_chain
     transform = chain.deterministic()
     table = inputs.table[pd.to_numeric(inputs.table["age"], errors="coerce").notna()]
+    if len(table) < MIN_SUBJECTS:  # nothing to prepare
+        return None, _too_few(len(table), "in the inputs")
     voxels, ages, grid, skipped = [], [], None, []
     with progress.stage("regional age models", min(len(table), settings.regional_subjects), "scans") as stage:
         for path, age in zip(table["path"], table["age"]):
@@ -408,8 +436,8 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
     for line in skipped:
         print(f"regional age models: skipped {line}", file=sys.stderr)
     if grid is None:
-        return None, f"not run: no scan with a known age could be prepared by {settings.regional_chain}"
-    source = f"prepared by {settings.regional_chain.name}" + (f", {len(skipped)} skipped" if skipped else "")
+        return None, f"not run: no scan with a known age could be prepared by {_chain_label(settings)}"
+    source = f"prepared by {_chain_label(settings)}" + (f", {len(skipped)} skipped" if skipped else "")
     return _fit_regional(voxels, ages, grid[1], grid[0], index, settings, progress, source)
 
 
@@ -422,7 +450,7 @@ def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
     keep, kept = settings.occluded_subjects, _Kept()
     if settings.routing is not None:
         collected = _route_saved(inputs, settings.routing, progress)
-        if settings.images_needed and inputs.model is not None:  # preprocessing the scans needs the model's chain
+        if images_needed(settings, inputs) and inputs.model is not None:  # preprocessing needs the model's chain
             _keep_saved_images(collected, keep, settings, kept, regional)
     else:
         collected = _route_with_model(inputs, keep, settings, progress, kept, regional)
@@ -435,7 +463,7 @@ def collect(settings: ReportSettings, progress: StageProgress) -> Collected:
                                                                          settings, progress)
     elif settings.regional_subjects and inputs.model is None:
         collected.regional_note = ("not run: with --routing and no --model no scan is preprocessed (--regional-chain "
-                                   "prepares them without the model)")
+                                   "YAML prepares them without the model)")
     elif settings.regional_subjects:
         collected.regional, collected.regional_note = _regional_models(collected, regional, settings, progress)
     return collected

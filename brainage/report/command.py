@@ -50,7 +50,7 @@ EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests 
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --group-by site                                           # BAG and expert use per group
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
-                  --no-occlusion --regional-chain configs/data/synthetic_registered.yaml  # regional models, registered
+                  --no-occlusion --regional-chain model    # regional models on the model's own chain (no registration)
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --mlflow-run $(cat demo-output/train/mlflow_run_id.txt)   # attach the report to the fit's run
 
@@ -100,11 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scans with a known age used by the regional age models, one cross-validated ridge "
                         "model per atlas region on its interior voxels: where the scans change with age, whatever the "
                         "model reads (default %(default)s; 0 = off; needs at least 20; about 1 MB per scan at 1 mm)")
-    parser.add_argument("--regional-chain", type=Path, metavar="YAML",
-                        help="data YAML whose preprocessing list prepares the regional age models' scans instead of "
-                        "the model's chain, e.g. configs/data/synthetic_registered.yaml (nonlinear normalisation: "
-                        "weak cortical contractions are visible only after it, docs/report.md; about 0.5-0.9 s per "
-                        "scan on 2 CPU cores)")
+    parser.add_argument("--regional-chain", default=ReportSettings.regional_chain, metavar="registered|model|YAML",
+                        help="what prepares the regional age models' scans: registered = the model's chain with "
+                        "nonlinear normalisation to the ICBM152 T1 added when it has none (default: the ranking was "
+                        "validated on registered scans, weak cortical contractions are visible only after it, "
+                        "docs/report.md; about 0.5-0.9 s per scan on 2 CPU cores), model = the model's chain as is "
+                        "(no extra pass), or a data YAML whose preprocessing list prepares them, e.g. "
+                        "configs/data/synthetic_registered.yaml")
     parser.add_argument("--group-by", metavar="COLUMN", help="compare groups of a participants.tsv / manifest column "
                         "(e.g. diagnosis, site): brain-age gap and expert usage per group")
     parser.add_argument("--mlflow-run", metavar="RUN_ID", help="log the report folder to this MLflow run as "

@@ -506,8 +506,9 @@ def methods(result: ReportResult, canvas: Canvas) -> Section:
         "regression (scikit-learn RidgeCV, penalty by leave-one-out within the training folds) on the region's "
         f"interior voxels (farther than {MARGIN_MM:g} mm, centre to centre, from every other atlas region; all "
         "voxels beside it), each standardised on the training folds; 5-fold cross-validation over the scans with a "
-        "known age (--regional-subjects); gain = median-age MAE minus the region's MAE; 2000 bootstrap resamples of the scans' "
-        "paired errors give the intervals and rank intervals.",
+        "known age (--regional-subjects), by default prepared by the model's chain with nonlinear normalisation to "
+        "the ICBM152 T1 added (--regional-chain); gain = median-age MAE minus the region's MAE; 2000 bootstrap "
+        "resamples of the scans' paired errors give the intervals and rank intervals.",
         "Routing source: " + (f"the maps saved by `brainage predict --save-routing` in {routing}" if routing
                               else "the model, run once over the inputs") + ".",
         "Files: tables/*.csv (region x expert tables, enrichment, mutual information, occlusion, regional age models, "

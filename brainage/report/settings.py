@@ -9,7 +9,7 @@ from typing import Literal, get_args
 
 from brainage.attribution.reference import Reference
 
-__all__ = ["DEFAULT_METHOD", "GROUP_COLUMN", "METHODS", "Method", "ReportSettings", "run_id_of"]
+__all__ = ["DEFAULT_METHOD", "GROUP_COLUMN", "METHODS", "Method", "REGIONAL_CHAINS", "ReportSettings", "run_id_of"]
 
 GROUP_COLUMN = "group"  # the --group-by values in the predictions table
 # region attribution methods of brainage.report.attribute (Captum)
@@ -17,6 +17,9 @@ Method = Literal["occlusion", "band_occlusion", "integrated_gradients", "band_in
                  "shapley"]
 METHODS: tuple[str, ...] = get_args(Method)
 DEFAULT_METHOD: Method = "band_occlusion"  # chosen on the benchmark's two tuning cohorts (docs/report.md)
+# --regional-chain keywords (anything else is a data YAML): the model's chain with nonlinear normalisation added when
+# it has none (the default: the ranking validated on registered scans, docs/report.md), or the model's chain as is
+REGIONAL_CHAINS = ("registered", "model")
 
 
 def run_id_of(model: str | None) -> str | None:
@@ -46,7 +49,7 @@ class ReportSettings:
     occlusion_reference: Reference = "young"
     attribution_method: Method = DEFAULT_METHOD
     regional_subjects: int = 400  # scans with a known age for the regional age models (brainage.attribution.regional)
-    regional_chain: Path | None = None  # data YAML whose preprocessing prepares those scans (default: the model's)
+    regional_chain: str = "registered"  # what prepares those scans: registered | model | a data YAML (REGIONAL_CHAINS)
     group_by: str | None = None
     mlflow_run: str | None = None
     tracking_uri: str | None = None
@@ -93,8 +96,3 @@ class ReportSettings:
         """Scans kept for occlusion (0 with ``--no-occlusion``)."""
         return self.occlusion_subjects if self.occlusion else 0
 
-    @property
-    def images_needed(self) -> int:
-        """Scans the report keeps preprocessed by the model's chain: for attribution and for the regional age models
-        (unless ``regional_chain`` prepares those)."""
-        return max(self.occluded_subjects, 0 if self.regional_chain else self.regional_subjects)
