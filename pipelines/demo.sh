@@ -26,8 +26,10 @@ brainage predict --model "$OUT/train/checkpoints/best.ckpt" --input "$OUT/train/
 
 echo "== 4/4 report: expert-region attribution (attached to the fit's MLflow run) =="
 RUN_ID=$(cat "$OUT/train/mlflow_run_id.txt")   # written by the fit (brainage.training.callbacks.TrackedConfig)
+# the model's sections on the held-out scans; the model-free regional age models (cross-validated, registered) on the
+# whole cohort
 brainage report --model "$OUT/train/checkpoints/best.ckpt" --input "$OUT/train/test.csv" \
-  --predictions "$OUT/predictions.csv" --out "$OUT/report" \
+  --predictions "$OUT/predictions.csv" --out "$OUT/report" --regional-input "$OUT/cohort" \
   --ground-truth "$OUT/cohort/ground_truth.json" --mlflow-run "$RUN_ID"
 
 echo

@@ -3,12 +3,13 @@
 Reads the inputs (``brainage.data.inputs``), the atlas and the ground truth; runs the model once over the inputs with
 routing (``brainage.predict.predict_iter(return_routing=True)``, ERMoE routing, arXiv 2511.10971), or reads the
 routing maps `brainage predict --save-routing DIR` saved; then attributes the predicted age of the first scans to
-atlas regions with ``--attribution-method`` (:mod:`brainage.report.attribute`, Captum; default region occlusion) and,
+atlas regions with ``--attribution-method`` (:mod:`brainage.report.attribute`, Captum; default band occlusion) and,
 with ground truth, occludes every planted effect's regions at once. Routing goes straight into a
 :class:`~brainage.attribution.aggregate.RoutingAggregator` (memory O(tokens) per subject); preprocessed images are
 kept only for the attributed scans and dropped once attribution is done; the atlas-labelled voxels (float16) of up
-to ``--regional-subjects`` scans with a known age feed the model-free regional age models
-(:mod:`brainage.attribution.regional`). The model is only called, never modified
+to ``--regional-subjects`` scans with a known age (``--regional-input``, else the inputs), prepared by
+``--regional-chain`` (default: the model's chain with nonlinear normalisation), feed the model-free regional age
+models (:mod:`brainage.attribution.regional`). The model is only called, never modified
 (routing under ``torch.inference_mode``; attribution needs gradients for the gradient methods). Nothing here writes
 files: :mod:`brainage.report.write` does.
 
@@ -46,7 +47,7 @@ from brainage.predict.decode import explain_failure
 from brainage.reference.atlas import load_atlas, load_default_atlas
 from brainage.report.attribute import AgeForward, attribute_regions, set_contributions
 from brainage.report.progress import StageProgress
-from brainage.report.settings import GROUP_COLUMN, ReportSettings
+from brainage.report.settings import GROUP_COLUMN, REGIONAL_CHAINS, ReportSettings
 
 __all__ = ["ReportInputs", "AttributionRun", "Collected", "read_report_inputs", "read_saved_routing", "read_chain",
            "collect"]
@@ -63,6 +64,7 @@ class ReportInputs:
     truth: GroundTruth | None
     extra_columns: tuple[str, ...]  # input columns copied into the predictions table
     regional_chain: Preprocessing | None = None  # prepares the regional age models' scans apart (regional_chain())
+    regional_table: pd.DataFrame | None = None  # --regional-input rows (read_inputs columns); None: ``table``
 
 
 @dataclass(frozen=True)
@@ -165,23 +167,35 @@ def read_report_inputs(settings: ReportSettings) -> ReportInputs:
     atlas = load_atlas(settings.atlas, settings.atlas_names) if settings.atlas else load_default_atlas()
     truth_path = settings.ground_truth or find_ground_truth(list(settings.inputs))
     truth = load_ground_truth(truth_path) if truth_path else None
-    return ReportInputs(model, table, atlas, truth, extra, regional_chain(settings, model))
+    regional = None
+    if settings.regional_inputs and settings.regional_subjects:
+        regional = read_inputs(list(settings.regional_inputs), include_failed=settings.include_failed)
+        for line in skipped_lines(regional.attrs.get("dropped", [])):
+            print(f"regional age models: {line}", file=sys.stderr)
+    return ReportInputs(model, table, atlas, truth, extra, regional_chain(settings, model), regional)
 
 
 def regional_chain(settings: ReportSettings, model: LoadedModel | None) -> Preprocessing | None:
     """The chain that prepares the regional age models' scans apart from the model's pass, or None when that pass
-    keeps them: ``--regional-chain registered`` (the model's chain with RegisterToTemplated added; None when it
-    already registers, or without a model), ``model`` (None), or a data YAML (:func:`read_chain`)."""
-    if not settings.regional_subjects or settings.regional_chain == "model":
+    keeps them (or without a model): ``--regional-chain registered`` (the model's chain with RegisterToTemplated
+    added when it has none), ``model`` (the model's chain; apart only for ``--regional-input``), or a data YAML
+    (:func:`read_chain`)."""
+    if not settings.regional_subjects:
         return None
-    if settings.regional_chain == "registered":
-        return None if model is None or model.preprocessing.registered else model.preprocessing.with_registration()
-    return read_chain(Path(settings.regional_chain))
+    if settings.regional_chain not in REGIONAL_CHAINS:
+        return read_chain(Path(settings.regional_chain))
+    if model is None:
+        return None
+    own = model.preprocessing
+    chain = own.with_registration() if settings.regional_chain == "registered" else own
+    return None if chain is own and not settings.regional_inputs else chain
 
 
 def _chain_label(settings: ReportSettings) -> str:
-    return ("the model's chain with nonlinear normalisation added (--regional-chain registered)"
-            if settings.regional_chain == "registered" else Path(settings.regional_chain).name)
+    if settings.regional_chain in REGIONAL_CHAINS:
+        return {"registered": "the model's chain with nonlinear normalisation", "model": "the model's chain"}[
+            settings.regional_chain] + f" (--regional-chain {settings.regional_chain})"
+    return Path(settings.regional_chain).name
 
 
 def images_needed(settings: ReportSettings, inputs: ReportInputs) -> int:
@@ -407,13 +421,16 @@ def read_chain(path: Path) -> Preprocessing:
 
 def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: ReportSettings, progress: StageProgress
                        ) -> tuple[RegionalAgeModels | None, str]:
-    """Regional age models of the first ``--regional-subjects`` scans with a known age, prepared by
-    ``--regional-chain``; scans that fail or land on another grid are skipped (named on stderr)."""
+    """Regional age models of the first ``--regional-subjects`` scans with a known age (of ``--regional-input``, else
+    the inputs), prepared by ``--regional-chain``; scans that fail or land on another grid are skipped (named on
+    stderr)."""
     chain = inputs.regional_chain
     transform = chain.deterministic()
-    table = inputs.table[pd.to_numeric(inputs.table["age"], errors="coerce").notna()]
+    table = inputs.table if inputs.regional_table is None else inputs.regional_table
+    table = table[pd.to_numeric(table["age"], errors="coerce").notna()]
+    where = "in the inputs" if inputs.regional_table is None else "in --regional-input"
     if len(table) < MIN_SUBJECTS:  # nothing to prepare
-        return None, _too_few(len(table), "in the inputs")
+        return None, _too_few(len(table), where)
     voxels, ages, grid, skipped = [], [], None, []
     with progress.stage("regional age models", min(len(table), settings.regional_subjects), "scans") as stage:
         for path, age in zip(table["path"], table["age"]):
@@ -437,7 +454,8 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
         print(f"regional age models: skipped {line}", file=sys.stderr)
     if grid is None:
         return None, f"not run: no scan with a known age could be prepared by {_chain_label(settings)}"
-    source = f"prepared by {_chain_label(settings)}" + (f", {len(skipped)} skipped" if skipped else "")
+    source = (("" if inputs.regional_table is None else "from --regional-input, ") + f"prepared by "
+              f"{_chain_label(settings)}" + (f", {len(skipped)} skipped" if skipped else ""))
     return _fit_regional(voxels, ages, grid[1], grid[0], index, settings, progress, source)
 
 

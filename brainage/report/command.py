@@ -51,6 +51,8 @@ EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests 
                   --group-by site                                           # BAG and expert use per group
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --no-occlusion --regional-chain model    # regional models on the model's own chain (no registration)
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \
+                  --no-occlusion --regional-input demo-output/cohort  # regional models on the whole cohort
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --mlflow-run $(cat demo-output/train/mlflow_run_id.txt)   # attach the report to the fit's run
 
@@ -107,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/report.md; about 0.5-0.9 s per scan on 2 CPU cores), model = the model's chain as is "
                         "(no extra pass), or a data YAML whose preprocessing list prepares them, e.g. "
                         "configs/data/synthetic_registered.yaml")
+    parser.add_argument("--regional-input", nargs="+", metavar="INPUT",
+                        help="scans for the regional age models instead of --input (same forms: folder, BIDS "
+                        "dataset, CSV/TSV manifest, glob), e.g. the whole cohort when --input is its held-out part: "
+                        "the models are cross-validated, so every scan with a known age can serve")
     parser.add_argument("--group-by", metavar="COLUMN", help="compare groups of a participants.tsv / manifest column "
                         "(e.g. diagnosis, site): brain-age gap and expert usage per group")
     parser.add_argument("--mlflow-run", metavar="RUN_ID", help="log the report folder to this MLflow run as "

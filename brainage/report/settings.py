@@ -50,6 +50,7 @@ class ReportSettings:
     attribution_method: Method = DEFAULT_METHOD
     regional_subjects: int = 400  # scans with a known age for the regional age models (brainage.attribution.regional)
     regional_chain: str = "registered"  # what prepares those scans: registered | model | a data YAML (REGIONAL_CHAINS)
+    regional_inputs: tuple[str, ...] | None = None  # the scans for the regional age models (None: ``inputs``)
     group_by: str | None = None
     mlflow_run: str | None = None
     tracking_uri: str | None = None
@@ -65,8 +66,10 @@ class ReportSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReportSettings:
-        settings = cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__ if name != "inputs"},
-                       inputs=tuple(args.input))
+        fields = {name: getattr(args, name) for name in cls.__dataclass_fields__
+                  if name not in ("inputs", "regional_inputs")}
+        settings = cls(**fields, inputs=tuple(args.input),
+                       regional_inputs=tuple(args.regional_input) if args.regional_input else None)
         settings.check()
         return settings
 

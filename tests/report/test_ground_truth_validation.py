@@ -5,8 +5,9 @@ The demo pipeline's cohort and model (`make demo`): `brainage synth` writes 400 
 `brainage report` runs its default attribution (band occlusion since 2026-12-02; region occlusion before) on held-out
 subjects. The ranking must put the planted regions at the top at twice chance or better (precision@k, k = the number
 of planted regions), and expert-region mutual information must clearly exceed its label-shuffled baseline.
-The one departure from the demo is the budget: 20 epochs instead of 30, to keep CI under its time limit. Measured on
-this cohort with the default attribution (one run each, the development VM): 30 epochs: test MAE 5.39 y,
+The departures from the demo are the budget, to keep CI under its time limit: 20 epochs instead of 30, and the
+regional age models on the 60 held-out scans instead of the whole cohort (`--regional-input`: 400 registrations).
+Measured on this cohort with the default attribution (one run each, the development VM): 30 epochs: test MAE 5.39 y,
 precision@16 = 0.44, MI ratios 11.0-13.5; 20 epochs: test MAE 5.55 y, precision@16 = 0.50, MI ratios 7.1-13.9.
 The slowest test of the suite: alone on 2 cores, synth 82 s, fit 318 s (30 epochs) and report 65 s were measured.
 Earlier, with region occlusion: precision@16 = 0.56 at 30 epochs. It is not robust to the cohort: a 240-subject
@@ -33,6 +34,9 @@ SUBJECTS, SEED, SPACING, EPOCHS = 400, 1, 2.0, 20  # pipelines/demo.sh; configs/
 # ~9 min on one core share of an idle 2-core machine: the suite-wide 900 s limit is too tight on a slower CI runner
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # trains the demo model
 PRECISION_BOUND = 0.375  # 6 of 16 planted regions in the top 16; chance = 16 / 85 = 0.19
+# 8 of 16 for the model-free regional ranking on these 60 scans, registered by default: measured 0.56, and 0.38 on
+# the model's plain chain (--regional-chain model; docs/report.md)
+REGIONAL_BOUND = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,8 @@ def test_occlusion_ranks_planted_regions_first(trained):
 
 
 def test_regional_age_models_rank_every_region_with_intervals(trained):
-    """The model-free regional ranking runs on the held-out scans (60 with a known age) and the page states its
-    precision beside the model attribution's."""
+    """The model-free regional ranking runs on the held-out scans (60 with a known age, registered by default) and
+    the page states its precision beside the model attribution's."""
     cohort, report = trained
     truth = load_ground_truth(cohort / "ground_truth.json")
     regional = pd.read_csv(report / "tables" / "regional_age_models.csv")
@@ -80,8 +84,10 @@ def test_regional_age_models_rank_every_region_with_intervals(trained):
     assert (regional["rank_low"] <= regional["rank_high"]).all()
     precision = precision_at_k(regional["region"], truth.regions)
     html = (report / "index.html").read_text()
-    assert "Where the scans age (model-free)" in html and "60 scans with a known age" in html
+    assert "Where the scans age (model-free)" in html
+    assert "60 scans with a known age prepared by the model&#x27;s chain with nonlinear normalisation" in html
     assert f"regional age models (model-free, interiors) {precision:.2f}" in html
+    assert precision >= REGIONAL_BOUND, f"regional precision@{len(truth.regions)} = {precision:.2f}"
     assert (regional["n_voxels"] < regional["n_voxels_all"]).mean() > 0.5  # borders left out of most regions
     assert (regional["gain_all_low"] <= regional["gain_all"]).all()
 

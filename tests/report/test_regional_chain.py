@@ -81,6 +81,10 @@ def test_the_regional_chain_is_resolved_from_the_model_or_a_file(tmp_path):
     assert regional_chain(settings, registered) is None  # the model's own pass already registers: no second pass
     assert regional_chain(settings, None) is None  # saved routing only: nothing to derive it from
     assert regional_chain(dataclasses.replace(settings, regional_chain="model"), model) is None
+    apart = dataclasses.replace(settings, regional_chain="model", regional_inputs=("cohort/",))
+    assert regional_chain(apart, model) is model.preprocessing  # other scans: prepared apart, by the model's chain
+    own = registered.preprocessing
+    assert regional_chain(dataclasses.replace(apart, regional_chain="registered"), registered) is own
     from_file = dataclasses.replace(settings, regional_chain=str(REGISTERED))
     assert regional_chain(from_file, model) == read_chain(REGISTERED)
     assert regional_chain(dataclasses.replace(settings, regional_chain=str(REGISTERED), regional_subjects=0),
@@ -114,7 +118,19 @@ def test_report_fits_the_regional_models_on_registered_scans(tmp_path, capsys):
     quick = ["--no-occlusion", "--shuffles", "5", "--subject-figures", "0", "--workers", "0"]
     assert main([*args[:-1], str(tmp_path / "default"), *quick]) == 1  # no --regional-chain: registered
     page = html.unescape((tmp_path / "default" / "index.html").read_text())
-    assert ("22 scans with a known age prepared by the model's chain with nonlinear normalisation added "
+    assert ("22 scans with a known age prepared by the model's chain with nonlinear normalisation "
             "(--regional-chain registered), 1 skipped") in page
     assert main([*args[:-1], str(tmp_path / "own"), *quick, "--regional-chain", "model"]) == 1
     assert "22 scans with a known age on the main model grid" in (tmp_path / "own" / "index.html").read_text()
+    held_out = tmp_path / "held_out.csv"  # the report on 3 scans, the regional models on the whole cohort
+    pd.read_csv(cohort / "participants.tsv", sep="\t").iloc[3:6].assign(
+        path=lambda t: [str(next(cohort.glob(f"{s}/anat/*.nii.gz"))) for s in t["participant_id"]]
+    )[["path", "age"]].to_csv(held_out, index=False)
+    assert main(["--model", str(model), "--input", str(held_out), "--out", str(tmp_path / "apart"), *quick,
+                 "--regional-chain", "model", "--regional-input", str(cohort)]) == 0  # the bad scan is not an input
+    page = html.unescape((tmp_path / "apart" / "index.html").read_text())
+    assert ("22 scans with a known age from --regional-input, prepared by the model's chain (--regional-chain "
+            "model), 1 skipped") in page
+    assert main(["--model", str(model), "--input", str(held_out), "--out", str(tmp_path / "few"), *quick,
+                 "--regional-input", str(held_out)]) == 0
+    assert "not run: 3 scans with a known age in --regional-input" in (tmp_path / "few" / "index.html").read_text()
