@@ -184,7 +184,7 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
         ageing = result.regional.table[result.regional.table["ci_low"] > 0]
         unread = ageing[~(ageing["model_rank"] <= len(ageing))]  # ageing regions outside the model's top ranks
         blocks.append(R.paragraph(
-            R.strong("Where these scans change with age"), " (model-free regional age models; see 'Where the scans "
+            R.strong("Where the scans change with age"), " (model-free regional age models; see 'Where the scans "
             f"age'): {len(ageing)} regions tell age better than the median age (95% interval above 0), led by "
             f"{_gain_list(ageing)}"
             + (f"; of these, {', '.join(unread['region'].head(6))} rank below the model's top {len(ageing)} (see "

@@ -195,7 +195,7 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     assert {agg.regions.names[r] for r in painted} == sure and "L-front" in sure  # intervals above 0 only
     assert np.count_nonzero(result.regional.volume) > np.count_nonzero(result.regional.ageing_volume)  # file: all
     main = _html(S.main_result(result, canvas))
-    assert "Where these scans change with age" in main and "L-front" in main
+    assert "Where the scans change with age" in main and "L-front" in main
     assert "gain, interior (y)" in document and "gain, all voxels (y)" in document and "interior voxels" in document
     assert (result.regional.table["n_voxels"] <= result.regional.table["n_voxels_all"]).all()
     rankings = list(result.validation.precision["ranking"])
