@@ -172,6 +172,11 @@ def read_report_inputs(settings: ReportSettings) -> ReportInputs:
         regional = read_inputs(list(settings.regional_inputs), include_failed=settings.include_failed)
         for line in skipped_lines(regional.attrs.get("dropped", [])):
             print(f"regional age models: {line}", file=sys.stderr)
+        known = int(pd.to_numeric(regional["age"], errors="coerce").notna().sum())
+        if known < MIN_SUBJECTS:  # asked for explicitly: refused before any work
+            raise ValueError(f"--regional-input {' '.join(settings.regional_inputs)}: found {len(regional)} scans, "
+                             f"{known} with a known age; the regional age models need at least {MIN_SUBJECTS} (a "
+                             "folder, BIDS dataset or manifest with ages)")
     return ReportInputs(model, table, atlas, truth, extra, regional_chain(settings, model), regional)
 
 
@@ -428,9 +433,8 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
     transform = chain.deterministic()
     table = inputs.table if inputs.regional_table is None else inputs.regional_table
     table = table[pd.to_numeric(table["age"], errors="coerce").notna()]
-    where = "in the inputs" if inputs.regional_table is None else "in --regional-input"
     if len(table) < MIN_SUBJECTS:  # nothing to prepare
-        return None, _too_few(len(table), where)
+        return None, _too_few(len(table), "in the inputs")
     voxels, ages, grid, skipped = [], [], None, []
     with progress.stage("regional age models", min(len(table), settings.regional_subjects), "scans") as stage:
         for path, age in zip(table["path"], table["age"]):

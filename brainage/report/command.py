@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--regional-input", nargs="+", metavar="INPUT",
                         help="scans for the regional age models instead of --input (same forms: folder, BIDS "
                         "dataset, CSV/TSV manifest, glob), e.g. the whole cohort when --input is its held-out part: "
-                        "the models are cross-validated, so every scan with a known age can serve")
+                        "the models are cross-validated, so every scan with a known age can serve (at least 20)")
     parser.add_argument("--group-by", metavar="COLUMN", help="compare groups of a participants.tsv / manifest column "
                         "(e.g. diagnosis, site): brain-age gap and expert usage per group")
     parser.add_argument("--mlflow-run", metavar="RUN_ID", help="log the report folder to this MLflow run as "

@@ -132,5 +132,6 @@ def test_report_fits_the_regional_models_on_registered_scans(tmp_path, capsys):
     assert ("22 scans with a known age from --regional-input, prepared by the model's chain (--regional-chain "
             "model), 1 skipped") in page
     assert main(["--model", str(model), "--input", str(held_out), "--out", str(tmp_path / "few"), *quick,
-                 "--regional-input", str(held_out)]) == 0
-    assert "not run: 3 scans with a known age in --regional-input" in (tmp_path / "few" / "index.html").read_text()
+                 "--regional-input", str(held_out)]) == 2  # refused before any work
+    assert f"--regional-input {held_out}: found 3 scans, 3 with a known age; the regional age models need at least 20" \
+        in capsys.readouterr().err and not (tmp_path / "few").exists()
