@@ -51,7 +51,7 @@ EPILOG = """examples:  (paths `make demo` writes; use your own scans, manifests 
                   --group-by site                                           # BAG and expert use per group
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --no-occlusion --regional-chain model    # regional models on the model's own chain (no registration)
-  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \
+  brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --no-occlusion --regional-input demo-output/cohort  # regional models on the whole cohort
   brainage report --model demo-output/train/checkpoints/best.ckpt --input demo-output/train/test.csv --out report \\
                   --mlflow-run $(cat demo-output/train/mlflow_run_id.txt)   # attach the report to the fit's run
