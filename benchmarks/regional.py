@@ -11,6 +11,9 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    intervals, and scores the ranking: precision@k with k = the number of planted regions, chance = k / regions, the
    same counting displaced neighbours as found, and the all-voxel ranking's precision@k beside it.
 
+``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
+the sample size.
+
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
 script resumes (a folder written with another chain, margin, folds or seed is refused). Printed: precision@k per cohort
 with chance, the planted regions' ranks, and one JSON line. About 8 min per 400-subject cohort on 2 CPU cores, most of
@@ -52,8 +55,9 @@ def load_scans(cohort_root: Path, chain: Path, cache_dir: Path | None) -> tuple[
 
 
 def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | None, folds: int, n_boot: int,
-               margin: float, seed: int = 0) -> dict:
-    """Fit, rank and score one cohort (``folder/result.json``, skipped when present)."""
+               margin: float, seed: int = 0, scans: int | None = None) -> dict:
+    """Fit, rank and score one cohort (``folder/result.json``, skipped when present) on all its scans, or on
+    ``scans`` of them drawn at random (seeded by ``seed``)."""
     from brainage.attribution.mapping import RegionIndex
     from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional
     from brainage.attribution.validation import precision_at_k
@@ -64,13 +68,19 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     chain_name = str(chain.relative_to(ROOT) if chain.is_relative_to(ROOT) else chain)
     if done.is_file():
         result = json.loads(done.read_text())
-        found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"), result.get("seed", 0))
-        if found != (chain_name, margin, folds, seed):
-            raise ValueError(f"{done}: written with chain, margin, folds, seed {found}, this run asks for "
-                             f"{(chain_name, margin, folds, seed)}; use a fresh --out")
+        found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"), result.get("seed", 0),
+                 result.get("scans_drawn"))
+        if found != (chain_name, margin, folds, seed, scans):
+            raise ValueError(f"{done}: written with chain, margin, folds, seed, scans {found}, this run asks for "
+                             f"{(chain_name, margin, folds, seed, scans)}; use a fresh --out")
         return result
     start = time.perf_counter()
     images, ages, affine = load_scans(cohort_root, chain, cache_dir)
+    if scans is not None:
+        if not 0 < scans <= len(ages):
+            raise ValueError(f"{cohort_root}: {scans} scans asked for, the cohort has {len(ages)}")
+        drawn = np.sort(np.random.default_rng(seed).choice(len(ages), scans, replace=False))
+        images, ages = images[drawn], ages[drawn]
     loaded = time.perf_counter() - start
     atlas = load_default_atlas()
     index = RegionIndex.from_names(atlas.names)
@@ -83,7 +93,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
-    result = {"subjects": len(ages), "chain": chain_name, "margin_mm": margin, "folds": folds, "seed": seed, "k": k,
+    result = {"subjects": len(ages), "scans_drawn": scans, "chain": chain_name, "margin_mm": margin, "folds": folds,
+              "seed": seed, "k": k,
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default 0)")
     parser.add_argument("--margin", type=float, default=MARGIN_MM,
                         help=f"mm of border left out of each region (default {MARGIN_MM}, the report's; 0 = none)")
+    parser.add_argument("--scans", type=int, default=None, help="fit on this many of each cohort's scans, drawn at "
+                        "random (seeded by --seed; default: all): how the ranking depends on the sample size")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     args = parser.parse_args(argv)
@@ -124,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / cohort.name
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         results[cohort.name] = run_cohort(folder, root.resolve(), args.chain.resolve(), args.cache_dir, args.folds,
-                                          args.boot, args.margin, args.seed)
+                                          args.boot, args.margin, args.seed, args.scans)
         r = results[cohort.name]
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"

@@ -48,3 +48,9 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 4.5) == result
     with pytest.raises(ValueError, match="use a fresh --out"):  # another margin: not silently mixed with these
         bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 0.0)
+    with pytest.raises(ValueError, match="use a fresh --out"):  # a subsample: not mixed with these either
+        bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 4.5, scans=20)
+    drawn = bench.run_cohort(tmp_path / "drawn", cohort, chain, None, 5, 200, 4.5, scans=20)
+    assert drawn["subjects"] == 20 and drawn["scans_drawn"] == 20 and result["scans_drawn"] is None
+    with pytest.raises(ValueError, match="31 scans asked for, the cohort has 30"):
+        bench.run_cohort(tmp_path / "too_many", cohort, chain, None, 5, 200, 4.5, scans=31)
