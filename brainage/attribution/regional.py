@@ -35,11 +35,14 @@ from scipy import ndimage as ndi
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 
-__all__ = ["ALPHAS", "MARGIN_MM", "MIN_SUBJECTS", "RegionalAgeModels", "fit_regional_models", "interior_rows",
-           "rank_regional"]
+__all__ = ["ALPHAS", "MARGIN_MM", "MIN_SUBJECTS", "SURE_SUBJECTS", "RegionalAgeModels", "fit_regional_models",
+           "interior_rows", "rank_regional"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
+# below this many scans the ranking missed planted regions on several of 14 synthetic cohorts (docs/report.md, "How
+# many scans"): the report then says so
+SURE_SUBJECTS = 200
 MARGIN_MM = 4.5  # interior = farther than this from another region (3 mm grid: face- and edge-adjacent voxels out)
 
 

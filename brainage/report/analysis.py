@@ -99,6 +99,7 @@ class RegionalResult:
     volume: np.ndarray  # (X, Y, Z) gain of each voxel's region in years, 0 outside the regions
     ageing_volume: np.ndarray  # (X, Y, Z) the same, 0 also where the gain's interval reaches 0 (the page's map)
     described: str  # scans and folds, in words
+    subjects: int  # scans the models were fitted on
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def _regional(agg: RoutingAggregator, g: int, collected: Collected, regions: Reg
     volume = region_volume(table, agg.regions.names, agg.regions.labels, rows, "gain")
     surely = table.assign(gain=table["gain"].where(table["ci_low"] > 0, 0.0))
     ageing = region_volume(surely, agg.regions.names, agg.regions.labels, rows, "gain")
-    return RegionalResult(table, volume, ageing, collected.regional_note)
+    return RegionalResult(table, volume, ageing, collected.regional_note, len(collected.regional.baseline_errors))
 
 
 def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResult | None,

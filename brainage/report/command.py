@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--regional-subjects", type=int, default=ReportSettings.regional_subjects,
                         help="scans with a known age used by the regional age models, one cross-validated ridge "
                         "model per atlas region on its interior voxels: where the scans change with age, whatever the "
-                        "model reads (default %(default)s; 0 = off; needs at least 20; about 1 MB per scan at 1 mm)")
+                        "model reads (default %(default)s; 0 = off; needs at least 20, surer from 200, "
+                        "docs/report.md; about 1 MB per scan at 1 mm)")
     parser.add_argument("--regional-chain", default=ReportSettings.regional_chain, metavar="registered|model|YAML",
                         help="what prepares the regional age models' scans: registered = the model's chain with "
                         "nonlinear normalisation to the ICBM152 T1 added when it has none (default: the ranking was "

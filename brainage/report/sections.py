@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import MARGIN_MM
+from brainage.attribution.regional import MARGIN_MM, SURE_SUBJECTS
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -342,6 +342,10 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
+        *([R.note(f"Only {result.regional.subjects} scans: on 14 synthetic benchmark cohorts this ranking missed "
+                  f"planted regions more often below {SURE_SUBJECTS} scans (docs/report.md, 'How many scans'). Read "
+                  "the rank intervals, and give it more scans with a known age (--regional-input) if you have them.")]
+          if result.regional.subjects < SURE_SUBJECTS else []),
         R.figure(figure, "Interior gain per atlas region (years of error removed against the median age, "
                          "cross-validated). Darker red: the region's interior tells more about age. Uncoloured: the "
                          "95% interval of the gain reaches 0 (no surer than the median age), or no region."),
