@@ -114,7 +114,7 @@ def test_report_writes_tables_maps_and_a_self_contained_page(report):
     page = (report / "index.html").read_text()
     assert "Research use only" in page and "Validation against ground truth" in page and "precision@" in page
     assert "How to read this report" in page and "youngest" in page  # occlusion reference named in the page
-    assert "not run: 4 scans with a known age in the inputs" in page  # regional models need 20 or more
+    assert "not run: 5 scans with a known age in the inputs" in page  # 4 + the broken one; 20 or more needed
     assert "region itself (y)</th>" in page and "boundary shell (y)</th>" in page  # the band's two parts, labelled
     # scatter, the layers' expert maps as two compact grids (dominant expert; expert by layer), occlusion map,
     # subject, groups
