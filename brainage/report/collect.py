@@ -172,12 +172,17 @@ def read_report_inputs(settings: ReportSettings) -> ReportInputs:
         regional = read_inputs(list(settings.regional_inputs), include_failed=settings.include_failed)
         for line in skipped_lines(regional.attrs.get("dropped", [])):
             print(f"regional age models: {line}", file=sys.stderr)
-        known = int(pd.to_numeric(regional["age"], errors="coerce").notna().sum())
+        known = len(_with_age(regional))
         if known < MIN_SUBJECTS:  # asked for explicitly: refused before any work
             raise ValueError(f"--regional-input {' '.join(settings.regional_inputs)}: found {len(regional)} scans, "
                              f"{known} with a known age; the regional age models need at least {MIN_SUBJECTS} (a "
                              "folder, BIDS dataset or manifest with ages)")
     return ReportInputs(model, table, atlas, truth, extra, regional_chain(settings, model), regional)
+
+
+def _with_age(table: pd.DataFrame) -> pd.DataFrame:
+    """The input rows with a known age."""
+    return table[pd.to_numeric(table["age"], errors="coerce").notna()]
 
 
 def regional_chain(settings: ReportSettings, model: LoadedModel | None) -> Preprocessing | None:
@@ -431,8 +436,7 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
     stderr)."""
     chain = inputs.regional_chain
     transform = chain.deterministic()
-    table = inputs.table if inputs.regional_table is None else inputs.regional_table
-    table = table[pd.to_numeric(table["age"], errors="coerce").notna()]
+    table = _with_age(inputs.table if inputs.regional_table is None else inputs.regional_table)
     if len(table) < MIN_SUBJECTS:  # nothing to prepare
         return None, _too_few(len(table), "in the inputs")
     voxels, ages, grid, skipped = [], [], None, []
