@@ -93,6 +93,13 @@ COHORTS = (
     Cohort("fresh2_intensity", 32, random_effects="intensity=3"),
     Cohort("fresh2_mix", 33, random_effects="atrophy=2,intensity=2"),
     Cohort("fresh2_mix_atrophy", 34, random_effects="atrophy=3,intensity=1"),
+    # Third fresh set (added 2026-12-05, written after the report's regional default, registered scans, was chosen on
+    # the 14 cohorts above): validates that default (docs/report.md, "Third fresh set")
+    Cohort("fresh3_atrophy", 41, random_effects="atrophy=3"),
+    Cohort("fresh3_intensity", 42, random_effects="intensity=3"),
+    Cohort("fresh3_mix", 43, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh3_mix_atrophy", 44, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh3_mix_wide", 45, random_effects="atrophy=3,intensity=3"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
