@@ -36,7 +36,12 @@ brainage predict --model "$best" --input "$OUT/train/test.csv" --output "$OUT/pr
 [ "$status" -le 1 ] || exit "$status"
 
 echo "== 4/4 report =="
-brainage report --model "$best" --input "$OUT/train/test.csv" --predictions "$OUT/predictions.csv" --out "$OUT/report"
+# the regional age models are cross-validated, so they fit on every subject of the split (splits.csv), not only the
+# held-out ones the report attributes; they need at least 20 scans with an age
+regional=()
+[ "$(($(wc -l < "$OUT/train/splits.csv") - 1))" -lt 20 ] || regional=(--regional-input "$OUT/train/splits.csv")
+brainage report --model "$best" --input "$OUT/train/test.csv" --predictions "$OUT/predictions.csv" --out "$OUT/report" \
+  ${regional[@]+"${regional[@]}"}
 echo "checkpoint: $best"
 echo "predictions: $OUT/predictions.csv"
 echo "report: $OUT/report/index.html"

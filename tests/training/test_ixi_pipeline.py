@@ -19,12 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SITES = ("Guys", "HH", "IOP")
 
 
-def _fabricate_ixi(cohort: Path, out: Path) -> pd.DataFrame:
-    """Copy `brainage synth` scans into IXI names and write the sheet as IXI exports it (IXI_ID, SEX_ID, AGE)."""
+def _fabricate_ixi(cohort: Path, out: Path, copies: int = 1) -> pd.DataFrame:
+    """Copy `brainage synth` scans (each ``copies`` times) into IXI names and write the sheet as IXI exports it
+    (IXI_ID, SEX_ID, AGE)."""
     participants = pd.read_csv(cohort / "participants.tsv", sep="\t")
     out.mkdir(parents=True)
     rows = []
-    for i, record in enumerate(participants.itertuples()):
+    for i, record in enumerate(list(participants.itertuples()) * copies):
         source = next((cohort / record.participant_id / "anat").glob("*_T1w.nii.gz"))
         ixi_id = 2 + 3 * i  # IXI numbers are sparse
         shutil.copy(source, out / f"IXI{ixi_id:03d}-{SITES[i % 3]}-{1000 + i:04d}-T1.nii.gz")
@@ -34,7 +35,7 @@ def _fabricate_ixi(cohort: Path, out: Path) -> pd.DataFrame:
 
 
 def test_ixi_pipeline_on_a_fabricated_ixi_folder(cohort12, tmp_path):
-    sheet = _fabricate_ixi(cohort12, tmp_path / "IXI-T1")
+    sheet = _fabricate_ixi(cohort12, tmp_path / "IXI-T1", copies=2)  # 24 scans: the regional models fit on all
     out = tmp_path / "out"
     tiny = ["--data.spacing", "6.0", "--data.shape", "[24, 32, 24]", "--data.batch_size", "2", "--data.num_workers",
             "0", "--data.val_fraction", "0.34", "--data.test_fraction", "0.17", "--data.augment", "false",
@@ -48,7 +49,7 @@ def test_ixi_pipeline_on_a_fabricated_ixi_folder(cohort12, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     splits = pd.read_csv(out / "train" / "splits.csv")
-    assert len(splits) == len(sheet) == 12
+    assert len(splits) == len(sheet) == 24
     assert set(splits["site"]) == set(SITES)  # read through the IXI reader: the site comes from the file name
     assert sorted(splits["age"].round(2)) == sorted(sheet["AGE"].round(2))
     predictions = list(csv.DictReader(open(out / "predictions.csv")))
@@ -56,6 +57,9 @@ def test_ixi_pipeline_on_a_fabricated_ixi_folder(cohort12, tmp_path):
     assert {r["subject_id"] for r in predictions} == test_ids
     assert all(r["status"] == "ok" and float(r["predicted_age"]) > 0 for r in predictions)
     assert (out / "report" / "index.html").exists()
+    regional = pd.read_csv(out / "report" / "tables" / "regional_age_models.csv")
+    assert len(regional) > 0 and regional["gain"].notna().all()
+    assert "Only 24 scans" in (out / "report" / "index.html").read_text()  # all of splits.csv, not only the held-out scans
     assert "skipped" in proc.stdout  # prepare was skipped on request
 
 
