@@ -339,6 +339,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "changing region (a darkening, a growing ventricle) a few millimetres into its neighbours, whose border "
             "voxels then tell age although nothing changed in them. The gain on all the region's voxels stands "
             "beside it: a region high there but low on its interior takes its age information from a neighbour. "
+            "A contraction moves its neighbours too, and a thin region's weak contraction can rank below the larger "
+            "regions beside it (one of 19 synthetic benchmark cohorts: docs/report.md, 'Third fresh set'). "
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
