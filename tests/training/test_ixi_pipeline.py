@@ -59,7 +59,7 @@ def test_ixi_pipeline_on_a_fabricated_ixi_folder(cohort12, tmp_path):
     assert (out / "report" / "index.html").exists()
     regional = pd.read_csv(out / "report" / "tables" / "regional_age_models.csv")
     assert len(regional) > 0 and regional["gain"].notna().all()
-    assert "Only 24 scans" in (out / "report" / "index.html").read_text()  # all of splits.csv, not only the held-out scans
+    assert "Only 24 scans" in (out / "report" / "index.html").read_text()  # all of splits.csv, not the held-out ones
     assert "skipped" in proc.stdout  # prepare was skipped on request
 
 
