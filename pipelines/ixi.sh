@@ -37,7 +37,8 @@ brainage predict --model "$best" --input "$OUT/train/test.csv" --output "$OUT/pr
 
 echo "== 4/4 report =="
 # the regional age models are cross-validated, so they fit on every subject of the split (splits.csv), not only the
-# held-out ones the report attributes; they need at least 20 scans with an age
+# held-out ones the report attributes; they need at least 20 scans with an age (MIN_SUBJECTS in
+# brainage/attribution/regional.py; the report refuses fewer), and every row of splits.csv has one
 regional=()
 [ "$(($(wc -l < "$OUT/train/splits.csv") - 1))" -lt 20 ] || regional=(--regional-input "$OUT/train/splits.csv")
 brainage report --model "$best" --input "$OUT/train/test.csv" --predictions "$OUT/predictions.csv" --out "$OUT/report" \
