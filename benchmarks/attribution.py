@@ -100,6 +100,12 @@ COHORTS = (
     Cohort("fresh3_mix", 43, random_effects="atrophy=2,intensity=2"),
     Cohort("fresh3_mix_atrophy", 44, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh3_mix_wide", 45, random_effects="atrophy=3,intensity=3"),
+    # fourth fresh set: written after the size-matched-gain rule was committed (docs/report.md, "Size-matched gains")
+    Cohort("fresh4_atrophy", 51, random_effects="atrophy=3"),
+    Cohort("fresh4_intensity", 52, random_effects="intensity=3"),
+    Cohort("fresh4_mix", 53, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh4_mix_atrophy", 54, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh4_mix_wide", 55, random_effects="atrophy=3,intensity=3"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").

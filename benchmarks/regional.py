@@ -12,12 +12,13 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    same counting displaced neighbours as found, and the all-voxel ranking's precision@k beside it.
 
 ``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
-the sample size.
+the sample size. ``--max-voxels N`` ranks by size-matched gains: each region's model fits at most N of its voxels
+(five random draws, errors averaged), so a large region cannot outgain a thin one by adding up a weak change.
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
-script resumes (a folder written with another chain, margin, folds or seed is refused). Printed: precision@k per cohort
-with chance, the planted regions' ranks, and one JSON line. About 8 min per 400-subject cohort on 2 CPU cores, most of
-it registration. Research use only.
+script resumes (a folder written with another chain, margin, folds, seed or voxel cap is refused). Printed:
+precision@k per cohort with chance, the planted regions' ranks, and one JSON line. About 8 min per 400-subject cohort
+on 2 CPU cores, most of it registration. Research use only.
 
 Run: ``python benchmarks/regional.py --out /work/runs/regional --cohorts tune tune_mix``.
 """
@@ -55,9 +56,10 @@ def load_scans(cohort_root: Path, chain: Path, cache_dir: Path | None) -> tuple[
 
 
 def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | None, folds: int, n_boot: int,
-               margin: float, seed: int = 0, scans: int | None = None) -> dict:
+               margin: float, seed: int = 0, scans: int | None = None, max_voxels: int | None = None) -> dict:
     """Fit, rank and score one cohort (``folder/result.json``, skipped when present) on all its scans, or on
-    ``scans`` of them drawn at random (seeded by ``seed``)."""
+    ``scans`` of them drawn at random (seeded by ``seed``); ``max_voxels``: size-matched gains
+    (:func:`brainage.attribution.regional.fit_regional_models`)."""
     from brainage.attribution.mapping import RegionIndex
     from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional
     from brainage.attribution.validation import precision_at_k
@@ -69,10 +71,10 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     if done.is_file():
         result = json.loads(done.read_text())
         found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"), result.get("seed", 0),
-                 result.get("scans_drawn"))
-        if found != (chain_name, margin, folds, seed, scans):
-            raise ValueError(f"{done}: written with chain, margin, folds, seed, scans {found}, this run asks for "
-                             f"{(chain_name, margin, folds, seed, scans)}; use a fresh --out")
+                 result.get("scans_drawn"), result.get("max_voxels"))
+        if found != (chain_name, margin, folds, seed, scans, max_voxels):
+            raise ValueError(f"{done}: written with chain, margin, folds, seed, scans, max voxels {found}, this run "
+                             f"asks for {(chain_name, margin, folds, seed, scans, max_voxels)}; use a fresh --out")
         return result
     start = time.perf_counter()
     images, ages, affine = load_scans(cohort_root, chain, cache_dir)
@@ -87,14 +89,14 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
     interior = interior_rows(regions, affine, margin)[regions >= 0] if margin > 0 else None
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
-                                 seed=seed, interior=interior)
+                                 seed=seed, interior=interior, max_voxels=max_voxels)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
     result = {"subjects": len(ages), "scans_drawn": scans, "chain": chain_name, "margin_mm": margin, "folds": folds,
-              "seed": seed, "k": k,
+              "seed": seed, "max_voxels": max_voxels, "k": k,
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"mm of border left out of each region (default {MARGIN_MM}, the report's; 0 = none)")
     parser.add_argument("--scans", type=int, default=None, help="fit on this many of each cohort's scans, drawn at "
                         "random (seeded by --seed; default: all): how the ranking depends on the sample size")
+    parser.add_argument("--max-voxels", type=int, default=None, help="size-matched gains: each region's model "
+                        "fits at most this many of its voxels, drawn 5 times (default: every voxel)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     args = parser.parse_args(argv)
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / cohort.name
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         results[cohort.name] = run_cohort(folder, root.resolve(), args.chain.resolve(), args.cache_dir, args.folds,
-                                          args.boot, args.margin, args.seed, args.scans)
+                                          args.boot, args.margin, args.seed, args.scans, args.max_voxels)
         r = results[cohort.name]
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"

@@ -88,25 +88,37 @@ def interior_rows(regions: np.ndarray, affine: np.ndarray, margin_mm: float = MA
     return out
 
 
-def _region_errors(voxels: np.ndarray, ages: np.ndarray, rows: np.ndarray, r: int, fold: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(s, r) absolute held-out errors of one ridge model per region (NaN: no voxel) and (r,) voxels per region."""
+def _region_errors(voxels: np.ndarray, ages: np.ndarray, rows: np.ndarray, r: int, fold: np.ndarray,
+                   max_voxels: int | None = None, draws: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(s, r) absolute held-out errors of one ridge model per region (NaN: no voxel) and (r,) voxels per region.
+
+    With ``max_voxels``, a region with more voxels is fitted ``draws`` times on that many of them drawn at random
+    (seeded), and its errors are the mean over the draws: every region's model sees at most the same evidence.
+    """
     from sklearn.linear_model import RidgeCV
 
     errors = np.full((len(ages), r), np.nan)
     sizes = np.bincount(rows[rows >= 0], minlength=r)[:r]
+    rng = np.random.default_rng(seed)
     for region in np.flatnonzero(sizes):
-        x = voxels[:, rows == region].astype(np.float64)  # (s, v)
-        for k in np.unique(fold):
-            train, test = fold != k, fold == k
-            mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-6
-            model = RidgeCV(alphas=ALPHAS).fit((x[train] - mean) / std, ages[train])
-            errors[test, region] = np.abs(model.predict((x[test] - mean) / std) - ages[test])
+        columns = np.flatnonzero(rows == region)  # (v,)
+        capped = max_voxels is not None and len(columns) > max_voxels
+        subsets = [np.sort(rng.choice(columns, max_voxels, replace=False)) for _ in range(draws)] if capped \
+            else [columns]
+        errors[:, region] = 0.0
+        for subset in subsets:
+            x = voxels[:, subset].astype(np.float64)  # (s, v') with v' = min(v, max_voxels)
+            for k in np.unique(fold):
+                train, test = fold != k, fold == k
+                mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-6
+                model = RidgeCV(alphas=ALPHAS).fit((x[train] - mean) / std, ages[train])
+                errors[test, region] += np.abs(model.predict((x[test] - mean) / std) - ages[test]) / len(subsets)
     return errors, sizes
 
 
 def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndarray, index: RegionIndex,
-                        folds: int = 5, seed: int = 0, interior: np.ndarray | None = None) -> RegionalAgeModels:
+                        folds: int = 5, seed: int = 0, interior: np.ndarray | None = None,
+                        max_voxels: int | None = None, draws: int = 5) -> RegionalAgeModels:
     """Fit and cross-validate one ridge model per region.
 
     Args:
@@ -118,6 +130,10 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
         folds: cross-validation folds (subjects dealt at random with ``seed``).
         interior: (n,) the same rows with border voxels -1 (:func:`interior_rows`): the models use the interiors,
             and ``whole`` holds the all-voxel models; None: all voxels only.
+        max_voxels: size-matched gains: each ranked region's model (interior, or all voxels without one) uses at
+            most this many of its voxels, drawn ``draws`` times (seeded by ``seed``); its errors are the mean over
+            the draws, so a large region does not outgain a small one by adding up a weak change over more voxels.
+            The all-voxel models in ``whole`` keep every voxel. None: every voxel.
     """
     voxels, ages, rows = np.asarray(voxels), np.asarray(ages, dtype=np.float64), np.asarray(rows)
     if voxels.ndim != 2 or len(voxels) != len(ages) or rows.shape != voxels.shape[1:]:
@@ -133,16 +149,20 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
                          f"got {len(ages)}")
     if not 2 <= folds <= len(ages):
         raise ValueError(f"folds={folds} must be in [2, {len(ages)}]")
+    if max_voxels is not None and (isinstance(max_voxels, bool) or not isinstance(max_voxels, int) or max_voxels < 1
+                                   or isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+        raise ValueError(f"max_voxels={max_voxels!r}, draws={draws!r}; expected positive integers")
     r = len(index)
     fold = _folds(len(ages), folds, seed)
     baseline = np.empty(len(ages))
     for k in range(folds):
         baseline[fold == k] = np.abs(ages[fold == k] - np.median(ages[fold != k]))
-    errors, sizes = _region_errors(voxels, ages, rows, r, fold)
+    capped = {"max_voxels": max_voxels, "draws": draws, "seed": seed}
+    errors, sizes = _region_errors(voxels, ages, rows, r, fold, **(capped if interior is None else {}))
     whole = RegionalAgeModels(errors, baseline, sizes, index, folds)
     if interior is None:
         return whole
-    errors, inner = _region_errors(voxels, ages, np.asarray(interior), r, fold)
+    errors, inner = _region_errors(voxels, ages, np.asarray(interior), r, fold, **capped)
     errors[:, (sizes > 0) & (inner == 0)] = baseline[:, None]  # no interior voxel: the median age, gain 0
     return RegionalAgeModels(errors, baseline, inner, index, folds, whole=whole)
 

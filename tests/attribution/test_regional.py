@@ -1,6 +1,8 @@
 """Regional age models: held-out errors match a scikit-learn pipeline on the same folds, an ageing region ranks first
 with an interval above 0, a noise region's interval covers 0, interiors match a brute-force distance check and leave
-a neighbour's spill-over out, and bad input is refused."""
+a neighbour's spill-over out, size-matched gains put a thin strongly ageing region above a large weakly ageing one
+(which outgains it on all its voxels) and equal the plain ones under a cap no region reaches, and bad input is
+refused."""
 
 from __future__ import annotations
 
@@ -110,6 +112,33 @@ def test_interiors_leave_a_neighbours_spill_over_out():
     np.testing.assert_array_equal(models.whole.errors, whole.errors)  # the all-voxel models are the plain ones
 
 
+def test_size_matched_gains_rank_a_thin_strong_change_above_a_large_weak_one():
+    """16 voxels change by 0.03 per year each, 600 by 0.012: on all voxels the large region adds up more age, with
+    each model capped at 16 voxels the thin one tells more. A cap no region reaches changes nothing."""
+    index = RegionIndex.from_names({1: "L-thin", 2: "R-large"})
+    rng = np.random.default_rng(0)
+    s = 120
+    ages = rng.uniform(20, 80, s)
+    rows = np.r_[np.zeros(16, int), np.ones(600, int)]
+    voxels = rng.normal(size=(s, 616))
+    voxels[:, :16] += 0.03 * (ages[:, None] - 50)
+    voxels[:, 16:] += 0.012 * (ages[:, None] - 50)
+    plain = rank_regional(fit_regional_models(voxels, ages, rows, index), n_boot=500)
+    assert list(plain["region"]) == ["R-large", "L-thin"] and plain.gain[0] > plain.gain[1] + 1.5
+    interior = rows.copy()  # every voxel is interior: the capped models replace the plain ones, whole keeps them
+    capped = fit_regional_models(voxels, ages, rows, index, interior=interior, max_voxels=16, draws=3)
+    table = rank_regional(capped, n_boot=500)
+    assert list(table["region"]) == ["L-thin", "R-large"] and table.ci_low[0] > table.ci_high[1]
+    np.testing.assert_array_equal(capped.errors[:, 0], capped.whole.errors[:, 0])  # 16 voxels: fitted as before
+    np.testing.assert_array_equal(capped.whole.errors, fit_regional_models(voxels, ages, rows, index).errors)
+    # the capped region's errors are the mean of three fits on 16 of its voxels, each a plain ridge model
+    draws = [fit_regional_models(voxels[:, np.r_[np.arange(16), 16 + rng.choice(600, 16, replace=False)]], ages,
+                                 rows[:32], index).errors[:, 1] for _ in range(3)]
+    assert abs(capped.errors[:, 1].mean() - np.mean(draws)) < 1.0  # other draws, the same size: close on average
+    roomy = fit_regional_models(voxels, ages, rows, index, max_voxels=600)
+    np.testing.assert_array_equal(roomy.errors, fit_regional_models(voxels, ages, rows, index).errors)
+
+
 def test_bad_input_is_refused():
     images, ages, regions = _cohort(s=30)
     with pytest.raises(ValueError, match="every age known"):
@@ -122,3 +151,6 @@ def test_bad_input_is_refused():
         fit_regional_models(images, ages, regions, INDEX, folds=1)
     with pytest.raises(ValueError, match="interior must be the n region rows"):
         fit_regional_models(images, ages, regions, INDEX, interior=np.where(regions == 0, 1, regions))
+    for cap, draws in ((0, 5), (10, 0), (2.5, 5), (True, 5)):
+        with pytest.raises(ValueError, match="expected positive integers"):
+            fit_regional_models(images, ages, regions, INDEX, max_voxels=cap, draws=draws)

@@ -50,6 +50,11 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
         bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 0.0)
     with pytest.raises(ValueError, match="use a fresh --out"):  # a subsample: not mixed with these either
         bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 4.5, scans=20)
+    with pytest.raises(ValueError, match="use a fresh --out"):  # size-matched gains: not mixed with these
+        bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 4.5, max_voxels=10)
+    capped = bench.run_cohort(tmp_path / "capped", cohort, chain, None, 5, 200, 4.5, max_voxels=10)
+    assert capped["max_voxels"] == 10 and result["max_voxels"] is None
+    assert max(capped["planted_ranks"].values()) <= 4, capped["planted_ranks"]
     drawn = bench.run_cohort(tmp_path / "drawn", cohort, chain, None, 5, 200, 4.5, scans=20)
     assert drawn["subjects"] == 20 and drawn["scans_drawn"] == 20 and result["scans_drawn"] is None
     with pytest.raises(ValueError, match="31 scans asked for, the cohort has 30"):
