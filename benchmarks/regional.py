@@ -12,8 +12,9 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    same counting displaced neighbours as found, and the all-voxel ranking's precision@k beside it.
 
 ``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
-the sample size. ``--max-voxels N`` ranks by size-matched gains: each region's model fits at most N of its voxels
-(five random draws, errors averaged), so a large region cannot outgain a thin one by adding up a weak change.
+the sample size. ``--max-voxels N`` sets the size-matched gains: each region's model fits at most N of its voxels
+(five random draws, errors averaged; default the report's 60, 0 = every voxel), so a large region cannot outgain a
+thin one by adding up a weak change.
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
 script resumes (a folder written with another chain, margin, folds, seed or voxel cap is refused). Printed:
@@ -37,7 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.attribution import COHORTS, build_cohort  # noqa: E402
-from brainage.attribution.regional import MARGIN_MM  # noqa: E402
+from brainage.attribution.regional import MARGIN_MM, MAX_VOXELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"mm of border left out of each region (default {MARGIN_MM}, the report's; 0 = none)")
     parser.add_argument("--scans", type=int, default=None, help="fit on this many of each cohort's scans, drawn at "
                         "random (seeded by --seed; default: all): how the ranking depends on the sample size")
-    parser.add_argument("--max-voxels", type=int, default=None, help="size-matched gains: each region's model "
-                        "fits at most this many of its voxels, drawn 5 times (default: every voxel)")
+    parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS, help="size-matched gains: each region's model "
+                        f"fits at most this many of its voxels, drawn 5 times (default {MAX_VOXELS}, the report's; "
+                        "0 = every voxel)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     args = parser.parse_args(argv)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / cohort.name
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         results[cohort.name] = run_cohort(folder, root.resolve(), args.chain.resolve(), args.cache_dir, args.folds,
-                                          args.boot, args.margin, args.seed, args.scans, args.max_voxels)
+                                          args.boot, args.margin, args.seed, args.scans, args.max_voxels or None)
         r = results[cohort.name]
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"

@@ -14,6 +14,12 @@ gain to the regions beside it). Each region's model is therefore fitted on its *
 region with no interior voxel is predicted by the median age (gain 0). The margin was chosen on ten synthetic cohorts
 under a rule fixed beforehand and validated on four fresh ones (docs/report.md, "Leaving out the voxels ...").
 
+**Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
+spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
+therefore uses at most ``MAX_VOXELS`` of its interior voxels, drawn at random five times, its errors averaged over
+the draws (chosen on 19 synthetic cohorts under a rule fixed beforehand and validated on five fresh ones:
+docs/report.md, "Size-matched gains").
+
 It answers a different question from region occlusion: *where these scans change with age*, not *what the brain-age
 model reads*. A region that ages but that the model leaves unread (a small contraction beside a strong darkening)
 shows here and not in the occlusion ranking; a region whose neighbour moves into it (a growing ventricle) shows here
@@ -35,8 +41,8 @@ from scipy import ndimage as ndi
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 
-__all__ = ["ALPHAS", "MARGIN_MM", "MIN_SUBJECTS", "SURE_SUBJECTS", "RegionalAgeModels", "fit_regional_models",
-           "interior_rows", "rank_regional"]
+__all__ = ["ALPHAS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "SURE_SUBJECTS", "RegionalAgeModels",
+           "fit_regional_models", "interior_rows", "rank_regional"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -44,6 +50,7 @@ MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth s
 # many scans"): the report then says so
 SURE_SUBJECTS = 200
 MARGIN_MM = 4.5  # interior = farther than this from another region (3 mm grid: face- and edge-adjacent voxels out)
+MAX_VOXELS = 60  # size-matched gains: each region's model fits at most this many of its interior voxels per draw
 
 
 @dataclass(frozen=True)
