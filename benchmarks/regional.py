@@ -38,7 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.attribution import COHORTS, build_cohort  # noqa: E402
-from brainage.attribution.regional import MARGIN_MM, MAX_VOXELS  # noqa: E402
+from brainage.attribution.regional import DRAWS, MARGIN_MM, MAX_VOXELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scans", type=int, default=None, help="fit on this many of each cohort's scans, drawn at "
                         "random (seeded by --seed; default: all): how the ranking depends on the sample size")
     parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS, help="size-matched gains: each region's model "
-                        f"fits at most this many of its voxels, drawn 5 times (default {MAX_VOXELS}, the report's; "
-                        "0 = every voxel)")
+                        f"fits at most this many of its voxels, drawn {DRAWS} times (default {MAX_VOXELS}, the "
+                        "report's; 0 = every voxel)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ under a rule fixed beforehand and validated on four fresh ones (docs/report.md, 
 
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
-therefore uses at most ``MAX_VOXELS`` of its interior voxels, drawn at random five times, its errors averaged over
+therefore uses at most ``MAX_VOXELS`` of its interior voxels, drawn at random ``DRAWS`` times, its errors averaged over
 the draws (chosen on 19 synthetic cohorts under a rule fixed beforehand and validated on five fresh ones:
 docs/report.md, "Size-matched gains").
 
@@ -41,7 +41,7 @@ from scipy import ndimage as ndi
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 
-__all__ = ["ALPHAS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "SURE_SUBJECTS", "RegionalAgeModels",
+__all__ = ["ALPHAS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "SURE_SUBJECTS", "RegionalAgeModels",
            "fit_regional_models", "interior_rows", "rank_regional"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
@@ -51,6 +51,7 @@ MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth s
 SURE_SUBJECTS = 200
 MARGIN_MM = 4.5  # interior = farther than this from another region (3 mm grid: face- and edge-adjacent voxels out)
 MAX_VOXELS = 60  # size-matched gains: each region's model fits at most this many of its interior voxels per draw
+DRAWS = 5  # random voxel draws per capped region; its errors are averaged over them
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _region_errors(voxels: np.ndarray, ages: np.ndarray, rows: np.ndarray, r: in
 
 def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndarray, index: RegionIndex,
                         folds: int = 5, seed: int = 0, interior: np.ndarray | None = None,
-                        max_voxels: int | None = None, draws: int = 5) -> RegionalAgeModels:
+                        max_voxels: int | None = None, draws: int = DRAWS) -> RegionalAgeModels:
     """Fit and cross-validate one ridge model per region.
 
     Args:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import MARGIN_MM, MAX_VOXELS, SURE_SUBJECTS
+from brainage.attribution.regional import DRAWS, MARGIN_MM, MAX_VOXELS, SURE_SUBJECTS
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -341,7 +341,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "beside it: a region high there but low on its interior takes its age information from a neighbour. "
             "A contraction moves its neighbours too; so that a large neighbour cannot outrank a thin contracting "
             f"region by adding up a weak change over more voxels, each model uses at most {MAX_VOXELS} of the "
-            "region's interior voxels (five random draws, errors averaged). A thin region's weak contraction can "
+            f"region's interior voxels ({DRAWS} random draws, errors averaged). A thin region's weak contraction can "
             "still rank below its neighbours (one of 24 synthetic benchmark cohorts: docs/report.md, 'Size-matched "
             "gains'). "
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
@@ -514,7 +514,7 @@ def methods(result: ReportResult, canvas: Canvas) -> Section:
         "Regional age models (model-free; Kaufmann et al. 2019, Popescu et al. 2021): per atlas region, ridge "
         "regression (scikit-learn RidgeCV, penalty by leave-one-out within the training folds) on the region's "
         f"interior voxels (farther than {MARGIN_MM:g} mm, centre to centre, from every other atlas region; at most "
-        f"{MAX_VOXELS} of them per model, drawn at random five times, errors averaged; all voxels beside it), each "
+        f"{MAX_VOXELS} of them per model, drawn at random {DRAWS} times, errors averaged; all voxels beside it), each "
         "standardised on the training folds; 5-fold cross-validation over the scans with a "
         "known age (--regional-subjects), by default prepared by the model's chain with nonlinear normalisation to "
         "the ICBM152 T1 added (--regional-chain); gain = median-age MAE minus the region's MAE; 2000 bootstrap "
