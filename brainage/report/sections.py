@@ -343,7 +343,9 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"region by adding up a weak change over more voxels, each model uses at most {MAX_VOXELS} of the "
             f"region's interior voxels ({DRAWS} random draws, errors averaged). A thin region's weak contraction can "
             "still rank below its neighbours (one of 24 synthetic benchmark cohorts: docs/report.md, 'Size-matched "
-            "gains'). "
+            "gains'). The cap has a cost too: a large region whose own change is sparse (a darkening of its outer "
+            "cortex only) ranks lower than on all its interior voxels (the demo cohort: docs/report.md, 'Seeds of "
+            "the shipped ranking'). "
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
