@@ -106,6 +106,12 @@ COHORTS = (
     Cohort("fresh4_mix", 53, random_effects="atrophy=2,intensity=2"),
     Cohort("fresh4_mix_atrophy", 54, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh4_mix_wide", 55, random_effects="atrophy=3,intensity=3"),
+    # fifth fresh set: written after the screened-voxel rule was committed (docs/report.md, "Screened voxels")
+    Cohort("fresh5_atrophy", 61, random_effects="atrophy=3"),
+    Cohort("fresh5_intensity", 62, random_effects="intensity=3"),
+    Cohort("fresh5_mix", 63, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh5_mix_atrophy", 64, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh5_mix_wide", 65, random_effects="atrophy=3,intensity=3"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").

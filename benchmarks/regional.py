@@ -14,10 +14,11 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
 ``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
 the sample size. ``--max-voxels N`` sets the size-matched gains: each region's model fits at most N of its voxels
 (five random draws, errors averaged; default the report's 60, 0 = every voxel), so a large region cannot outgain a
-thin one by adding up a weak change.
+thin one by adding up a weak change; ``--screen`` keeps each capped region's N voxels most correlated with age in each
+training fold instead of random ones (a candidate, docs/report.md "Screened voxels").
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
-script resumes (a folder written with another chain, margin, folds, seed or voxel cap is refused). Printed:
+script resumes (a folder written with another chain, margin, folds, seed, voxel cap or screening is refused). Printed:
 precision@k per cohort with chance, the planted regions' ranks, and one JSON line. About 8 min per 400-subject cohort
 on 2 CPU cores, most of it registration. Research use only.
 
@@ -57,9 +58,11 @@ def load_scans(cohort_root: Path, chain: Path, cache_dir: Path | None) -> tuple[
 
 
 def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | None, folds: int, n_boot: int,
-               margin: float, seed: int = 0, scans: int | None = None, max_voxels: int | None = None) -> dict:
+               margin: float, seed: int = 0, scans: int | None = None, max_voxels: int | None = None,
+               screen: bool = False) -> dict:
     """Fit, rank and score one cohort (``folder/result.json``, skipped when present) on all its scans, or on
-    ``scans`` of them drawn at random (seeded by ``seed``); ``max_voxels``: size-matched gains
+    ``scans`` of them drawn at random (seeded by ``seed``); ``max_voxels``: size-matched gains, ``screen``: on
+    the voxels most correlated with age in each training fold
     (:func:`brainage.attribution.regional.fit_regional_models`)."""
     from brainage.attribution.mapping import RegionIndex
     from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional
@@ -72,10 +75,11 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     if done.is_file():
         result = json.loads(done.read_text())
         found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"), result.get("seed", 0),
-                 result.get("scans_drawn"), result.get("max_voxels"))
-        if found != (chain_name, margin, folds, seed, scans, max_voxels):
-            raise ValueError(f"{done}: written with chain, margin, folds, seed, scans, max voxels {found}, this run "
-                             f"asks for {(chain_name, margin, folds, seed, scans, max_voxels)}; use a fresh --out")
+                 result.get("scans_drawn"), result.get("max_voxels"), result.get("screen", False))
+        if found != (chain_name, margin, folds, seed, scans, max_voxels, screen):
+            raise ValueError(f"{done}: written with chain, margin, folds, seed, scans, max voxels, screen {found}, "
+                             f"this run asks for {(chain_name, margin, folds, seed, scans, max_voxels, screen)}; use "
+                             "a fresh --out")
         return result
     start = time.perf_counter()
     images, ages, affine = load_scans(cohort_root, chain, cache_dir)
@@ -90,14 +94,14 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
     interior = interior_rows(regions, affine, margin)[regions >= 0] if margin > 0 else None
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
-                                 seed=seed, interior=interior, max_voxels=max_voxels)
+                                 seed=seed, interior=interior, max_voxels=max_voxels, screen=screen)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
     result = {"subjects": len(ages), "scans_drawn": scans, "chain": chain_name, "margin_mm": margin, "folds": folds,
-              "seed": seed, "max_voxels": max_voxels, "k": k,
+              "seed": seed, "max_voxels": max_voxels, "screen": screen, "k": k,
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
@@ -135,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS, help="size-matched gains: each region's model "
                         f"fits at most this many of its voxels, drawn {DRAWS} times (default {MAX_VOXELS}, the "
                         "report's; 0 = every voxel)")
+    parser.add_argument("--screen", action="store_true", help="with the voxel cap, keep each region's voxels most "
+                        "correlated with age in each training fold instead of random draws (a candidate: "
+                        "docs/report.md, 'Screened voxels')")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     args = parser.parse_args(argv)
@@ -143,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / cohort.name
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         results[cohort.name] = run_cohort(folder, root.resolve(), args.chain.resolve(), args.cache_dir, args.folds,
-                                          args.boot, args.margin, args.seed, args.scans, args.max_voxels or None)
+                                          args.boot, args.margin, args.seed, args.scans, args.max_voxels or None,
+                                          args.screen)
         r = results[cohort.name]
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"

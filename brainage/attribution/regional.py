@@ -96,37 +96,57 @@ def interior_rows(regions: np.ndarray, affine: np.ndarray, margin_mm: float = MA
     return out
 
 
-def _region_errors(voxels: np.ndarray, ages: np.ndarray, rows: np.ndarray, r: int, fold: np.ndarray,
-                   max_voxels: int | None = None, draws: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(s, r) absolute held-out errors of one ridge model per region (NaN: no voxel) and (r,) voxels per region.
+def _cv_errors(x: np.ndarray, ages: np.ndarray, fold: np.ndarray, keep: int | None = None) -> np.ndarray:
+    """(s,) absolute held-out errors of a ridge model on ``x`` (s, v), standardised on each training fold.
 
-    With ``max_voxels``, a region with more voxels is fitted ``draws`` times on that many of them drawn at random
-    (seeded), and its errors are the mean over the draws: every region's model sees at most the same evidence.
+    ``keep``: fit on the ``keep`` columns with the largest |Pearson r| with age in each training fold (univariate
+    screening inside the cross-validation, so the held-out fold never chooses its voxels; Guyon & Elisseeff 2003).
     """
     from sklearn.linear_model import RidgeCV
 
+    out = np.empty(len(ages))
+    for k in np.unique(fold):
+        train, test = fold != k, fold == k
+        mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-6
+        z = (x[train] - mean) / std  # (s_train, v)
+        columns = slice(None)
+        if keep is not None and keep < x.shape[1]:
+            centred = ages[train] - ages[train].mean()  # (s_train,)
+            r = np.abs(centred @ z) / (np.sqrt((z ** 2).sum(axis=0) * (centred @ centred)) + 1e-12)  # (v,)
+            columns = np.sort(np.argsort(-r, kind="stable")[:keep])
+        model = RidgeCV(alphas=ALPHAS).fit(z[:, columns], ages[train])
+        out[test] = np.abs(model.predict(((x[test] - mean) / std)[:, columns]) - ages[test])
+    return out
+
+
+def _region_errors(voxels: np.ndarray, ages: np.ndarray, rows: np.ndarray, r: int, fold: np.ndarray,
+                   max_voxels: int | None = None, draws: int = 1, seed: int = 0,
+                   screen: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(s, r) absolute held-out errors of one ridge model per region (NaN: no voxel) and (r,) voxels per region.
+
+    With ``max_voxels``, a region with more voxels is fitted ``draws`` times on that many of them drawn at random
+    (seeded), and its errors are the mean over the draws: every region's model sees at most the same evidence. With
+    ``screen`` it is fitted once, on the ``max_voxels`` voxels most correlated with age in each training fold.
+    """
     errors = np.full((len(ages), r), np.nan)
     sizes = np.bincount(rows[rows >= 0], minlength=r)[:r]
     rng = np.random.default_rng(seed)
     for region in np.flatnonzero(sizes):
         columns = np.flatnonzero(rows == region)  # (v,)
-        capped = max_voxels is not None and len(columns) > max_voxels
-        subsets = [np.sort(rng.choice(columns, max_voxels, replace=False)) for _ in range(draws)] if capped \
-            else [columns]
-        errors[:, region] = 0.0
-        for subset in subsets:
-            x = voxels[:, subset].astype(np.float64)  # (s, v') with v' = min(v, max_voxels)
-            for k in np.unique(fold):
-                train, test = fold != k, fold == k
-                mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-6
-                model = RidgeCV(alphas=ALPHAS).fit((x[train] - mean) / std, ages[train])
-                errors[test, region] += np.abs(model.predict((x[test] - mean) / std) - ages[test]) / len(subsets)
+        if max_voxels is None or len(columns) <= max_voxels:
+            errors[:, region] = _cv_errors(voxels[:, columns].astype(np.float64), ages, fold)
+        elif screen:
+            errors[:, region] = _cv_errors(voxels[:, columns].astype(np.float64), ages, fold, keep=max_voxels)
+        else:
+            subsets = [np.sort(rng.choice(columns, max_voxels, replace=False)) for _ in range(draws)]
+            errors[:, region] = np.mean([_cv_errors(voxels[:, subset].astype(np.float64), ages, fold)
+                                         for subset in subsets], axis=0)  # (s,) mean over the draws
     return errors, sizes
 
 
 def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndarray, index: RegionIndex,
                         folds: int = 5, seed: int = 0, interior: np.ndarray | None = None,
-                        max_voxels: int | None = None, draws: int = DRAWS) -> RegionalAgeModels:
+                        max_voxels: int | None = None, draws: int = DRAWS, screen: bool = False) -> RegionalAgeModels:
     """Fit and cross-validate one ridge model per region.
 
     Args:
@@ -142,6 +162,9 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
             most this many of its voxels, drawn ``draws`` times (seeded by ``seed``); its errors are the mean over
             the draws, so a large region does not outgain a small one by adding up a weak change over more voxels.
             The all-voxel models in ``whole`` keep every voxel. None: every voxel.
+        screen: with ``max_voxels``, keep each capped region's ``max_voxels`` voxels most correlated with age in
+            each training fold instead of drawing them at random (one fit; ``draws`` does not apply): a benchmark
+            candidate (docs/report.md, "Screened voxels"), not the report's default.
     """
     voxels, ages, rows = np.asarray(voxels), np.asarray(ages, dtype=np.float64), np.asarray(rows)
     if voxels.ndim != 2 or len(voxels) != len(ages) or rows.shape != voxels.shape[1:]:
@@ -160,12 +183,14 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
     if max_voxels is not None and (isinstance(max_voxels, bool) or not isinstance(max_voxels, int) or max_voxels < 1
                                    or isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
         raise ValueError(f"max_voxels={max_voxels!r}, draws={draws!r}; expected positive integers")
+    if screen and max_voxels is None:
+        raise ValueError("screen=True keeps max_voxels voxels per region; give max_voxels")
     r = len(index)
     fold = _folds(len(ages), folds, seed)
     baseline = np.empty(len(ages))
     for k in range(folds):
         baseline[fold == k] = np.abs(ages[fold == k] - np.median(ages[fold != k]))
-    capped = {"max_voxels": max_voxels, "draws": draws, "seed": seed}
+    capped = {"max_voxels": max_voxels, "draws": draws, "seed": seed, "screen": screen}
     errors, sizes = _region_errors(voxels, ages, rows, r, fold, **(capped if interior is None else {}))
     whole = RegionalAgeModels(errors, baseline, sizes, index, folds)
     if interior is None:

@@ -1,13 +1,15 @@
 """Regional age models: held-out errors match a scikit-learn pipeline on the same folds, an ageing region ranks first
 with an interval above 0, a noise region's interval covers 0, interiors match a brute-force distance check and leave
 a neighbour's spill-over out, size-matched gains put a thin strongly ageing region above a large weakly ageing one
-(which outgains it on all its voxels) and equal the plain ones under a cap no region reaches, and bad input is
-refused."""
+(which outgains it on all its voxels) and equal the plain ones under a cap no region reaches, screened voxels match a
+scikit-learn selection pipeline, find a sparse change that random draws dilute and choose nothing from the held-out
+fold, and bad input is refused."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.feature_selection import SelectKBest, f_regression
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.pipeline import make_pipeline
@@ -112,17 +114,24 @@ def test_interiors_leave_a_neighbours_spill_over_out():
     np.testing.assert_array_equal(models.whole.errors, whole.errors)  # the all-voxel models are the plain ones
 
 
+def _two_regions(names: tuple[str, str], sizes: tuple[int, int], changes: list[tuple[slice, float]], seed: int,
+                 s: int = 120) -> tuple[RegionIndex, np.ndarray, np.ndarray, np.ndarray]:
+    """(index, ages (s,), region rows (n,), voxels (s, n)): two regions of ``sizes`` noise voxels; each (columns,
+    slope) of ``changes`` adds slope * (age - 50) to those columns."""
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, s)
+    voxels = rng.normal(size=(s, sum(sizes)))
+    for columns, slope in changes:
+        voxels[:, columns] += slope * (ages[:, None] - 50)
+    return RegionIndex.from_names({1: names[0], 2: names[1]}), ages, np.repeat([0, 1], sizes), voxels
+
+
 def test_size_matched_gains_rank_a_thin_strong_change_above_a_large_weak_one():
     """16 voxels change by 0.03 per year each, 600 by 0.012: on all voxels the large region adds up more age, with
     each model capped at 16 voxels the thin one tells more. A cap no region reaches changes nothing."""
-    index = RegionIndex.from_names({1: "L-thin", 2: "R-large"})
-    rng = np.random.default_rng(0)
-    s = 120
-    ages = rng.uniform(20, 80, s)
-    rows = np.r_[np.zeros(16, int), np.ones(600, int)]
-    voxels = rng.normal(size=(s, 616))
-    voxels[:, :16] += 0.03 * (ages[:, None] - 50)
-    voxels[:, 16:] += 0.012 * (ages[:, None] - 50)
+    index, ages, rows, voxels = _two_regions(("L-thin", "R-large"), (16, 600), [(slice(0, 16), 0.03),
+                                                                              (slice(16, None), 0.012)], seed=0)
+    rng = np.random.default_rng(1)
     plain = rank_regional(fit_regional_models(voxels, ages, rows, index), n_boot=500)
     assert list(plain["region"]) == ["R-large", "L-thin"] and plain.gain[0] > plain.gain[1] + 1.5
     interior = rows.copy()  # every voxel is interior: the capped models replace the plain ones, whole keeps them
@@ -137,6 +146,27 @@ def test_size_matched_gains_rank_a_thin_strong_change_above_a_large_weak_one():
     assert abs(capped.errors[:, 1].mean() - np.mean(draws)) < 1.0  # other draws, the same size: close on average
     roomy = fit_regional_models(voxels, ages, rows, index, max_voxels=600)
     np.testing.assert_array_equal(roomy.errors, fit_regional_models(voxels, ages, rows, index).errors)
+
+
+def test_screened_voxels_match_a_selection_pipeline_and_find_a_sparse_change():
+    """A large region whose change sits in 20 of its 600 voxels (as a darkening of the outer cortex only): random
+    draws of 40 voxels catch about one of them, screening inside each training fold catches them all; the errors
+    equal scikit-learn's scaler -> SelectKBest(f_regression) -> RidgeCV on the same folds."""
+    index, ages, rows, voxels = _two_regions(("L-sparse", "R-noise"), (600, 600), [(slice(0, 20), 0.04)], seed=4)
+    s = len(ages)
+    screened = fit_regional_models(voxels, ages, rows, index, folds=4, seed=1, max_voxels=40, screen=True)
+    drawn = fit_regional_models(voxels, ages, rows, index, folds=4, seed=1, max_voxels=40, draws=3)
+    pipeline = make_pipeline(StandardScaler(), SelectKBest(f_regression, k=40), RidgeCV(alphas=ALPHAS))
+    for row in (0, 1):
+        reference = cross_val_predict(pipeline, voxels[:, rows == row], ages, cv=PredefinedSplit(_folds(s, 4, 1)))
+        np.testing.assert_allclose(screened.errors[:, row], np.abs(reference - ages), rtol=1e-4, atol=1e-4)
+    sparse, noise = (rank_regional(m, n_boot=500).set_index("region") for m in (screened, drawn))
+    assert sparse.loc["L-sparse", "ci_low"] > noise.loc["L-sparse", "ci_high"]  # screened above random draws
+    # the noise region: screening inside the folds gains nothing; choosing its voxels on every scan would
+    assert sparse.loc["R-noise", "ci_low"] < 0 < sparse.loc["R-noise", "ci_high"]
+    leaky = np.argsort(-np.abs(np.corrcoef(voxels[:, 600:].T, ages)[-1, :-1]))[:40]  # chosen on all 120 scans
+    leaked = fit_regional_models(voxels[:, 600 + leaky], ages, np.zeros(40, int), index, folds=4, seed=1)
+    assert leaked.gains[:, 0].mean() > sparse.loc["R-noise", "ci_high"] + 1.0
 
 
 def test_bad_input_is_refused():
@@ -154,3 +184,5 @@ def test_bad_input_is_refused():
     for cap, draws in ((0, 5), (10, 0), (2.5, 5), (True, 5)):
         with pytest.raises(ValueError, match="expected positive integers"):
             fit_regional_models(images, ages, regions, INDEX, max_voxels=cap, draws=draws)
+    with pytest.raises(ValueError, match="give max_voxels"):
+        fit_regional_models(images, ages, regions, INDEX, screen=True)

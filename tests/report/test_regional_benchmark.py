@@ -55,6 +55,12 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     capped = bench.run_cohort(tmp_path / "capped", cohort, chain, None, 5, 200, 4.5, max_voxels=10)
     assert capped["max_voxels"] == 10 and result["max_voxels"] is None
     assert max(capped["planted_ranks"].values()) <= 4, capped["planted_ranks"]
+    with pytest.raises(ValueError, match="use a fresh --out"):  # screened voxels: not mixed with random draws
+        bench.run_cohort(tmp_path / "capped", tmp_path / "absent", chain, None, 5, 200, 4.5, max_voxels=10,
+                         screen=True)
+    screened = bench.run_cohort(tmp_path / "screened", cohort, chain, None, 5, 200, 4.5, max_voxels=10, screen=True)
+    assert screened["screen"] and not capped["screen"] and screened["max_voxels"] == 10
+    assert max(screened["planted_ranks"].values()) <= 4, screened["planted_ranks"]
     drawn = bench.run_cohort(tmp_path / "drawn", cohort, chain, None, 5, 200, 4.5, scans=20)
     assert drawn["subjects"] == 20 and drawn["scans_drawn"] == 20 and result["scans_drawn"] is None
     with pytest.raises(ValueError, match="31 scans asked for, the cohort has 30"):
