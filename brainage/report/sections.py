@@ -349,8 +349,9 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
-        *([R.note(f"Only {result.regional.subjects} scans: on 14 synthetic benchmark cohorts this ranking missed "
-                  f"planted regions more often below {SURE_SUBJECTS} scans (docs/report.md, 'How many scans'). Read "
+        *([R.note(f"Only {result.regional.subjects} scans: on synthetic benchmark cohorts this ranking missed "
+                  f"planted regions more often below {SURE_SUBJECTS} scans (14 cohorts at 40-200 scans, 24 at 200: "
+                  "docs/report.md, 'How many scans'). Read "
                   "the rank intervals, and give it more scans with a known age (--regional-input) if you have them.")]
           if result.regional.subjects < SURE_SUBJECTS else []),
         R.figure(figure, "Interior gain per atlas region (years of error removed against the median age, "

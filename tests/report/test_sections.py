@@ -186,7 +186,7 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     canvas = S.Canvas(result)
     document = _html(S.regional(result, canvas))
     assert "Where the scans age (model-free)" in document and "40 scans with a known age" in document
-    assert "Only 40 scans: on 14 synthetic benchmark cohorts" in document  # below SURE_SUBJECTS: said so
+    assert "Only 40 scans: on synthetic benchmark cohorts" in document  # below SURE_SUBJECTS: said so
     sure_enough = dataclasses.replace(result, regional=dataclasses.replace(result.regional, subjects=200))
     assert "Only" not in _html(S.regional(sure_enough, canvas)) and result.regional.subjects == 40
     assert _rows(document, 0)[0] == "1" and "L-front" in re.findall(r"<tbody>(.*?)</tbody>", document, re.S)[0][:400]
