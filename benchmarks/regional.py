@@ -15,7 +15,7 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
 the sample size. ``--max-voxels N`` sets the size-matched gains: each region's model fits at most N of its voxels
 (five random draws, errors averaged; default the report's 60, 0 = every voxel), so a large region cannot outgain a
 thin one by adding up a weak change; ``--screen`` keeps each capped region's N voxels most correlated with age in each
-training fold instead of random ones (a candidate, docs/report.md "Screened voxels").
+training fold instead of random ones (a candidate that lost, docs/report.md "Screened voxels").
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
 script resumes (a folder written with another chain, margin, folds, seed, voxel cap or screening is refused). Printed:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"fits at most this many of its voxels, drawn {DRAWS} times (default {MAX_VOXELS}, the "
                         "report's; 0 = every voxel)")
     parser.add_argument("--screen", action="store_true", help="with the voxel cap, keep each region's voxels most "
-                        "correlated with age in each training fold instead of random draws (a candidate: "
+                        "correlated with age in each training fold instead of random draws (a candidate that lost: "
                         "docs/report.md, 'Screened voxels')")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")

@@ -163,8 +163,9 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
             the draws, so a large region does not outgain a small one by adding up a weak change over more voxels.
             The all-voxel models in ``whole`` keep every voxel. None: every voxel.
         screen: with ``max_voxels``, keep each capped region's ``max_voxels`` voxels most correlated with age in
-            each training fold instead of drawing them at random (one fit; ``draws`` does not apply): a benchmark
-            candidate (docs/report.md, "Screened voxels"), not the report's default.
+            each training fold instead of drawing them at random (one fit; ``draws`` does not apply): a candidate
+            that lost to the random draws on 25 benchmark cohorts (docs/report.md, "Screened voxels"), kept so that
+            result can be rerun; the report does not use it.
     """
     voxels, ages, rows = np.asarray(voxels), np.asarray(ages, dtype=np.float64), np.asarray(rows)
     if voxels.ndim != 2 or len(voxels) != len(ages) or rows.shape != voxels.shape[1:]:
