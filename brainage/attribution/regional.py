@@ -133,10 +133,9 @@ def _region_errors(voxels: np.ndarray, ages: np.ndarray, rows: np.ndarray, r: in
     rng = np.random.default_rng(seed)
     for region in np.flatnonzero(sizes):
         columns = np.flatnonzero(rows == region)  # (v,)
-        if max_voxels is None or len(columns) <= max_voxels:
-            errors[:, region] = _cv_errors(voxels[:, columns].astype(np.float64), ages, fold)
-        elif screen:
-            errors[:, region] = _cv_errors(voxels[:, columns].astype(np.float64), ages, fold, keep=max_voxels)
+        if screen or max_voxels is None or len(columns) <= max_voxels:  # keep: all columns when v <= max_voxels
+            errors[:, region] = _cv_errors(voxels[:, columns].astype(np.float64), ages, fold,
+                                           keep=max_voxels if screen else None)
         else:
             subsets = [np.sort(rng.choice(columns, max_voxels, replace=False)) for _ in range(draws)]
             errors[:, region] = np.mean([_cv_errors(voxels[:, subset].astype(np.float64), ages, fold)
