@@ -113,6 +113,13 @@ COHORTS = (
     Cohort("fresh5_mix", 63, random_effects="atrophy=2,intensity=2"),
     Cohort("fresh5_mix_atrophy", 64, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh5_mix_wide", 65, random_effects="atrophy=3,intensity=3"),
+    # sixth fresh set: written after the conditional-gain probes (docs/report.md, "Scratch probes of conditional
+    # gains"), which chose nothing; they measure the shipped regional ranking again, five seeds each
+    Cohort("fresh6_atrophy", 71, random_effects="atrophy=3"),
+    Cohort("fresh6_intensity", 72, random_effects="intensity=3"),
+    Cohort("fresh6_mix", 73, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh6_mix_atrophy", 74, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh6_mix_wide", 75, random_effects="atrophy=3,intensity=3"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
