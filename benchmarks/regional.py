@@ -13,9 +13,10 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
 
 ``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
 the sample size. ``--max-voxels N`` sets the size-matched gains: each region's model fits at most N of its voxels
-(five random draws, errors averaged; default the report's 60, 0 = every voxel), so a large region cannot outgain a
-thin one by adding up a weak change; ``--screen`` keeps each capped region's N voxels most correlated with age in each
-training fold instead of random ones (a candidate that lost, docs/report.md "Screened voxels").
+(five random draws, errors averaged; default 60, the report's from 200 scans on; 0 = every voxel, the report's
+below 200), so a large region cannot outgain a thin one by adding up a weak change; ``--screen`` keeps each capped
+region's N voxels most correlated with age in each training fold instead of random ones (a candidate that lost,
+docs/report.md "Screened voxels").
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
 script resumes (a folder written with another chain, margin, folds, seed, voxel cap or screening is refused). Printed:
@@ -39,7 +40,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.attribution import COHORTS, build_cohort  # noqa: E402
-from brainage.attribution.regional import DRAWS, MARGIN_MM, MAX_VOXELS  # noqa: E402
+from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                         "random (seeded by --seed; default: all): how the ranking depends on the sample size")
     parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS, help="size-matched gains: each region's model "
                         f"fits at most this many of its voxels, drawn {DRAWS} times (default {MAX_VOXELS}, the "
-                        "report's; 0 = every voxel)")
+                        f"report's from {CAP_FROM_SUBJECTS} scans on; 0 = every voxel, the report's below)")
     parser.add_argument("--screen", action="store_true", help="with the voxel cap, keep each region's voxels most "
                         "correlated with age in each training fold instead of random draws (a candidate that lost: "
                         "docs/report.md, 'Screened voxels')")

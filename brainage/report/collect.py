@@ -37,8 +37,8 @@ from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.groups import read_group_column
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
-from brainage.attribution.regional import (MARGIN_MM, MAX_VOXELS, MIN_SUBJECTS, RegionalAgeModels, fit_regional_models,
-                                           interior_rows)
+from brainage.attribution.regional import (CAP_FROM_SUBJECTS, MARGIN_MM, MIN_SUBJECTS, RegionalAgeModels,
+                                           fit_regional_models, interior_rows, voxel_cap)
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
@@ -394,12 +394,14 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], regions: np.n
     if len(ages) < MIN_SUBJECTS:
         return None, _too_few(len(ages), source)
     with progress.stage("regional age models", 1, "fit") as stage:
+        cap = voxel_cap(len(ages))
         models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
-                                     interior=interior_rows(regions, affine)[regions >= 0], max_voxels=MAX_VOXELS)
+                                     interior=interior_rows(regions, affine)[regions >= 0], max_voxels=cap)
         stage.advance()
     return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
-                    f"region's voxels farther than {MARGIN_MM:g} mm from other regions, at most {MAX_VOXELS} of "
-                    "them per model")
+                    f"region's voxels farther than {MARGIN_MM:g} mm from other regions, "
+                    + (f"at most {cap} of them per model" if cap else
+                       f"all of them (fewer than {CAP_FROM_SUBJECTS} scans: no voxel cap)"))
 
 
 def _regional_models(collected: Collected, regional: _Regional, settings: ReportSettings, progress: StageProgress

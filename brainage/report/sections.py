@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import DRAWS, MARGIN_MM, MAX_VOXELS, SURE_SUBJECTS
+from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, SURE_SUBJECTS
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -341,17 +341,19 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "beside it: a region high there but low on its interior takes its age information from a neighbour. "
             "A contraction moves its neighbours too; so that a large neighbour cannot outrank a thin contracting "
             f"region by adding up a weak change over more voxels, each model uses at most {MAX_VOXELS} of the "
-            f"region's interior voxels ({DRAWS} random draws, errors averaged). A weak contraction can still rank "
-            "below a larger neighbour or below the regions a growing ventricle displaces (3 of 30 synthetic "
-            "benchmark cohorts: docs/report.md, 'Fifth fresh set'). The cap has a cost too: a large region whose "
-            "own change is weak at each voxel but spread over many ranks lower than on all its interior voxels (the "
-            "demo cohort: docs/report.md, 'Seeds of the shipped ranking'). "
+            f"region's interior voxels ({DRAWS} random draws, errors averaged), from {CAP_FROM_SUBJECTS} scans on; "
+            "with fewer, the capped models read a weak change too poorly, so every interior voxel is used "
+            "(docs/report.md, 'Size matching at fewer scans'). A weak contraction can still rank "
+            "below a larger neighbour or below the regions a growing ventricle displaces (5 of 35 synthetic "
+            "benchmark cohorts: docs/report.md, 'Fifth fresh set', 'Sixth fresh set'). The cap has a cost too: a "
+            "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
+            "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). "
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
         *([R.note(f"Only {result.regional.subjects} scans: on synthetic benchmark cohorts this ranking missed "
-                  f"planted regions more often below {SURE_SUBJECTS} scans (14 cohorts at 40-200 scans, 24 at 200: "
-                  "docs/report.md, 'How many scans'). Read "
+                  f"planted regions more often below {SURE_SUBJECTS} scans (24 cohorts at 40-400 scans: "
+                  "docs/report.md, 'Size matching at fewer scans'). Read "
                   "the rank intervals, and give it more scans with a known age (--regional-input) if you have them.")]
           if result.regional.subjects < SURE_SUBJECTS else []),
         R.figure(figure, "Interior gain per atlas region (years of error removed against the median age, "
@@ -516,8 +518,9 @@ def methods(result: ReportResult, canvas: Canvas) -> Section:
         "in each.",
         "Regional age models (model-free; Kaufmann et al. 2019, Popescu et al. 2021): per atlas region, ridge "
         "regression (scikit-learn RidgeCV, penalty by leave-one-out within the training folds) on the region's "
-        f"interior voxels (farther than {MARGIN_MM:g} mm, centre to centre, from every other atlas region; at most "
-        f"{MAX_VOXELS} of them per model, drawn at random {DRAWS} times, errors averaged; all voxels beside it), each "
+        f"interior voxels (farther than {MARGIN_MM:g} mm, centre to centre, from every other atlas region; from "
+        f"{CAP_FROM_SUBJECTS} scans on at most {MAX_VOXELS} of them per model, drawn at random {DRAWS} times, errors "
+        "averaged; all voxels beside it), each "
         "standardised on the training folds; 5-fold cross-validation over the scans with a "
         "known age (--regional-subjects), by default prepared by the model's chain with nonlinear normalisation to "
         "the ICBM152 T1 added (--regional-chain); gain = median-age MAE minus the region's MAE; 2000 bootstrap "

@@ -113,6 +113,7 @@ def test_report_fits_the_regional_models_on_registered_scans(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"regional age models: skipped {bad}: " in err and "constant" in err  # named, with the reason
     assert "22 scans with a known age prepared by synthetic_registered.yaml, 1 skipped" in page
+    assert "from other regions, all of them (fewer than 200 scans: no voxel cap)" in page  # below CAP_FROM_SUBJECTS
     gain = nib.load(out / "maps" / "regional_age_gain.nii.gz")
     assert gain.shape == SHAPE  # painted on the model's grid for the page
     quick = ["--no-occlusion", "--shuffles", "5", "--subject-figures", "0", "--workers", "0"]
