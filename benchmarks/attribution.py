@@ -120,6 +120,15 @@ COHORTS = (
     Cohort("fresh6_mix", 73, random_effects="atrophy=2,intensity=2"),
     Cohort("fresh6_mix_atrophy", 74, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh6_mix_wide", 75, random_effects="atrophy=3,intensity=3"),
+    # seventh fresh set: declared 2026-12-06 (fourth session) before the displacement probes (docs/report.md,
+    # "Scratch probes of displacement"), written before any result on them was looked at; two atrophy-only cohorts,
+    # since growing ventricles beside contractions are the standing failure
+    Cohort("fresh7_atrophy", 81, random_effects="atrophy=3"),
+    Cohort("fresh7_intensity", 82, random_effects="intensity=3"),
+    Cohort("fresh7_mix", 83, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh7_mix_atrophy", 84, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh7_mix_wide", 85, random_effects="atrophy=3,intensity=3"),
+    Cohort("fresh7_atrophy2", 86, random_effects="atrophy=3"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
