@@ -58,6 +58,8 @@ class Cohort:
     spread: float = 0.0  # ``brainage synth --effect-spread``: SD (y) of each effect's own ageing offset
 
 
+_GROW = "atrophy:grow:lateral-ventricle,"  # growing ventricles, planted in every eighth-fresh-set cohort
+
 # Contraction at strength 1.5 (volume fraction 0.51 at 85 y): at strength 1 the tuning cohort's model barely read a
 # putamen contraction under the synthetic nuisance (a few mm of random deformation); 2 saturates the warp before 85 y.
 COHORTS = (
@@ -129,6 +131,20 @@ COHORTS = (
     Cohort("fresh7_mix_atrophy", 84, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh7_mix_wide", 85, random_effects="atrophy=3,intensity=3"),
     Cohort("fresh7_atrophy2", 86, random_effects="atrophy=3"),
+    # eighth fresh set: declared 2026-12-06 (fourth session) before any displacement rule, written before any result
+    # on them was looked at. Growing ventricles in every one (the standing failure: the structures they displace
+    # outrank weak contractions), the other effects drawn with numpy's default_rng(seed) among the eligible labels;
+    # the thalamus drawn twice and the caudate planted in the last tell whether a displacement flag also hides a
+    # contracting structure beside the ventricles.
+    Cohort("fresh8_vent_a", 91, effects=_GROW + "atrophy:insula,atrophy:precentral"),
+    Cohort("fresh8_vent_b", 92, effects=_GROW + "atrophy:middletemporal,atrophy:parstriangularis"),
+    Cohort("fresh8_vent_c", 93, effects=_GROW + "atrophy:supramarginal,atrophy:thalamusproper,"
+                                                "intensity:parahippocampal"),
+    Cohort("fresh8_vent_d", 94, effects=_GROW + "atrophy:inferiorparietal,atrophy:bankssts,atrophy:thalamusproper"),
+    Cohort("fresh8_vent_e", 95, effects=_GROW + "atrophy:middletemporal,intensity:parsopercularis"),
+    Cohort("fresh8_vent_f", 96, effects=_GROW + "atrophy:rostralanteriorcingulate,atrophy:precentral,"
+                                                "intensity:postcentral,intensity:hippocampus"),
+    Cohort("fresh8_vent_caudate", 97, effects=_GROW + "atrophy:caudate,atrophy:cuneus"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
