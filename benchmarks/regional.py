@@ -60,27 +60,29 @@ def load_scans(cohort_root: Path, chain: Path, cache_dir: Path | None) -> tuple[
 
 def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | None, folds: int, n_boot: int,
                margin: float, seed: int = 0, scans: int | None = None, max_voxels: int | None = None,
-               screen: bool = False) -> dict:
+               screen: bool = False, ventricle_margin: float = 0.0) -> dict:
     """Fit, rank and score one cohort (``folder/result.json``, skipped when present) on all its scans, or on
     ``scans`` of them drawn at random (seeded by ``seed``); ``max_voxels``: size-matched gains, ``screen``: on
     the voxels most correlated with age in each training fold
-    (:func:`brainage.attribution.regional.fit_regional_models`)."""
+    (:func:`brainage.attribution.regional.fit_regional_models`); ``ventricle_margin``: mm around the lateral
+    ventricles left out of the other regions (:func:`brainage.attribution.regional.interior_rows`)."""
     from brainage.attribution.mapping import RegionIndex
     from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
-    from brainage.reference.atlas import load_default_atlas
+    from brainage.reference.atlas import VENTRICLE_LABELS, load_default_atlas
 
     done = folder / "result.json"
     chain_name = str(chain.relative_to(ROOT) if chain.is_relative_to(ROOT) else chain)
     if done.is_file():
         result = json.loads(done.read_text())
         found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"), result.get("seed", 0),
-                 result.get("scans_drawn"), result.get("max_voxels"), result.get("screen", False))
-        if found != (chain_name, margin, folds, seed, scans, max_voxels, screen):
-            raise ValueError(f"{done}: written with chain, margin, folds, seed, scans, max voxels, screen {found}, "
-                             f"this run asks for {(chain_name, margin, folds, seed, scans, max_voxels, screen)}; use "
-                             "a fresh --out")
+                 result.get("scans_drawn"), result.get("max_voxels"), result.get("screen", False),
+                 result.get("ventricle_margin_mm", 0.0))
+        asked = (chain_name, margin, folds, seed, scans, max_voxels, screen, ventricle_margin)
+        if found != asked:
+            raise ValueError(f"{done}: written with chain, margin, folds, seed, scans, max voxels, screen, ventricle "
+                             f"margin {found}, this run asks for {asked}; use a fresh --out")
         return result
     start = time.perf_counter()
     images, ages, affine = load_scans(cohort_root, chain, cache_dir)
@@ -93,7 +95,9 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     atlas = load_default_atlas()
     index = RegionIndex.from_names(atlas.names)
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
-    interior = interior_rows(regions, affine, margin)[regions >= 0] if margin > 0 else None
+    ventricles = [index.names.index(name) for name in VENTRICLE_LABELS.values()]
+    interior = (interior_rows(regions, affine, margin, ventricles, ventricle_margin)[regions >= 0]
+                if margin > 0 else None)
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
                                  seed=seed, interior=interior, max_voxels=max_voxels, screen=screen)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
@@ -102,7 +106,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
     result = {"subjects": len(ages), "scans_drawn": scans, "chain": chain_name, "margin_mm": margin, "folds": folds,
-              "seed": seed, "max_voxels": max_voxels, "screen": screen, "k": k,
+              "seed": seed, "max_voxels": max_voxels, "screen": screen, "ventricle_margin_mm": ventricle_margin,
+              "k": k,
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
@@ -143,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screen", action="store_true", help="with the voxel cap, keep each region's voxels most "
                         "correlated with age in each training fold instead of random draws (a candidate that lost: "
                         "docs/report.md, 'Screened voxels')")
+    parser.add_argument("--ventricle-margin", type=float, default=0.0, help="mm around the lateral ventricles left "
+                        "out of every other region's model, besides --margin (growing ventricles displace their "
+                        "neighbours; default 0: none)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="synth processes (default 2)")
     args = parser.parse_args(argv)
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         root = build_cohort(cohort, folder, args.subjects, args.workers)
         results[cohort.name] = run_cohort(folder, root.resolve(), args.chain.resolve(), args.cache_dir, args.folds,
                                           args.boot, args.margin, args.seed, args.scans, args.max_voxels or None,
-                                          args.screen)
+                                          args.screen, args.ventricle_margin)
         r = results[cohort.name]
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"

@@ -90,8 +90,11 @@ def _folds(s: int, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def interior_rows(regions: np.ndarray, affine: np.ndarray, margin_mm: float = MARGIN_MM) -> np.ndarray:
-    """(X, Y, Z) region rows with every voxel within ``margin_mm`` (centre to centre) of another region set to -1.
+def interior_rows(regions: np.ndarray, affine: np.ndarray, margin_mm: float = MARGIN_MM,
+                  growing: Sequence[int] = (), growing_margin_mm: float = 0.0) -> np.ndarray:
+    """(X, Y, Z) region rows with every voxel within ``margin_mm`` (centre to centre) of another region set to -1,
+    and every voxel of another region within ``growing_margin_mm`` of a ``growing`` row (a structure that grows with
+    age and displaces its neighbours: the lateral ventricles) set to -1 as well.
 
     ``regions``: (X, Y, Z) region rows of a grid, -1 = background; ``affine``: its voxel -> mm matrix.
     """
@@ -104,6 +107,9 @@ def interior_rows(regions: np.ndarray, affine: np.ndarray, margin_mm: float = MA
         near = ndi.distance_transform_edt(regions[box] != row, sampling=spacing) <= margin_mm  # crop around the row
         crop = out[box]
         crop[near & (regions[box] >= 0) & (regions[box] != row)] = -1
+    grows = np.isin(regions, growing)  # (X, Y, Z)
+    if growing_margin_mm > 0 and grows.any():
+        out[(ndi.distance_transform_edt(~grows, sampling=spacing) <= growing_margin_mm) & ~grows] = -1
     return out
 
 

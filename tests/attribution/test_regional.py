@@ -61,14 +61,17 @@ def test_ageing_region_ranks_first_and_noise_covers_zero():
     assert np.all((table.ci_low <= table.gain) & (table.gain <= table.ci_high))
 
 
-def _interior_reference(regions: np.ndarray, affine: np.ndarray, margin: float) -> np.ndarray:
-    """Every labelled voxel against every voxel of another region, by brute force."""
+def _interior_reference(regions: np.ndarray, affine: np.ndarray, margin: float, growing: tuple[int, ...] = (),
+                        growing_margin: float = 0.0) -> np.ndarray:
+    """Every labelled voxel against every voxel of another region (and of a growing one), by brute force."""
     ijk = np.argwhere(regions >= 0)  # (n, 3)
     mm = ijk @ affine[:3, :3].T  # (n, 3)
     rows = regions[tuple(ijk.T)]
+    grows = np.isin(rows, growing)  # (n,)
     out = regions.copy()
     for (i, j, k), point, row in zip(ijk, mm, rows):
-        if np.any(np.linalg.norm(mm[rows != row] - point, axis=1) <= margin):
+        if np.any(np.linalg.norm(mm[rows != row] - point, axis=1) <= margin) or (
+                row not in growing and np.any(np.linalg.norm(mm[grows] - point, axis=1) <= growing_margin)):
             out[i, j, k] = -1
     return out
 
@@ -85,6 +88,10 @@ def test_interiors_match_a_brute_force_distance_check(zooms):
         np.testing.assert_array_equal(interior_rows(regions, affine, margin), _interior_reference(regions, affine,
                                                                                                  margin))
     assert np.array_equal(interior_rows(regions, affine, 0.5), regions)  # nothing that close: all kept
+    for growing, wide in (((2,), 7.5), ((0, 2), 6.5), ((1,), 0.0)):  # a wider margin around the growing rows only
+        found = interior_rows(regions, affine, 1.5, growing, wide)
+        np.testing.assert_array_equal(found, _interior_reference(regions, affine, 1.5, growing, wide))
+        assert not wide or (found >= 0).sum() < (interior_rows(regions, affine, 1.5) >= 0).sum()
 
 
 def test_interiors_leave_a_neighbours_spill_over_out():
