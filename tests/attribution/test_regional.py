@@ -8,6 +8,7 @@ fold, and bad input is refused."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.feature_selection import SelectKBest, f_regression
 from sklearn.linear_model import RidgeCV
@@ -115,6 +116,10 @@ def test_interiors_leave_a_neighbours_spill_over_out():
     assert leaky.gain_all_low > 5 and leaky.ci_low < 0 < leaky.ci_high  # all voxels: ages; interior: noise
     assert leaky.n_voxels == 3 * 36 and leaky.n_voxels_all == 5 * 36
     assert thin.n_voxels == 0 and thin.gain == 0 and thin.ci_low == thin.ci_high == 0  # the median age: gain 0
+    alone = fit_regional_models(images[:, labelled], ages, regions[labelled], INDEX, interior=interior[labelled],
+                                all_voxels=False)  # the interior ranking without the all-voxel models: the same
+    assert alone.whole is None and np.array_equal(alone.errors, models.errors, equal_nan=True)
+    pd.testing.assert_frame_equal(rank_regional(alone, n_boot=500), rank_regional(models, n_boot=500).iloc[:, :11])
     np.testing.assert_array_equal(models.errors[:, 2], models.baseline_errors)
     assert "R-absent" not in table.index and len(table) == 3
     whole = fit_regional_models(images[:, labelled], ages, regions[labelled], INDEX)
