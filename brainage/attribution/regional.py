@@ -131,7 +131,9 @@ def _cv_errors(x: np.ndarray, ages: np.ndarray, fold: np.ndarray, keep: int | No
             centred = ages[train] - ages[train].mean()  # (s_train,)
             r = np.abs(centred @ z) / (np.sqrt((z ** 2).sum(axis=0) * (centred @ centred)) + 1e-12)  # (v,)
             columns = np.sort(np.argsort(-r, kind="stable")[:keep])
-        model = RidgeCV(alphas=ALPHAS).fit(z[:, columns], ages[train])
+        fit = z[:, columns]  # (s_train, v')
+        # exact leave-one-out either way; the design's SVD is the faster one with fewer voxels than scans
+        model = RidgeCV(alphas=ALPHAS, gcv_mode="svd" if fit.shape[1] < fit.shape[0] else None).fit(fit, ages[train])
         out[test] = np.abs(model.predict(((x[test] - mean) / std)[:, columns]) - ages[test])
     return out
 
