@@ -16,7 +16,9 @@ the sample size. ``--max-voxels N`` sets the size-matched gains: each region's m
 (five random draws, errors averaged; default 60, the report's from 200 scans on; 0 = every voxel, the report's
 below 200), so a large region cannot outgain a thin one by adding up a weak change; ``--screen`` keeps each capped
 region's N voxels most correlated with age in each training fold instead of random ones (a candidate that lost,
-docs/report.md "Screened voxels").
+docs/report.md "Screened voxels"). ``--ventricle-margin W`` also leaves out of every other region the voxels within W mm
+of the lateral ventricles, whose growth displaces their neighbours (a candidate that did not qualify: docs/report.md,
+"Scratch probes of displacement"); ``--skip-all-voxels`` skips the all-voxel models (the same ranking, less time).
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
 script resumes (a folder written with another chain, margin, folds, seed, voxel cap or screening is refused). Printed:

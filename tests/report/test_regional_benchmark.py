@@ -61,6 +61,18 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     screened = bench.run_cohort(tmp_path / "screened", cohort, chain, None, 5, 200, 4.5, max_voxels=10, screen=True)
     assert screened["screen"] and not capped["screen"] and screened["max_voxels"] == 10
     assert max(screened["planted_ranks"].values()) <= 4, screened["planted_ranks"]
+    with pytest.raises(ValueError, match="use a fresh --out"):  # a ventricular margin: not mixed with these
+        bench.run_cohort(folder, tmp_path / "absent", chain, None, 5, 200, 4.5, ventricle_margin=7.5)
+    wide = bench.run_cohort(tmp_path / "wide", cohort, chain, None, 5, 200, 4.5, ventricle_margin=7.5,
+                            all_voxels=False)  # the precuneus lies far from the ventricles: still found
+    assert wide["ventricle_margin_mm"] == 7.5 and result["ventricle_margin_mm"] == 0.0
+    assert "precision_all_voxels" not in wide and max(wide["planted_ranks"].values()) <= 4, wide["planted_ranks"]
+    narrowed = pd.read_csv(tmp_path / "wide" / "regional.csv").set_index("region")["n_voxels"]
+    before = table.set_index("region")["n_voxels"]
+    assert set(narrowed.index) == set(before.index)
+    narrowed = narrowed[before.index]
+    assert (narrowed <= before).all() and narrowed["L-caudate"] < before["L-caudate"]  # the caudate hugs a ventricle
+    assert narrowed["L-lateral-ventricle"] == before["L-lateral-ventricle"]  # the ventricles keep their interiors
     drawn = bench.run_cohort(tmp_path / "drawn", cohort, chain, None, 5, 200, 4.5, scans=20)
     assert drawn["subjects"] == 20 and drawn["scans_drawn"] == 20 and result["scans_drawn"] is None
     with pytest.raises(ValueError, match="31 scans asked for, the cohort has 30"):
