@@ -12,7 +12,10 @@ so the border voxels of a strongly changing region's neighbours tell age too (a 
 gain to the regions beside it). Each region's model is therefore fitted on its *interior*: the voxels farther than
 ``MARGIN_MM`` from every other atlas region (:func:`interior_rows`); the gain on all its voxels is kept beside it. A
 region with no interior voxel is predicted by the median age (gain 0). The margin was chosen on ten synthetic cohorts
-under a rule fixed beforehand and validated on four fresh ones (docs/report.md, "Leaving out the voxels ...").
+under a rule fixed beforehand and validated on four fresh ones (docs/report.md, "Leaving out the voxels ..."). A
+wider margin around the lateral ventricles, whose growth displaces their neighbours, is a benchmark option that did
+not qualify: it drops the displaced caudate and thalamus, and a contracting caudate with them (docs/report.md,
+"Scratch probes of displacement").
 
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
