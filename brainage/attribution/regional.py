@@ -12,10 +12,14 @@ so the border voxels of a strongly changing region's neighbours tell age too (a 
 gain to the regions beside it). Each region's model is therefore fitted on its *interior*: the voxels farther than
 ``MARGIN_MM`` from every other atlas region (:func:`interior_rows`); the gain on all its voxels is kept beside it. A
 region with no interior voxel is predicted by the median age (gain 0). The margin was chosen on ten synthetic cohorts
-under a rule fixed beforehand and validated on four fresh ones (docs/report.md, "Leaving out the voxels ..."). A
-wider margin around the lateral ventricles, whose growth displaces their neighbours, is a benchmark option that did
-not qualify: it drops the displaced caudate and thalamus, and a contracting caudate with them (docs/report.md,
-"Scratch probes of displacement").
+under a rule fixed beforehand and validated on four fresh ones (docs/report.md, "Leaving out the voxels ...").
+
+**Change near the ventricles.** Growing ventricles displace their neighbours, whose change then lies within a few
+millimetres of the ventricle; a contracting structure changes throughout. Ranking without the voxels within
+``VENTRICLE_MARGIN_MM`` of the lateral ventricles did not qualify (it drops the displaced caudate and thalamus, and a
+contracting caudate with them), so those models (``away``) only label: a region is marked *near the ventricles* when
+its gain without them is below ``NEAR_VENTRICLES`` of its interior gain (interior gain at least ``NEAR_MIN_GAIN``
+years). The label says where the change lies, not why (docs/report.md, "Scratch probes of displacement").
 
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
@@ -35,6 +39,7 @@ Letter legend: s subjects, r atlas regions, v voxels of one region, (X, Y, Z) mo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,8 +50,9 @@ from scipy import ndimage as ndi
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 
-__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "SURE_SUBJECTS",
-           "RegionalAgeModels", "fit_regional_models", "interior_rows", "rank_regional", "voxel_cap"]
+__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN",
+           "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "fit_regional_models",
+           "interior_rows", "rank_regional", "voxel_cap"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -60,6 +66,11 @@ DRAWS = 5  # random voxel draws per capped region; its errors are averaged over 
 # (24 synthetic cohorts at 40-400 scans: clearly at 40, within noise at 100; five fresh ones agreed narrowly;
 # docs/report.md, "Size matching at fewer scans")
 CAP_FROM_SUBJECTS = 200
+# change near the ventricles: the margin around them, and the gain ratio and least gain of the label (seed-0 runs on
+# 35 synthetic cohorts; docs/report.md, "Scratch probes of displacement")
+VENTRICLE_MARGIN_MM = 7.5
+NEAR_VENTRICLES = 0.5
+NEAR_MIN_GAIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class RegionalAgeModels:
     regions: RegionIndex
     folds: int
     whole: RegionalAgeModels | None = None  # the same fitted on all voxels (when these use the interiors)
+    away: RegionalAgeModels | None = None  # the same on the interiors less the voxels near the ventricles
 
     @property
     def gains(self) -> np.ndarray:
@@ -168,7 +180,7 @@ def _region_errors(voxels: np.ndarray, ages: np.ndarray, rows: np.ndarray, r: in
 def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndarray, index: RegionIndex,
                         folds: int = 5, seed: int = 0, interior: np.ndarray | None = None,
                         max_voxels: int | None = None, draws: int = DRAWS, screen: bool = False,
-                        all_voxels: bool = True) -> RegionalAgeModels:
+                        all_voxels: bool = True, away: np.ndarray | None = None) -> RegionalAgeModels:
     """Fit and cross-validate one ridge model per region.
 
     Args:
@@ -190,14 +202,19 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
             result can be rerun; the report does not use it.
         all_voxels: with ``interior``, also fit the all-voxel models (``whole``); False skips them (benchmarks that
             score the interior ranking only: the same ranking in less time).
+        away: (n,) with ``interior``, the interior rows with the voxels near the ventricles also -1
+            (:func:`interior_rows` with ``growing``): ``away`` holds the same models fitted on them.
     """
     voxels, ages, rows = np.asarray(voxels), np.asarray(ages, dtype=np.float64), np.asarray(rows)
     if voxels.ndim != 2 or len(voxels) != len(ages) or rows.shape != voxels.shape[1:]:
         raise ValueError(f"expected voxels (s, n), s ages and n region rows; got {voxels.shape}, {ages.shape} and "
                          f"{rows.shape}")
-    if interior is not None and (np.shape(interior) != rows.shape or np.any((interior >= 0) & (interior != rows))):
-        raise ValueError(f"interior must be the n region rows with border voxels set to -1; got shape "
-                         f"{np.shape(interior)} for {rows.shape} rows")
+    for name, subset in (("interior", interior), ("away", away)):
+        if subset is not None and (np.shape(subset) != rows.shape or np.any((subset >= 0) & (subset != rows))):
+            raise ValueError(f"{name} must be the n region rows with voxels left out set to -1; got shape "
+                             f"{np.shape(subset)} for {rows.shape} rows")
+    if away is not None and interior is None:
+        raise ValueError("away models narrow the interiors; give interior as well")
     if not np.all(np.isfinite(ages)):
         raise ValueError("regional age models need every age known; leave out scans without one")
     if len(ages) < max(MIN_SUBJECTS, 2 * folds):
@@ -223,15 +240,22 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
             return whole
     else:
         sizes, whole = np.bincount(rows, minlength=r)[:r], None
-    errors, inner = _region_errors(voxels, ages, np.asarray(interior), r, fold, **capped)
-    errors[:, (sizes > 0) & (inner == 0)] = baseline[:, None]  # no interior voxel: the median age, gain 0
-    return RegionalAgeModels(errors, baseline, inner, index, folds, whole=whole)
+
+    def narrowed(subset: np.ndarray) -> RegionalAgeModels:
+        errors, inner = _region_errors(voxels, ages, np.asarray(subset), r, fold, **capped)
+        errors[:, (sizes > 0) & (inner == 0)] = baseline[:, None]  # no voxel left: the median age, gain 0
+        return RegionalAgeModels(errors, baseline, inner, index, folds)
+
+    return dataclasses.replace(narrowed(interior), whole=whole, away=None if away is None else narrowed(away))
 
 
 def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Regions on the grid by decreasing gain. Columns: rank, region, structure, hemisphere, gain, ci_low, ci_high,
     mae, rank_low, rank_high, n_voxels (years; ``level`` bootstrap intervals over subjects); with ``models.whole``
-    also gain_all, gain_all_low, gain_all_high, n_voxels_all: the same region on all its voxels."""
+    also gain_all, gain_all_low, gain_all_high, n_voxels_all: the same region on all its voxels; with
+    ``models.away`` also gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near
+    the ventricles) and near_ventricles (gain_away below ``NEAR_VENTRICLES`` of a gain of at least
+    ``NEAR_MIN_GAIN``)."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:
@@ -253,6 +277,12 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
         gain, low, high = summary(models.whole)[:3]
         frame = frame.assign(gain_all=gain, gain_all_low=low, gain_all_high=high,
                              n_voxels_all=models.whole.voxels[keep].astype(int))
+    if models.away is not None:
+        gain, low, high = summary(models.away)[:3]
+        frame = frame.assign(gain_away=gain, gain_away_low=low, gain_away_high=high,
+                             n_voxels_away=models.away.voxels[keep].astype(int),
+                             near_ventricles=(frame["gain"] >= NEAR_MIN_GAIN)
+                             & (gain < NEAR_VENTRICLES * frame["gain"]))
     frame = frame.sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame

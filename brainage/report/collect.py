@@ -37,15 +37,15 @@ from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.groups import read_group_column
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
-from brainage.attribution.regional import (CAP_FROM_SUBJECTS, MARGIN_MM, MIN_SUBJECTS, RegionalAgeModels,
-                                           fit_regional_models, interior_rows, voxel_cap)
+from brainage.attribution.regional import (CAP_FROM_SUBJECTS, MARGIN_MM, MIN_SUBJECTS, VENTRICLE_MARGIN_MM,
+                                           RegionalAgeModels, fit_regional_models, interior_rows, voxel_cap)
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.data.preprocessing import Preprocessing
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
 from brainage.predict.decode import explain_failure
-from brainage.reference.atlas import load_atlas, load_default_atlas
+from brainage.reference.atlas import VENTRICLE_LABELS, load_atlas, load_default_atlas
 from brainage.report.attribute import AgeForward, attribute_regions, set_contributions
 from brainage.report.progress import StageProgress
 from brainage.report.settings import GROUP_COLUMN, REGIONAL_CHAINS, ReportSettings
@@ -393,15 +393,20 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], regions: np.n
     and a sentence on what they ran on."""
     if len(ages) < MIN_SUBJECTS:
         return None, _too_few(len(ages), source)
+    ventricles = [index.names.index(name) for name in VENTRICLE_LABELS.values() if name in index.names]
+    away = (interior_rows(regions, affine, growing=ventricles, growing_margin_mm=VENTRICLE_MARGIN_MM)[regions >= 0]
+            if ventricles else None)  # (n,) the interiors less the voxels near the ventricles: a label only
     with progress.stage("regional age models", 1, "fit") as stage:
         cap = voxel_cap(len(ages))
         models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
-                                     interior=interior_rows(regions, affine)[regions >= 0], max_voxels=cap)
+                                     interior=interior_rows(regions, affine)[regions >= 0], max_voxels=cap, away=away)
         stage.advance()
     return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
                     f"region's voxels farther than {MARGIN_MM:g} mm from other regions, "
                     + (f"at most {cap} of them per model" if cap else
-                       f"all of them (fewer than {CAP_FROM_SUBJECTS} scans: no voxel cap)"))
+                       f"all of them (fewer than {CAP_FROM_SUBJECTS} scans: no voxel cap)")
+                    + (f"; beside it, the same without the voxels within {VENTRICLE_MARGIN_MM:g} mm of the lateral "
+                       "ventricles" if away is not None else ""))
 
 
 def _regional_models(collected: Collected, regional: _Regional, settings: ReportSettings, progress: StageProgress

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, SURE_SUBJECTS
+from brainage.attribution.regional import (CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, NEAR_MIN_GAIN,
+                                           NEAR_VENTRICLES, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -324,6 +325,9 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         "gain, all voxels (y)": table["gain_all"].round(2),
         "95% interval, all voxels": [R.format_interval(lo, hi) for lo, hi in zip(table["gain_all_low"],
                                                                                   table["gain_all_high"])],
+        **({"gain, away from the ventricles (y)": table["gain_away"].round(2),
+            "change near the ventricles": np.where(table["near_ventricles"], "yes", "")}
+           if "gain_away" in table else {}),
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
     }).rename(columns={"voxels": "interior voxels"})
@@ -347,7 +351,15 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "below a larger neighbour or below the regions a growing ventricle displaces (5 of 35 synthetic "
             "benchmark cohorts: docs/report.md, 'Fifth fresh set', 'Sixth fresh set'). The cap has a cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
-            "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). "
+            "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
+            *(["Growing ventricles displace their neighbours, whose voxels then change although they did not age "
+               "themselves; that change lies within a few millimetres of the ventricle, while a contracting "
+               "structure changes throughout. 'Gain, away from the ventricles' leaves out each region's voxels "
+               f"within {VENTRICLE_MARGIN_MM:g} mm of the lateral ventricles; 'change near the ventricles' marks a "
+               f"region whose gain falls below {NEAR_VENTRICLES:g} of its interior gain there (interior gain at "
+               f"least {NEAR_MIN_GAIN:g} y): read it as possibly displaced. The mark says where the change lies, "
+               "not why: a caudate that contracts is marked as well (docs/report.md, 'Scratch probes of "
+               "displacement'). "] if "gain_away" in table else []),
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),

@@ -198,3 +198,40 @@ def test_bad_input_is_refused():
             fit_regional_models(images, ages, regions, INDEX, max_voxels=cap, draws=draws)
     with pytest.raises(ValueError, match="give max_voxels"):
         fit_regional_models(images, ages, regions, INDEX, screen=True)
+
+
+def test_a_change_only_beside_a_growing_ventricle_is_marked_near_the_ventricles():
+    """Row 1 changes only in its slab beside the ventricle (as a displaced structure does), row 2 throughout (as a
+    contracting one does): with the away models (the interiors less 7.5 mm around the ventricle) row 1 keeps no gain
+    and is marked, row 2 keeps its gain and is not, and the ventricle keeps its own interior."""
+    index = RegionIndex.from_names({201: "L-lateral-ventricle", 1: "L-displaced", 2: "L-contracting"})
+    rng = np.random.default_rng(5)
+    s = 80
+    ages = rng.uniform(20, 80, s)
+    regions = np.full((18, 6, 6), -1)
+    vent, displaced, contracting = (index.names.index(n) for n in ("L-lateral-ventricle", "L-displaced",
+                                                                     "L-contracting"))
+    regions[:6], regions[6:10], regions[10:] = displaced, vent, contracting
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    images = rng.normal(size=(s, 18, 6, 6)).astype(np.float32)
+    trend = ((ages - 50) / 10)[:, None, None, None]
+    images[:, 4:6] += trend  # the displaced row: only within 6 mm of the ventricle
+    images[:, 6:10] += trend  # the ventricle
+    images[:, 10:] += trend  # the contracting row: everywhere
+    labelled = regions >= 0
+    interior = interior_rows(regions, affine)
+    away = interior_rows(regions, affine, growing=[vent], growing_margin_mm=7.5)
+    assert np.array_equal(away[6:10], interior[6:10]) and np.all(away[7:9] == vent)  # the ventricle: unchanged
+    assert np.all(away[4] == -1) and np.all(interior[4] == displaced)  # 6 mm from it: out of the away rows only
+    models = fit_regional_models(images[:, labelled], ages, regions[labelled], index, interior=interior[labelled],
+                                 away=away[labelled])
+    table = rank_regional(models, n_boot=300).set_index("region")
+    near, far = table.loc["L-displaced"], table.loc["L-contracting"]
+    assert near.gain > 5 and near.gain_away < 1 and near.near_ventricles  # its change lies by the ventricle
+    assert far.gain > 5 and far.gain_away > 0.8 * far.gain and not far.near_ventricles
+    vent_row = table.loc["L-lateral-ventricle"]
+    assert vent_row.n_voxels_away == vent_row.n_voxels and not vent_row.near_ventricles
+    assert (table.n_voxels_away <= table.n_voxels).all() and near.n_voxels_away < near.n_voxels
+    assert (table.gain_away_low <= table.gain_away).all() and (table.gain_away <= table.gain_away_high).all()
+    with pytest.raises(ValueError, match="give interior as well"):
+        fit_regional_models(images[:, labelled], ages, regions[labelled], index, away=away[labelled])

@@ -90,6 +90,11 @@ def test_regional_age_models_rank_every_region_with_intervals(trained):
     assert precision >= REGIONAL_BOUND, f"regional precision@{len(truth.regions)} = {precision:.2f}"
     assert (regional["n_voxels"] < regional["n_voxels_all"]).mean() > 0.5  # borders left out of most regions
     assert (regional["gain_all_low"] <= regional["gain_all"]).all()
+    narrowed = regional.set_index("region")  # the atlas has lateral ventricles: the gain away from them beside it
+    assert (narrowed["n_voxels_away"] <= narrowed["n_voxels"]).all()
+    assert narrowed.loc["L-caudate", "n_voxels_away"] < narrowed.loc["L-caudate", "n_voxels"]
+    assert narrowed.loc["L-lateral-ventricle", "n_voxels_away"] == narrowed.loc["L-lateral-ventricle", "n_voxels"]
+    assert "without the voxels within 7.5 mm of the lateral ventricles" in html
 
 
 def test_expert_region_mutual_information_beats_shuffled_labels(trained):

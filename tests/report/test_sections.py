@@ -209,6 +209,19 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     assert f"regional age models (model-free, interiors) {regional_precision:.2f}" in main
     files = report_files(result)
     assert {"tables/regional_age_models.csv", "maps/regional_age_gain.nii.gz"} <= set(files)
+    assert "gain_away" not in result.regional.table and "away from the ventricles" not in document  # none here
+    # with a growing structure (in the real atlas, the lateral ventricles): the gain away from it and the label
+    grows = agg.regions.names.index("L-front")
+    away = interior_rows(regions, agg.geometries[0].affine, growing=[grows], growing_margin_mm=7.5)[regions >= 0]
+    labelled = dataclasses.replace(with_regional, regional=fit_regional_models(voxels, ages, rows, agg.regions,
+                                                                               interior=interior, away=away))
+    table = analyse(labelled, make_settings(tmp_path), StageProgress(["analyse"], stream=io.StringIO())
+                    ).regional.table
+    assert {"gain_away", "gain_away_low", "gain_away_high", "n_voxels_away", "near_ventricles"} <= set(table)
+    assert (table["n_voxels_away"] <= table["n_voxels"]).all() and not table["near_ventricles"].any()  # no change
+    shown = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=table)),
+                             canvas))
+    assert "gain, away from the ventricles (y)" in shown and "read it as possibly displaced" in shown
 
 
 def test_regional_section_says_why_it_did_not_run(result, canvas):
