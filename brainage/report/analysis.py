@@ -91,8 +91,10 @@ class RegionalResult:
     """Model-free regional age models (``brainage.attribution.regional``): where the scans change with age.
 
     ``table``: ``rank_regional`` (rank, region, structure, hemisphere, gain, ci_low, ci_high, mae, rank_low,
-    rank_high, n_voxels: each region's interior; gain_all, gain_all_low, gain_all_high, n_voxels_all: all its voxels)
-    plus model_rank, the region's rank in the attribution table (NaN without attribution).
+    rank_high, n_voxels: each region's interior; gain_all, gain_all_low, gain_all_high, n_voxels_all: all its voxels;
+    with the lateral ventricles in the atlas, gain_away, gain_away_low, gain_away_high, n_voxels_away and
+    near_ventricles: the interior less the voxels near them) plus model_rank, the region's rank in the attribution
+    table (NaN without attribution).
     """
 
     table: pd.DataFrame
