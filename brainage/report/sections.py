@@ -353,18 +353,19 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
-            *(["Growing ventricles displace their neighbours, whose voxels then change although they did not age "
-               "themselves; that change lies within a few millimetres of the ventricle, while a contracting "
-               "structure changes throughout. 'Gain, away from the ventricles' leaves out each region's voxels "
-               f"within {VENTRICLE_MARGIN_MM:g} mm of the lateral ventricles; 'change near the ventricles' marks a "
-               f"region whose gain falls below {NEAR_VENTRICLES:g} of its interior gain there (interior gain at "
-               f"least {NEAR_MIN_GAIN:g} y): read it as possibly displaced. The mark says where the change lies, "
-               "not why: a caudate that contracts is marked as well (13 fresh synthetic cohorts: 88 of 91 "
-               "displaced regions marked, 4 of 187 unchanged ones, and of 244 planted ones only the 12 caudates; "
-               "docs/report.md, 'Scratch probes of displacement'). "] if "gain_away" in table else []),
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
+        *([R.paragraph(
+            "Growing ventricles displace their neighbours, whose voxels then change although they did not age "
+            "themselves; that change lies within a few millimetres of the ventricle, while a contracting structure "
+            "changes throughout. 'Gain, away from the ventricles' leaves out each region's voxels within "
+            f"{VENTRICLE_MARGIN_MM:g} mm of the lateral ventricles; 'change near the ventricles' marks a region "
+            f"whose gain falls below {NEAR_VENTRICLES:g} of its interior gain there (interior gain at least "
+            f"{NEAR_MIN_GAIN:g} y): read it as possibly displaced. The mark says where the change lies, not why: a "
+            "caudate that contracts is marked as well (13 fresh synthetic cohorts: 88 of 91 displaced regions "
+            "marked, 4 of 187 unchanged ones, and of 244 planted ones only the 12 caudates; docs/report.md, "
+            "'Scratch probes of displacement').")] if "gain_away" in table else []),
         *([R.note(f"Only {result.regional.subjects} scans: on synthetic benchmark cohorts this ranking missed "
                   f"planted regions more often below {SURE_SUBJECTS} scans (24 cohorts at 40-400 scans: "
                   "docs/report.md, 'Size matching at fewer scans'). Read "
