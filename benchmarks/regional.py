@@ -70,10 +70,10 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     ventricles left out of the other regions (:func:`brainage.attribution.regional.interior_rows`); ``all_voxels``
     False: no all-voxel models (the same ranking, no ``precision_all_voxels``)."""
     from brainage.attribution.mapping import RegionIndex
-    from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional
+    from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional, ventricle_rows
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
-    from brainage.reference.atlas import VENTRICLE_LABELS, load_default_atlas
+    from brainage.reference.atlas import load_default_atlas
 
     done = folder / "result.json"
     chain_name = str(chain.relative_to(ROOT) if chain.is_relative_to(ROOT) else chain)
@@ -98,8 +98,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     atlas = load_default_atlas()
     index = RegionIndex.from_names(atlas.names)
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
-    ventricles = [index.names.index(name) for name in VENTRICLE_LABELS.values()]
-    interior = (interior_rows(regions, affine, margin, ventricles, ventricle_margin)[regions >= 0]
+    interior = (interior_rows(regions, affine, margin, ventricle_rows(index), ventricle_margin)[regions >= 0]
                 if margin > 0 else None)
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
                                  seed=seed, interior=interior, max_voxels=max_voxels, screen=screen,

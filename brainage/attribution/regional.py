@@ -39,9 +39,8 @@ Letter legend: s subjects, r atlas regions, v voxels of one region, (X, Y, Z) mo
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -49,10 +48,11 @@ from scipy import ndimage as ndi
 
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
+from brainage.reference.atlas import VENTRICLE_LABELS
 
 __all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN",
            "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "fit_regional_models",
-           "interior_rows", "rank_regional", "voxel_cap"]
+           "interior_rows", "rank_regional", "ventricle_rows", "voxel_cap"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -95,6 +95,11 @@ def voxel_cap(subjects: int) -> int | None:
     """The report's voxel cap for regional models fitted on ``subjects`` scans: ``MAX_VOXELS`` from
     ``CAP_FROM_SUBJECTS`` scans on, None (every voxel) below."""
     return MAX_VOXELS if subjects >= CAP_FROM_SUBJECTS else None
+
+
+def ventricle_rows(index: RegionIndex) -> list[int]:
+    """Rows of the lateral ventricles among ``index``'s regions (none when the atlas lacks them)."""
+    return [index.names.index(name) for name in VENTRICLE_LABELS.values() if name in index.names]
 
 
 def _folds(s: int, folds: int, seed: int) -> np.ndarray:
@@ -246,7 +251,7 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
         errors[:, (sizes > 0) & (inner == 0)] = baseline[:, None]  # no voxel left: the median age, gain 0
         return RegionalAgeModels(errors, baseline, inner, index, folds)
 
-    return dataclasses.replace(narrowed(interior), whole=whole, away=None if away is None else narrowed(away))
+    return replace(narrowed(interior), whole=whole, away=None if away is None else narrowed(away))
 
 
 def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:

@@ -38,14 +38,15 @@ from brainage.attribution.groups import read_group_column
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.regional import (CAP_FROM_SUBJECTS, MARGIN_MM, MIN_SUBJECTS, VENTRICLE_MARGIN_MM,
-                                           RegionalAgeModels, fit_regional_models, interior_rows, voxel_cap)
+                                           RegionalAgeModels, fit_regional_models, interior_rows, ventricle_rows,
+                                           voxel_cap)
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
 from brainage.data.preprocessing import Preprocessing
 from brainage.predict import OUTPUT_COLUMNS, LoadedModel, SubjectResult, load_model, predict_iter, result_row
 from brainage.predict.decode import explain_failure
-from brainage.reference.atlas import VENTRICLE_LABELS, load_atlas, load_default_atlas
+from brainage.reference.atlas import load_atlas, load_default_atlas
 from brainage.report.attribute import AgeForward, attribute_regions, set_contributions
 from brainage.report.progress import StageProgress
 from brainage.report.settings import GROUP_COLUMN, REGIONAL_CHAINS, ReportSettings
@@ -393,7 +394,7 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], regions: np.n
     and a sentence on what they ran on."""
     if len(ages) < MIN_SUBJECTS:
         return None, _too_few(len(ages), source)
-    ventricles = [index.names.index(name) for name in VENTRICLE_LABELS.values() if name in index.names]
+    ventricles = ventricle_rows(index)
     away = (interior_rows(regions, affine, growing=ventricles, growing_margin_mm=VENTRICLE_MARGIN_MM)[regions >= 0]
             if ventricles else None)  # (n,) the interiors less the voxels near the ventricles: a label only
     with progress.stage("regional age models", 1, "fit") as stage:
