@@ -145,6 +145,19 @@ COHORTS = (
     Cohort("fresh8_vent_f", 96, effects=_GROW + "atrophy:rostralanteriorcingulate,atrophy:precentral,"
                                                 "intensity:postcentral,intensity:hippocampus"),
     Cohort("fresh8_vent_caudate", 97, effects=_GROW + "atrophy:caudate,atrophy:cuneus"),
+    # ninth fresh set: declared 2026-12-06 (fifth session) before the rule for a bilateral (structure) order was
+    # written and before any result on them was looked at; explicit effects drawn with numpy's default_rng(seed) among
+    # the eligible labels (lateral ventricles left out), a hemisphere drawn the same way for each one-sided effect. The
+    # one-sided cohorts measure what an order that pools the hemispheres costs an effect in one hemisphere only.
+    Cohort("fresh9_atrophy", 111, random_effects="atrophy=3"),
+    Cohort("fresh9_mix", 112, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh9_mix_atrophy", 113, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh9_vent_a", 115, effects=_GROW + "atrophy:pericalcarine,atrophy:precentral,intensity:inferiorparietal"),
+    Cohort("fresh9_vent_b", 116, effects=_GROW + "atrophy:inferiorparietal,atrophy:fusiform,atrophy:parahippocampal"),
+    Cohort("fresh9_one_sided_a", 117, effects="atrophy:caudate,atrophy:superiorparietal,atrophy:L-insula,"
+                                              "intensity:R-fusiform"),
+    Cohort("fresh9_one_sided_b", 118, effects="atrophy:lingual,atrophy:R-supramarginal,atrophy:L-superiortemporal,"
+                                              "intensity:inferiortemporal"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
