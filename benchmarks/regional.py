@@ -9,7 +9,9 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    scans (model-free and cross-validated, so no subject is both fitted and scored) on each region's interior (voxels
    farther than ``--margin`` mm from every other region; 0 = all voxels), ranks the regions by gain with bootstrap
    intervals, and scores the ranking: precision@k with k = the number of planted regions, chance = k / regions, the
-   same counting displaced neighbours as found, and the all-voxel ranking's precision@k beside it.
+   same counting displaced neighbours as found, the all-voxel ranking's precision@k beside it, and that of the
+   bilateral order (structures by the mean of their hemispheres' gains, a candidate: docs/report.md, "A bilateral
+   order").
 
 ``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
 the sample size. ``--max-voxels N`` sets the size-matched gains: each region's model fits at most N of its voxels
@@ -106,6 +108,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
+    bilateral = list(rank_regional(models, n_boot=n_boot, seed=seed, order="bilateral")["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
     result = {"subjects": len(ages), "scans_drawn": scans, "chain": chain_name, "margin_mm": margin, "folds": folds,
@@ -114,6 +117,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
+              "precision_bilateral": precision_at_k(bilateral, planted),
+              "planted_ranks_bilateral": {r: bilateral.index(r) + 1 for r in planted if r in bilateral},
               "planted_rank_intervals": {r: [int(table.rank_low[i]), int(table.rank_high[i])] for r, i in at.items()},
               **({"precision_all_voxels": precision_at_k(list(table.sort_values("gain_all", ascending=False,
                                                                                kind="stable")["region"]), planted)}
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"
               + (f"; all voxels {r['precision_all_voxels']:.2f}" if "precision_all_voxels" in r else "")
+              + (f"; bilateral order {r['precision_bilateral']:.2f}" if "precision_bilateral" in r else "")
               + f"), {r['subjects']} scans; planted "
               f"ranks {r['planted_ranks']}", flush=True)
     print(json.dumps(results))

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -51,8 +52,8 @@ from brainage.attribution.ranking import bootstrap_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
 
 __all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN",
-           "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "fit_regional_models",
-           "interior_rows", "rank_regional", "ventricle_rows", "voxel_cap"]
+           "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "bilateral_gains",
+           "fit_regional_models", "interior_rows", "rank_regional", "ventricle_rows", "voxel_cap"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -254,9 +255,21 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
     return replace(narrowed(interior), whole=whole, away=None if away is None else narrowed(away))
 
 
-def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Regions on the grid by decreasing gain. Columns: rank, region, structure, hemisphere, gain, ci_low, ci_high,
-    mae, rank_low, rank_high, n_voxels (years; ``level`` bootstrap intervals over subjects); with ``models.whole``
+def bilateral_gains(gains: np.ndarray, structures: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """(s, r) per-region gains -> (s, t) per-structure gains, each the mean of its hemispheres' columns (a midline
+    structure keeps its own), and the t structure names in order of first appearance."""
+    names = list(dict.fromkeys(structures))
+    columns = np.asarray(structures)
+    return np.stack([gains[:, columns == n].mean(axis=1) for n in names], axis=1), names
+
+
+def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                  order: Literal["region", "bilateral"] = "region") -> pd.DataFrame:
+    """Regions on the grid by decreasing gain (``order="region"``) or by their structure's bilateral gain, then their
+    own (``"bilateral"``). Columns: rank, region, structure, hemisphere, gain, ci_low, ci_high, mae, rank_low,
+    rank_high, n_voxels, bilateral_gain, bilateral_low, bilateral_high, bilateral_rank_low, bilateral_rank_high (the
+    structure's per-subject mean over its hemispheres, ranked among structures; :func:`bilateral_gains`) (years;
+    ``level`` bootstrap intervals over subjects); with ``models.whole``
     also gain_all, gain_all_low, gain_all_high, n_voxels_all: the same region on all its voxels; with
     ``models.away`` also gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near
     the ventricles) and near_ventricles (gain_away below ``NEAR_VENTRICLES`` of a gain of at least
@@ -278,6 +291,11 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
         "rank_high": rank_high,
         "n_voxels": models.voxels[keep].astype(int),
     })
+    both, structures = bilateral_gains(models.gains[:, keep], frame["structure"].tolist())  # (s, t)
+    at = frame["structure"].map({n: i for i, n in enumerate(structures)}).to_numpy()  # (r',) structure column
+    low, high, rank_low, rank_high = bootstrap_intervals(both, n_boot, level, seed)
+    frame = frame.assign(bilateral_gain=both.mean(axis=0)[at], bilateral_low=low[at], bilateral_high=high[at],
+                         bilateral_rank_low=rank_low[at], bilateral_rank_high=rank_high[at])
     if models.whole is not None:
         gain, low, high = summary(models.whole)[:3]
         frame = frame.assign(gain_all=gain, gain_all_low=low, gain_all_high=high,
@@ -288,6 +306,7 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
                              n_voxels_away=models.away.voxels[keep].astype(int),
                              near_ventricles=(frame["gain"] >= NEAR_MIN_GAIN)
                              & (gain < NEAR_VENTRICLES * frame["gain"]))
-    frame = frame.sort_values("gain", ascending=False, kind="stable").reset_index(drop=True)
+    keys = ["gain"] if order == "region" else ["bilateral_gain", "structure", "gain"]
+    frame = frame.sort_values(keys, ascending=[k == "structure" for k in keys], kind="stable").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame

@@ -119,7 +119,8 @@ def test_interiors_leave_a_neighbours_spill_over_out():
     alone = fit_regional_models(images[:, labelled], ages, regions[labelled], INDEX, interior=interior[labelled],
                                 all_voxels=False)  # the interior ranking without the all-voxel models: the same
     assert alone.whole is None and np.array_equal(alone.errors, models.errors, equal_nan=True)
-    pd.testing.assert_frame_equal(rank_regional(alone, n_boot=500), rank_regional(models, n_boot=500).iloc[:, :11])
+    plain = rank_regional(alone, n_boot=500)
+    pd.testing.assert_frame_equal(plain, rank_regional(models, n_boot=500)[plain.columns])
     np.testing.assert_array_equal(models.errors[:, 2], models.baseline_errors)
     assert "R-absent" not in table.index and len(table) == 3
     whole = fit_regional_models(images[:, labelled], ages, regions[labelled], INDEX)
@@ -136,6 +137,35 @@ def _two_regions(names: tuple[str, str], sizes: tuple[int, int], changes: list[t
     for columns, slope in changes:
         voxels[:, columns] += slope * (ages[:, None] - 50)
     return RegionIndex.from_names({1: names[0], 2: names[1]}), ages, np.repeat([0, 1], sizes), voxels
+
+
+def test_bilateral_order_ranks_a_structure_by_both_hemispheres_and_keeps_its_rows_together():
+    """Both hemispheres of ``both`` change by 0.04 per year, only the left ``one`` by 0.06: per region, L-one leads
+    and its unchanged twin is last; by structure, both rows of ``both`` lead. The bilateral gain is the per-subject
+    mean of the two hemispheres' gains, its intervals the bootstrap of that mean."""
+    rng = np.random.default_rng(5)
+    s, v = 150, 30
+    ages = rng.uniform(20, 80, s)
+    index = RegionIndex.from_names({1: "L-both", 2: "R-both", 3: "L-one", 4: "R-one"})
+    rows = np.repeat(np.arange(4), v)
+    voxels = rng.normal(size=(s, 4 * v))
+    for row, slope in ((0, 0.04), (1, 0.04), (2, 0.06)):
+        voxels[:, rows == row] += slope * (ages[:, None] - 50)
+    models = fit_regional_models(voxels, ages, rows, index)
+    by_region = rank_regional(models, n_boot=500)
+    assert by_region.region[0] == "L-one" and by_region.region.iloc[-1] == "R-one"
+    table = rank_regional(models, n_boot=500, order="bilateral")
+    assert list(table.structure) == ["both", "both", "one", "one"] and list(table["rank"]) == [1, 2, 3, 4]
+    assert table.gain[0] >= table.gain[1] and table.gain[2] > table.gain[3]  # within a structure: own gain
+    reference = models.gains[:, [0, 2]] / 2 + models.gains[:, [1, 3]] / 2  # (s, 2) both, one
+    np.testing.assert_allclose(table.bilateral_gain, np.repeat(reference.mean(axis=0), 2))
+    assert table.bilateral_rank_low[0] == table.bilateral_rank_high[0] == 1 and table.bilateral_rank_low[3] == 2
+    low, high = np.percentile(reference[rng.integers(0, s, (2000, s))].mean(axis=1), [2.5, 97.5], axis=0)
+    np.testing.assert_allclose(table.bilateral_low[::2], low, atol=0.15)  # another bootstrap draw: close, not equal
+    np.testing.assert_allclose(table.bilateral_high[::2], high, atol=0.15)
+    same = by_region.set_index("region").loc[table.region]  # the same rows and numbers in another order
+    np.testing.assert_array_equal(same.gain, table.gain)
+    np.testing.assert_array_equal(same.bilateral_gain, table.bilateral_gain)
 
 
 def test_size_matched_gains_rank_a_thin_strong_change_above_a_large_weak_one():

@@ -39,6 +39,9 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert result["subjects"] == 30 and result["k"] == 2 and result["chance"] == pytest.approx(2 / 85)
     assert set(result["planted_ranks"]) == {"L-precuneus", "R-precuneus"}
     assert max(result["planted_ranks"].values()) <= 4, result["planted_ranks"]  # a darkening at strength 2
+    both = result["planted_ranks_bilateral"]  # the bilateral order lists a structure's two rows together
+    assert abs(both["L-precuneus"] - both["R-precuneus"]) == 1
+    assert result["precision_bilateral"] == sum(r <= 2 for r in both.values()) / 2
     table = pd.read_csv(folder / "regional.csv")
     assert len(table) == 85 and table["gain"].is_monotonic_decreasing
     assert (table["n_voxels"] <= table["n_voxels_all"]).all() and (table["n_voxels"] < table["n_voxels_all"]).any()
