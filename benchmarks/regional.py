@@ -72,7 +72,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     ventricles left out of the other regions (:func:`brainage.attribution.regional.interior_rows`); ``all_voxels``
     False: no all-voxel models (the same ranking, no ``precision_all_voxels``)."""
     from brainage.attribution.mapping import RegionIndex
-    from brainage.attribution.regional import fit_regional_models, interior_rows, rank_regional, ventricle_rows
+    from brainage.attribution.regional import (fit_regional_models, interior_rows, rank_regional, sort_regional,
+                                               ventricle_rows)
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
     from brainage.reference.atlas import load_default_atlas
@@ -108,7 +109,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
-    bilateral = list(rank_regional(models, n_boot=n_boot, seed=seed, order="bilateral")["region"])
+    bilateral = list(sort_regional(table, "bilateral")["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
     result = {"subjects": len(ages), "scans_drawn": scans, "chain": chain_name, "margin_mm": margin, "folds": folds,

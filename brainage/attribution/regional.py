@@ -53,7 +53,7 @@ from brainage.reference.atlas import VENTRICLE_LABELS
 
 __all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN",
            "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "bilateral_gains",
-           "fit_regional_models", "interior_rows", "rank_regional", "ventricle_rows", "voxel_cap"]
+           "fit_regional_models", "interior_rows", "rank_regional", "sort_regional", "ventricle_rows", "voxel_cap"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -306,7 +306,13 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
                              n_voxels_away=models.away.voxels[keep].astype(int),
                              near_ventricles=(frame["gain"] >= NEAR_MIN_GAIN)
                              & (gain < NEAR_VENTRICLES * frame["gain"]))
-    keys = ["gain"] if order == "region" else ["bilateral_gain", "structure", "gain"]
-    frame = frame.sort_values(keys, ascending=[k == "structure" for k in keys], kind="stable").reset_index(drop=True)
+    frame = sort_regional(frame, order).reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame
+
+
+def sort_regional(table: pd.DataFrame, order: Literal["region", "bilateral"]) -> pd.DataFrame:
+    """A regional table's rows by decreasing gain (``"region"``), or by decreasing bilateral gain with a structure's
+    rows together, each structure's by decreasing gain (``"bilateral"``)."""
+    keys = ["gain"] if order == "region" else ["bilateral_gain", "structure", "gain"]
+    return table.sort_values(keys, ascending=[k == "structure" for k in keys], kind="stable")

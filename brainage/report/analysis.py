@@ -22,7 +22,7 @@ from brainage.attribution.aggregate import RoutingAggregator
 from brainage.attribution.groups import bag_by_group, expert_share_by_group
 from brainage.attribution.mapping import patch_shape, token_grid_to_voxels
 from brainage.attribution.ranking import interval_table, rank_regions
-from brainage.attribution.regional import rank_regional
+from brainage.attribution.regional import rank_regional, sort_regional
 from brainage.attribution.stats import MutualInformationTest, enrichment, shuffled_mutual_information
 from brainage.attribution.validation import GroundTruth, precision_at_k
 from brainage.report.progress import StageProgress
@@ -242,6 +242,7 @@ def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResul
         rankings["regional age models (model-free, interiors)"] = regional.table["region"]
         rankings["regional age models, all voxels"] = regional.table.sort_values(
             "gain_all", ascending=False, kind="stable")["region"]
+        rankings["regional age models, bilateral order"] = sort_regional(regional.table, "bilateral")["region"]
     if not rankings or not k:
         return ValidationResult(truth, missing, None, k, float("nan"))
     regions_ranked = len(next(iter(rankings.values())))

@@ -322,6 +322,11 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
     table = result.regional.table
     shown = pd.DataFrame({
         **_ranked_columns(table, table["region"], "gain, interior (y)", table["gain"].round(2)),
+        "gain, both hemispheres (y)": table["bilateral_gain"].round(2),
+        "95% interval, both": [R.format_interval(lo, hi) for lo, hi in zip(table["bilateral_low"],
+                                                                            table["bilateral_high"])],
+        "rank among structures": [R.format_interval(lo, hi, integer=True) for lo, hi in zip(
+            table["bilateral_rank_low"], table["bilateral_rank_high"])],
         "gain, all voxels (y)": table["gain_all"].round(2),
         "95% interval, all voxels": [R.format_interval(lo, hi) for lo, hi in zip(table["gain_all_low"],
                                                                                   table["gain_all_high"])],
@@ -333,7 +338,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
     }).rename(columns={"voxels": "interior voxels"})
     figure = stat_map_png(result.regional.ageing_volume, result.affine, "", threshold=1e-6, cmap="Reds",
                           symmetric=False)
-    heat = ["gain, interior (y)", "gain, all voxels (y)"]
+    heat = ["gain, interior (y)", "gain, both hemispheres (y)", "gain, all voxels (y)"]
     return "Where the scans age (model-free)", [
         R.paragraph(
             "One ridge regression per atlas region predicts age from that region's voxels, scored by "
@@ -353,6 +358,10 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
+            "'Gain, both hemispheres' is the structure's left and right gains averaged per scan, with its "
+            "interval and its rank interval among structures: ageing is mostly symmetric, and one hemisphere of a "
+            "weak bilateral change can fall below a neighbour while the pair does not. A change in one hemisphere "
+            "shows there at half its gain. "
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),

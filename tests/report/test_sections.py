@@ -200,11 +200,15 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     main = _html(S.main_result(result, canvas))
     assert "Where the scans change with age" in main and "L-front" in main
     assert "gain, interior (y)" in document and "gain, all voxels (y)" in document and "interior voxels" in document
+    assert "gain, both hemispheres (y)" in document and "rank among structures" in document
+    front_pair = result.regional.table.set_index("region").loc[["L-front", "R-front"], "bilateral_gain"]
+    assert front_pair.nunique() == 1  # one value per structure, on both of its rows
     assert (result.regional.table["n_voxels"] <= result.regional.table["n_voxels_all"]).all()
     rankings = list(result.validation.precision["ranking"])
-    assert rankings[-2:] == ["regional age models (model-free, interiors)", "regional age models, all voxels"]
-    assert len(rankings) == 4
-    regional_precision = result.validation.precision["planted"].iloc[-2]
+    assert rankings[-3:] == ["regional age models (model-free, interiors)", "regional age models, all voxels",
+                             "regional age models, bilateral order"]
+    assert len(rankings) == 5
+    regional_precision = result.validation.precision["planted"].iloc[-3]
     assert regional_precision >= 0.5
     assert f"regional age models (model-free, interiors) {regional_precision:.2f}" in main
     files = report_files(result)
