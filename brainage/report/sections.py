@@ -358,13 +358,14 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
-            "'Gain, both hemispheres' is the structure's left and right gains averaged per scan, with its "
-            "interval and its rank interval among structures: ageing is mostly symmetric, and one hemisphere of a "
-            "weak bilateral change can fall below a neighbour while the pair does not. A change in one hemisphere "
-            "shows there at half its gain. "
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),
+        R.paragraph(
+            "'Gain, both hemispheres' averages the structure's left and right gains per scan, with its interval and "
+            "its rank interval among structures. Ageing is mostly symmetric, and one hemisphere of a weak bilateral "
+            "change can fall below a neighbour while the pair does not; a change in one hemisphere only shows there "
+            "at half its gain."),
         *([R.paragraph(
             "Growing ventricles displace their neighbours, whose voxels then change although they did not age "
             "themselves; that change lies within a few millimetres of the ventricle, while a contracting structure "
