@@ -10,8 +10,8 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    farther than ``--margin`` mm from every other region; 0 = all voxels), ranks the regions by gain with bootstrap
    intervals, and scores the ranking: precision@k with k = the number of planted regions, chance = k / regions, the
    same counting displaced neighbours as found, the all-voxel ranking's precision@k beside it, and that of the
-   bilateral order (structures by the mean of their hemispheres' gains, a candidate: docs/report.md, "A bilateral
-   order").
+   bilateral order (structures by the mean of their hemispheres' gains, a candidate that did not beat the per-region
+   order on fresh cohorts: docs/report.md, "A bilateral order").
 
 ``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
 the sample size. ``--max-voxels N`` sets the size-matched gains: each region's model fits at most N of its voxels

@@ -263,17 +263,14 @@ def bilateral_gains(gains: np.ndarray, structures: Sequence[str]) -> tuple[np.nd
     return np.stack([gains[:, columns == n].mean(axis=1) for n in names], axis=1), names
 
 
-def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                  order: Literal["region", "bilateral"] = "region") -> pd.DataFrame:
-    """Regions on the grid by decreasing gain (``order="region"``) or by their structure's bilateral gain, then their
-    own (``"bilateral"``). Columns: rank, region, structure, hemisphere, gain, ci_low, ci_high, mae, rank_low,
-    rank_high, n_voxels, bilateral_gain, bilateral_low, bilateral_high, bilateral_rank_low, bilateral_rank_high (the
-    structure's per-subject mean over its hemispheres, ranked among structures; :func:`bilateral_gains`) (years;
-    ``level`` bootstrap intervals over subjects); with ``models.whole``
-    also gain_all, gain_all_low, gain_all_high, n_voxels_all: the same region on all its voxels; with
-    ``models.away`` also gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near
-    the ventricles) and near_ventricles (gain_away below ``NEAR_VENTRICLES`` of a gain of at least
-    ``NEAR_MIN_GAIN``)."""
+def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Regions on the grid by decreasing gain. Columns: rank, region, structure, hemisphere, gain, ci_low, ci_high,
+    mae, rank_low, rank_high, n_voxels, bilateral_gain, bilateral_low, bilateral_high, bilateral_rank_low,
+    bilateral_rank_high (the structure's per-subject mean over its hemispheres, ranked among structures;
+    :func:`bilateral_gains`) (years; ``level`` bootstrap intervals over subjects); with ``models.whole`` also gain_all,
+    gain_all_low, gain_all_high, n_voxels_all: the same region on all its voxels; with ``models.away`` also
+    gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near the ventricles) and
+    near_ventricles (gain_away below ``NEAR_VENTRICLES`` of a gain of at least ``NEAR_MIN_GAIN``)."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:
@@ -306,13 +303,14 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
                              n_voxels_away=models.away.voxels[keep].astype(int),
                              near_ventricles=(frame["gain"] >= NEAR_MIN_GAIN)
                              & (gain < NEAR_VENTRICLES * frame["gain"]))
-    frame = sort_regional(frame, order).reset_index(drop=True)
+    frame = sort_regional(frame, "region").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame
 
 
 def sort_regional(table: pd.DataFrame, order: Literal["region", "bilateral"]) -> pd.DataFrame:
-    """A regional table's rows by decreasing gain (``"region"``), or by decreasing bilateral gain with a structure's
-    rows together, each structure's by decreasing gain (``"bilateral"``)."""
+    """A regional table's rows by decreasing gain (``"region"``, the report's order), or by decreasing bilateral gain
+    with a structure's rows together, each structure's by decreasing gain (``"bilateral"``: a candidate order that did
+    not beat the first on fresh cohorts; docs/report.md, "A bilateral order")."""
     keys = ["gain"] if order == "region" else ["bilateral_gain", "structure", "gain"]
     return table.sort_values(keys, ascending=[k == "structure" for k in keys], kind="stable")
