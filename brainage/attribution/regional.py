@@ -28,6 +28,10 @@ the draws (chosen on 19 synthetic cohorts under a rule fixed beforehand and vali
 docs/report.md, "Size-matched gains"). The report caps only from ``CAP_FROM_SUBJECTS`` scans on (:func:`voxel_cap`):
 with fewer, the capped models estimate a weak change worse than that spill-over costs.
 
+**Bilateral gains.** Each structure's left and right gains averaged per subject, with bootstrap and rank intervals
+among structures: a summary for symmetric ageing. Ordering the regions by it (:func:`sort_regional`) did not beat the
+per-region order on fresh cohorts, since a one-sided change drops to half (docs/report.md, "A bilateral order").
+
 It answers a different question from region occlusion: *where these scans change with age*, not *what the brain-age
 model reads*. A region that ages but that the model leaves unread (a small contraction beside a strong darkening)
 shows here and not in the occlusion ranking; a region whose neighbour moves into it (a growing ventricle) shows here
