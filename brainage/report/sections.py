@@ -190,12 +190,24 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
             f"{_gain_list(ageing)}"
             + (f"; of these, {', '.join(unread['region'].head(6))} rank below the model's top {len(ageing)} (see "
                "'Regions that drive the predicted age'), so the model reads them less than the scans show" if
-               result.regions is not None and len(unread) else "") + "."))
+               result.regions is not None and len(unread) else "") + "." + _near_ventricles_sentence(ageing)))
     if result.validation is not None and result.validation.precision is not None:
         v = result.validation
         found = "; ".join(f"{row['ranking']} {row['planted']:.2f}" for _, row in v.precision.iterrows())
         blocks.append(R.paragraph(f"Ground truth: precision@{v.k} ({found}; chance {v.chance:.2f})."))
     return "Main result", blocks
+
+
+def _near_ventricles_sentence(ageing: pd.DataFrame, n: int = 8) -> str:
+    """The main result's note on the leading ageing regions marked 'change near the ventricles', if any."""
+    if "near_ventricles" not in ageing or not ageing["near_ventricles"].head(n).any():
+        return ""
+    near = ageing.head(n)[ageing["near_ventricles"].head(n)]
+    rest = ageing[~ageing["near_ventricles"]]
+    return (f" {', '.join(near['region'])} change only near the ventricles: possibly displaced by growing ventricles "
+            "rather than ageing themselves (a caudate that contracts is marked too; see 'Where the scans age'). "
+            + (f"Apart from the marked regions, the leading ones are {_gain_list(rest)}." if len(rest) else
+               "No unmarked region tells age better than the median age."))
 
 
 def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
