@@ -158,6 +158,18 @@ COHORTS = (
                                               "intensity:R-fusiform"),
     Cohort("fresh9_one_sided_b", 118, effects="atrophy:lingual,atrophy:R-supramarginal,atrophy:L-superiortemporal,"
                                               "intensity:inferiortemporal"),
+    # tenth fresh set: declared 2026-12-06 (fifth session) before the rule for demoting regions marked 'change near
+    # the ventricles' was written and before any result on them; growing ventricles in each, the other effects drawn
+    # as for fresh9 (lateral ventricles left out), a thalamus and a hippocampus contraction planted beside the
+    # ventricles where a demotion could cost, and one random mix.
+    Cohort("fresh10_vent_a", 121, effects=_GROW + "atrophy:insula,atrophy:pericalcarine,intensity:lingual"),
+    Cohort("fresh10_vent_b", 122, effects=_GROW + "atrophy:superiorfrontal,atrophy:rostralanteriorcingulate,"
+                                                  "atrophy:fusiform"),
+    Cohort("fresh10_vent_c", 123, effects=_GROW + "atrophy:amygdala,atrophy:posteriorcingulate"),
+    Cohort("fresh10_vent_thalamus", 124, effects=_GROW + "atrophy:thalamusproper,atrophy:superiorfrontal"),
+    Cohort("fresh10_vent_hippocampus", 125, effects=_GROW + "atrophy:hippocampus,atrophy:pallidum,"
+                                                            "intensity:superiorfrontal"),
+    Cohort("fresh10_mix", 126, random_effects="atrophy=2,intensity=2"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
