@@ -8,8 +8,10 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
 3. fits one cross-validated ridge model per atlas region (``brainage.attribution.regional``) over all the cohort's
    scans (model-free and cross-validated, so no subject is both fitted and scored) on each region's interior (voxels
    farther than ``--margin`` mm from every other region; 0 = all voxels), ranks the regions by gain with bootstrap
-   intervals, and scores the ranking: precision@k with k = the number of planted regions, chance = k / regions, the
-   same counting displaced neighbours as found, the all-voxel ranking's precision@k beside it, and that of the
+   intervals, and scores the report's order (regions marked near the ventricles, other than the caudate, after the
+   others; with ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
+   chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
+   it, the order by gain alone, and that of the
    bilateral order (structures by the mean of their hemispheres' gains, a candidate that did not beat the per-region
    order on fresh cohorts: docs/report.md, "A bilateral order").
 
@@ -72,8 +74,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     ventricles left out of the other regions (:func:`brainage.attribution.regional.interior_rows`); ``all_voxels``
     False: no all-voxel models (the same ranking, no ``precision_all_voxels``)."""
     from brainage.attribution.mapping import RegionIndex
-    from brainage.attribution.regional import (fit_regional_models, interior_rows, rank_regional, sort_regional,
-                                               ventricle_rows)
+    from brainage.attribution.regional import (VENTRICLE_MARGIN_MM, fit_regional_models, interior_rows,
+                                               rank_regional, sort_regional, ventricle_rows)
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
     from brainage.reference.atlas import load_default_atlas
@@ -84,11 +86,12 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
         result = json.loads(done.read_text())
         found = (result.get("chain"), result.get("margin_mm", 0.0), result.get("folds"), result.get("seed", 0),
                  result.get("scans_drawn"), result.get("max_voxels"), result.get("screen", False),
-                 result.get("ventricle_margin_mm", 0.0))
-        asked = (chain_name, margin, folds, seed, scans, max_voxels, screen, ventricle_margin)
+                 result.get("ventricle_margin_mm", 0.0), result.get("order", "gain"))
+        asked = (chain_name, margin, folds, seed, scans, max_voxels, screen, ventricle_margin,
+                 "report" if margin > 0 and ventricle_margin == 0 else "gain")
         if found != asked:
             raise ValueError(f"{done}: written with chain, margin, folds, seed, scans, max voxels, screen, ventricle "
-                             f"margin {found}, this run asks for {asked}; use a fresh --out")
+                             f"margin, order {found}, this run asks for {asked}; use a fresh --out")
         return result
     start = time.perf_counter()
     images, ages, affine = load_scans(cohort_root, chain, cache_dir)
@@ -103,13 +106,17 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
     interior = (interior_rows(regions, affine, margin, ventricle_rows(index), ventricle_margin)[regions >= 0]
                 if margin > 0 else None)
+    # as the report: the interiors less the voxels near the ventricles mark (and demote) possibly displaced regions
+    away = (interior_rows(regions, affine, margin, ventricle_rows(index), VENTRICLE_MARGIN_MM)[regions >= 0]
+            if margin > 0 and ventricle_margin == 0 else None)
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
                                  seed=seed, interior=interior, max_voxels=max_voxels, screen=screen,
-                                 all_voxels=all_voxels)
+                                 all_voxels=all_voxels, away=away)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
     bilateral = list(sort_regional(table, "bilateral")["region"])
+    by_gain = list(sort_regional(table, "gain")["region"])
     k = len(planted)
     at = {r: ranked.index(r) for r in planted if r in ranked}
     result = {"subjects": len(ages), "scans_drawn": scans, "chain": chain_name, "margin_mm": margin, "folds": folds,
@@ -118,6 +125,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
+              "order": "report" if away is not None else "gain",
+              "precision_gain_order": precision_at_k(by_gain, planted),
               "precision_bilateral": precision_at_k(bilateral, planted),
               "planted_ranks_bilateral": {r: bilateral.index(r) + 1 for r in planted if r in bilateral},
               "planted_rank_intervals": {r: [int(table.rank_low[i]), int(table.rank_high[i])] for r, i in at.items()},
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cohort.name} ({cohort.role}): precision@{r['k']} {r['precision']:.2f} (chance {r['chance']:.3f}; "
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"
               + (f"; all voxels {r['precision_all_voxels']:.2f}" if "precision_all_voxels" in r else "")
+              + (f"; by gain alone {r['precision_gain_order']:.2f}" if "precision_gain_order" in r else "")
               + (f"; bilateral order {r['precision_bilateral']:.2f}" if "precision_bilateral" in r else "")
               + f"), {r['subjects']} scans; planted "
               f"ranks {r['planted_ranks']}", flush=True)

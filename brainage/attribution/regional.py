@@ -55,9 +55,10 @@ from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
 
-__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN",
-           "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "bilateral_gains",
-           "fit_regional_models", "interior_rows", "rank_regional", "sort_regional", "ventricle_rows", "voxel_cap"]
+__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_EXEMPT",
+           "NEAR_MIN_GAIN", "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels",
+           "bilateral_gains", "fit_regional_models", "interior_rows", "rank_regional", "sort_regional",
+           "ventricle_rows", "voxel_cap"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -76,6 +77,9 @@ CAP_FROM_SUBJECTS = 200
 VENTRICLE_MARGIN_MM = 7.5
 NEAR_VENTRICLES = 0.5
 NEAR_MIN_GAIN = 1.0
+# Structures whose contraction the near-ventricle mark does not separate from displacement (a contracting caudate
+# hardly extends beyond the band growing ventricles reach): marked, never demoted.
+NEAR_EXEMPT = ("caudate",)
 
 
 @dataclass(frozen=True)
@@ -303,18 +307,26 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
                              n_voxels_all=models.whole.voxels[keep].astype(int))
     if models.away is not None:
         gain, low, high = summary(models.away)[:3]
+        near = (frame["gain"] >= NEAR_MIN_GAIN) & (gain < NEAR_VENTRICLES * frame["gain"])
+        demoted = (near & ~frame["structure"].isin(NEAR_EXEMPT)).to_numpy()  # (r',)
         frame = frame.assign(gain_away=gain, gain_away_low=low, gain_away_high=high,
-                             n_voxels_away=models.away.voxels[keep].astype(int),
-                             near_ventricles=(frame["gain"] >= NEAR_MIN_GAIN)
-                             & (gain < NEAR_VENTRICLES * frame["gain"]))
-    frame = sort_regional(frame, "region").reset_index(drop=True)
+                             n_voxels_away=models.away.voxels[keep].astype(int), near_ventricles=near,
+                             demoted=demoted)
+        gains = models.gains[:, keep]  # (s, r')
+        for group, offset in ((~demoted, 0), (demoted, int((~demoted).sum()))):  # ranks counted within each group
+            if group.any():
+                ranks = bootstrap_intervals(gains[:, group], n_boot, level, seed)[2:] + offset  # (2, group)
+                frame.loc[group, ["rank_low", "rank_high"]] = ranks.T
+    frame = sort_regional(frame, "report").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame
 
 
-def sort_regional(table: pd.DataFrame, order: Literal["region", "bilateral"]) -> pd.DataFrame:
-    """A regional table's rows by decreasing gain (``"region"``, the report's order), or by decreasing bilateral gain
-    with a structure's rows together, each structure's by decreasing gain (``"bilateral"``: a candidate order that did
-    not beat the first on fresh cohorts; docs/report.md, "A bilateral order")."""
-    keys = ["gain"] if order == "region" else ["bilateral_gain", "structure", "gain"]
-    return table.sort_values(keys, ascending=[k == "structure" for k in keys], kind="stable")
+def sort_regional(table: pd.DataFrame, order: Literal["report", "gain", "bilateral"]) -> pd.DataFrame:
+    """A regional table's rows in the report's order (``"report"``: by decreasing gain, the demoted regions after the
+    others when the table marks them), by decreasing gain alone (``"gain"``), or by decreasing bilateral gain with a
+    structure's rows together, each structure's by decreasing gain (``"bilateral"``: a candidate order that did not
+    beat the gain order on fresh cohorts; docs/report.md, "A bilateral order")."""
+    keys = {"report": ["demoted", "gain"] if "demoted" in table else ["gain"], "gain": ["gain"],
+            "bilateral": ["bilateral_gain", "structure", "gain"]}[order]
+    return table.sort_values(keys, ascending=[k in ("demoted", "structure") for k in keys], kind="stable")

@@ -240,6 +240,9 @@ def _validation(truth: GroundTruth, names: tuple[str, ...], regions: RegionResul
                         "contribution", ascending=False, kind="stable")[name]}
     if regional is not None:
         rankings["regional age models (model-free, interiors)"] = regional.table["region"]
+        if "demoted" in regional.table:
+            rankings["regional age models, by gain alone (near-ventricle regions not demoted)"] = sort_regional(
+                regional.table, "gain")["region"]
         rankings["regional age models, all voxels"] = regional.table.sort_values(
             "gain_all", ascending=False, kind="stable")["region"]
         rankings["regional age models, bilateral order"] = sort_regional(regional.table, "bilateral")["region"]

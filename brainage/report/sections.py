@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import (CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, NEAR_MIN_GAIN,
-                                           NEAR_VENTRICLES, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
+from brainage.attribution.regional import (CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, NEAR_EXEMPT,
+                                           NEAR_MIN_GAIN, NEAR_VENTRICLES, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -198,16 +198,17 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
     return "Main result", blocks
 
 
-def _near_ventricles_sentence(ageing: pd.DataFrame, n: int = 8) -> str:
-    """The main result's note on the leading ageing regions marked 'change near the ventricles', if any."""
-    if "near_ventricles" not in ageing or not ageing["near_ventricles"].head(n).any():
+def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
+    """The main result's note on the ageing regions marked 'change near the ventricles', if any: the demoted ones
+    (listed after the others) and the exempt ones (kept in place)."""
+    if "demoted" not in ageing or not ageing["near_ventricles"].any():
         return ""
-    near = ageing.head(n)[ageing["near_ventricles"].head(n)]
-    rest = ageing[~ageing["near_ventricles"]]
-    return (f" {', '.join(near['region'])} change only near the ventricles: possibly displaced by growing ventricles "
-            "rather than ageing themselves (a caudate that contracts is marked too; see 'Where the scans age'). "
-            + (f"Apart from the marked regions, the leading ones are {_gain_list(rest)}." if len(rest) else
-               "No unmarked region tells age better than the median age."))
+    demoted, kept = ageing[ageing["demoted"]], ageing[ageing["near_ventricles"] & ~ageing["demoted"]]
+    return ((f" {', '.join(demoted['region'])} change only near the ventricles, possibly displaced by growing "
+             "ventricles rather than ageing themselves, and are listed after the other regions." if len(demoted)
+             else "")
+            + (f" {', '.join(kept['region'])} also change only near the ventricles but keep their place: a "
+               "contracting caudate is marked as well (see 'Where the scans age')." if len(kept) else ""))
 
 
 def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
@@ -388,7 +389,10 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"{NEAR_MIN_GAIN:g} y): read it as possibly displaced. The mark says where the change lies, not why: a "
             "caudate that contracts is marked as well (13 fresh synthetic cohorts: 88 of 91 displaced regions "
             "marked, 4 of 187 unchanged ones, and of 244 planted ones only the 12 caudates; docs/report.md, "
-            "'Scratch probes of displacement').")] if "gain_away" in table else []),
+            "'Scratch probes of displacement'). So the marked regions other than the "
+            f"{' and '.join(NEAR_EXEMPT)} are listed after every unmarked region, their ranks and rank intervals "
+            "counted from there, and a marked caudate keeps its place (docs/report.md, 'Demoting regions marked "
+            "near the ventricles').")] if "gain_away" in table else []),
         *([R.note(f"Only {result.regional.subjects} scans: on synthetic benchmark cohorts this ranking missed "
                   f"planted regions more often below {SURE_SUBJECTS} scans (24 cohorts at 40-400 scans: "
                   "docs/report.md, 'Size matching at fewer scans'). Read "

@@ -264,3 +264,38 @@ def test_a_change_only_beside_a_growing_ventricle_is_marked_near_the_ventricles(
     assert (table.gain_away_low <= table.gain_away).all() and (table.gain_away <= table.gain_away_high).all()
     with pytest.raises(ValueError, match="give interior as well"):
         fit_regional_models(images[:, labelled], ages, regions[labelled], index, away=away[labelled])
+
+
+def test_regions_marked_near_the_ventricles_rank_after_the_others_except_the_caudate():
+    """A displaced-like row that changes more (beside the ventricle only) than a contracting row (throughout): by gain
+    it ranks above it; in the report's order it is demoted below every unmarked region, its rank interval counted
+    from there. Named caudate, the same row is marked but keeps its place (the mark does not separate a contracting
+    caudate)."""
+    rng = np.random.default_rng(6)
+    s = 80
+    ages = rng.uniform(20, 80, s)
+    regions = np.full((30, 6, 6), -1)
+    regions[:6], regions[6:10], regions[18:] = 0, 2, 1  # rows (label order): 0 beside the ventricle, 1 contracting
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])  # 2 the ventricle; x 10-17 unlabelled, so row 1 is far from it
+    images = rng.normal(size=(s, 30, 6, 6)).astype(np.float32)
+    trend = ((ages - 50) / 10)[:, None, None, None]
+    images[:, 4:6] += trend  # strongly, within 6 mm of the ventricle only
+    images[:, 6:10] += trend
+    images[:, 18:] += 0.1 * trend  # weakly, everywhere
+    labelled = regions >= 0
+    interior = interior_rows(regions, affine)[labelled]
+    away = interior_rows(regions, affine, growing=[2], growing_margin_mm=7.5)[labelled]
+    for beside, demoted in (("L-putamen", True), ("L-caudate", False)):
+        index = RegionIndex.from_names({1: beside, 2: "L-contracting", 201: "L-lateral-ventricle"})
+        assert index.names == (beside, "L-contracting", "L-lateral-ventricle")
+        models = fit_regional_models(images[:, labelled], ages, regions[labelled], index, interior=interior, away=away)
+        table = rank_regional(models, n_boot=300)
+        row = table.set_index("region").loc[beside]
+        assert row.near_ventricles and row.demoted == demoted
+        assert list(sort_regional(table, "gain")["region"]) == ["L-lateral-ventricle", beside, "L-contracting"]
+        if demoted:
+            assert list(table["region"]) == ["L-lateral-ventricle", "L-contracting", beside]
+            assert row.rank_low == row.rank_high == 3  # counted after the two unmarked regions
+        else:
+            assert list(table["region"]) == ["L-lateral-ventricle", beside, "L-contracting"]
+        assert list(table["rank"]) == [1, 2, 3] and (table.rank_low <= table["rank"]).all()

@@ -80,7 +80,11 @@ def test_regional_age_models_rank_every_region_with_intervals(trained):
     truth = load_ground_truth(cohort / "ground_truth.json")
     regional = pd.read_csv(report / "tables" / "regional_age_models.csv")
     assert regional["rank"].tolist() == list(range(1, len(regional) + 1)) and len(regional) >= 80
-    assert regional["gain"].is_monotonic_decreasing and (regional["ci_low"] <= regional["ci_high"]).all()
+    assert regional["demoted"].is_monotonic_increasing  # regions marked near the ventricles (not caudates): last
+    assert all(group["gain"].is_monotonic_decreasing for _, group in regional.groupby("demoted"))
+    assert (regional["ci_low"] <= regional["ci_high"]).all()
+    assert not regional.loc[regional["structure"] == "caudate", "demoted"].any()
+    assert (regional["demoted"] <= regional["near_ventricles"]).all()
     assert (regional["rank_low"] <= regional["rank_high"]).all()
     precision = precision_at_k(regional["region"], truth.regions)
     html = (report / "index.html").read_text()

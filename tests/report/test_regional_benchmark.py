@@ -42,8 +42,10 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     both = result["planted_ranks_bilateral"]  # the bilateral order lists a structure's two rows together
     assert abs(both["L-precuneus"] - both["R-precuneus"]) == 1
     assert result["precision_bilateral"] == sum(r <= 2 for r in both.values()) / 2
+    assert result["order"] == "report" and 0 <= result["precision_gain_order"] <= 1  # as the report orders them
     table = pd.read_csv(folder / "regional.csv")
-    assert len(table) == 85 and table["gain"].is_monotonic_decreasing
+    assert len(table) == 85 and table["demoted"].is_monotonic_increasing  # regions demoted, if any: last
+    assert all(group["gain"].is_monotonic_decreasing for _, group in table.groupby("demoted"))
     assert (table["n_voxels"] <= table["n_voxels_all"]).all() and (table["n_voxels"] < table["n_voxels_all"]).any()
     assert json.loads((folder / "result.json").read_text()) == result
     assert not list(folder.glob(".*.tmp*"))  # atomic writes leave no temporary file
