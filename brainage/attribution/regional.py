@@ -17,9 +17,11 @@ under a rule fixed beforehand and validated on four fresh ones (docs/report.md, 
 **Change near the ventricles.** Growing ventricles displace their neighbours, whose change then lies within a few
 millimetres of the ventricle; a contracting structure changes throughout. Ranking without the voxels within
 ``VENTRICLE_MARGIN_MM`` of the lateral ventricles did not qualify (it drops the displaced caudate and thalamus, and a
-contracting caudate with them), so those models (``away``) only label: a region is marked *near the ventricles* when
-its gain without them is below ``NEAR_VENTRICLES`` of its interior gain (interior gain at least ``NEAR_MIN_GAIN``
-years). The label says where the change lies, not why (docs/report.md, "Scratch probes of displacement").
+contracting caudate with them), so those models (``away``) label instead: a region is marked *near the ventricles*
+when its gain without them is below ``NEAR_VENTRICLES`` of its interior gain (interior gain at least
+``NEAR_MIN_GAIN`` years), and the marked regions other than ``NEAR_EXEMPT`` (the caudate, whose contraction is marked
+too) rank after every unmarked one (docs/report.md, "Scratch probes of displacement", "Demoting regions marked near
+the ventricles").
 
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model

@@ -366,8 +366,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"region's interior voxels ({DRAWS} random draws, errors averaged), from {CAP_FROM_SUBJECTS} scans on; "
             "with fewer, the capped models read a weak change too poorly, so every interior voxel is used "
             "(docs/report.md, 'Size matching at fewer scans'). A weak contraction can still rank "
-            "below a larger neighbour or below the regions a growing ventricle displaces (15 of 55 synthetic "
-            "benchmark cohorts: docs/report.md, 'Sixth fresh set', 'Scratch probes of displacement'). The cap has a "
+            "below a larger neighbour or below the regions a growing ventricle displaces (12 of 61 synthetic "
+            "benchmark cohorts: docs/report.md, 'Demoting regions marked near the ventricles'). The cap has a "
             "cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
