@@ -90,11 +90,12 @@ class RegionResult:
 class RegionalResult:
     """Model-free regional age models (``brainage.attribution.regional``): where the scans change with age.
 
-    ``table``: ``rank_regional`` (rank, region, structure, hemisphere, gain, ci_low, ci_high, mae, rank_low,
-    rank_high, n_voxels: each region's interior; gain_all, gain_all_low, gain_all_high, n_voxels_all: all its voxels;
-    with the lateral ventricles in the atlas, gain_away, gain_away_low, gain_away_high, n_voxels_away and
-    near_ventricles: the interior less the voxels near them) plus model_rank, the region's rank in the attribution
-    table (NaN without attribution).
+    ``table``: ``rank_regional`` in the report's order (rank, region, structure, hemisphere, gain, ci_low, ci_high,
+    mae, rank_low, rank_high, n_voxels: each region's interior; the bilateral_* columns: its structure's mean over
+    both hemispheres; gain_all, gain_all_low, gain_all_high, n_voxels_all: all its voxels; with the lateral
+    ventricles in the atlas, gain_away, gain_away_low, gain_away_high, n_voxels_away, near_ventricles and demoted:
+    the interior less the voxels near them, the mark, and the marked rows listed last) plus model_rank, the region's
+    rank in the attribution table (NaN without attribution).
     """
 
     table: pd.DataFrame
