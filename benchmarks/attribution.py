@@ -170,6 +170,18 @@ COHORTS = (
     Cohort("fresh10_vent_hippocampus", 125, effects=_GROW + "atrophy:hippocampus,atrophy:pallidum,"
                                                             "intensity:superiorfrontal"),
     Cohort("fresh10_mix", 126, random_effects="atrophy=2,intensity=2"),
+    # eleventh fresh set: declared 2026-12-06 (sixth session) before the rule for lifting the demotion of marked regions
+    # whose slope map shows their own contraction was written and before any result on them; growing ventricles in
+    # each, the other effects drawn as for fresh10 (draw11.py: numpy default_rng(seed), lateral ventricles and the
+    # fixed labels left out); a contracting caudate in two and a darkened one in one, where lifting the caudates'
+    # exemption would cost.
+    Cohort("fresh11_vent_a", 131, effects=_GROW + "atrophy:pallidum,atrophy:postcentral,intensity:insula"),
+    Cohort("fresh11_vent_b", 132, effects=_GROW + "atrophy:superiorfrontal,atrophy:cuneus,atrophy:fusiform"),
+    Cohort("fresh11_vent_c", 133, effects=_GROW + "atrophy:parahippocampal,atrophy:thalamusproper"),
+    Cohort("fresh11_vent_caudate_a", 134, effects=_GROW + "atrophy:caudate,atrophy:rostralanteriorcingulate"),
+    Cohort("fresh11_vent_caudate_b", 135, effects=_GROW + "atrophy:caudate,atrophy:paracentral,"
+                                                         "intensity:parsorbitalis"),
+    Cohort("fresh11_vent_caudate_dark", 136, effects=_GROW + "intensity:caudate,atrophy:thalamusproper"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
