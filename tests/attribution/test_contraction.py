@@ -1,0 +1,121 @@
+"""Contraction shares: the slope maps match per-voxel least squares, the shares match a brute-force full-grid
+implementation, a blob that contracts with age keeps a large share while one that growing ventricles push aside keeps
+a small one, and bad input is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from brainage.attribution.contraction import SlopeMaps, contraction_shares
+
+SPACING = 2.0
+AFFINE = np.diag([SPACING, SPACING, SPACING, 1.0])
+SHAPE = (30, 24, 24)
+
+
+def _blob(centre: tuple[float, float, float], radius: float, grid: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) smooth ball: 1 inside, 0 outside, a 2 mm soft edge (the model grid's blur)."""
+    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre))) * SPACING  # mm
+    return 1.0 / (1.0 + np.exp((distance - radius) / 2.0))
+
+
+def _cohort(s: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(images (s, X, Y, Z), ages, region rows (X, Y, Z), ventricle rows): a dark ventricle ball (row 0) that grows
+    with age, a grey ball beside it (row 1) pushed away as it grows, and a grey ball far from it (row 2) that
+    contracts with age; the rows are the balls at the cohort's mean age."""
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, s)
+    grid = np.indices(SHAPE, dtype=np.float64)
+    images = np.empty((s, *SHAPE))
+    for i, age in enumerate(ages):
+        grow = (age - 50) / 30  # -1 .. 1
+        ventricle = _blob((8, 12, 12), 8 + 2 * grow, grid)
+        pushed = _blob((15 + 1.0 * grow, 12, 12), 5, grid)  # its centre moves off the ventricle by 2 mm per 30 y
+        shrinks = _blob((24, 12, 12), 7 - 1.5 * grow, grid)
+        images[i] = 1.0 - 0.8 * ventricle - 0.4 * pushed - 0.4 * shrinks + rng.normal(0, 0.01, SHAPE)
+    regions = np.full(SHAPE, -1)
+    regions[_blob((8, 12, 12), 8, grid) > 0.5] = 0
+    regions[_blob((15, 12, 12), 5, grid) > 0.5] = 1
+    regions[_blob((24, 12, 12), 7, grid) > 0.5] = 2
+    return images, ages, regions, [0]
+
+
+def _maps(images: np.ndarray, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    acc = SlopeMaps()
+    for image, age in zip(images, ages):
+        acc.add(image, age)
+    return acc.maps()
+
+
+def _reference(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, r: int, ventricles: list[int]) -> np.ndarray:
+    """The shares on the full grid, one region at a time, voxel by voxel (no crop)."""
+    grad = np.gradient(mean, SPACING, SPACING, SPACING)
+    dist = ndi.distance_transform_edt(~np.isin(regions, ventricles), sampling=SPACING)
+    dgrad = np.gradient(dist, SPACING, SPACING, SPACING)
+    out = np.full(r, np.nan)
+    for row in range(r):
+        inside = regions == row
+        if row in ventricles or inside.sum() < 5:
+            continue
+        signed = (ndi.distance_transform_edt(~inside, sampling=SPACING)
+                  - ndi.distance_transform_edt(inside, sampling=SPACING))
+        sgrad = np.gradient(signed, SPACING, SPACING, SPACING)
+        rows = []
+        for p in np.argwhere(inside):
+            g = np.array([grad[a][tuple(p)] for a in range(3)])
+            n_away = np.array([dgrad[a][tuple(p)] for a in range(3)])
+            n_out = np.array([sgrad[a][tuple(p)] for a in range(3)])
+            rows.append((slope[tuple(p)], -g @ (n_away / (np.linalg.norm(n_away) + 1e-9)),
+                         g @ (n_out / (np.linalg.norm(n_out) + 1e-9))))
+        y, away, shrink = np.array(rows).T
+        full = np.column_stack([np.ones_like(y), away, shrink])
+        sse = [((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum() for x in (full, full[:, :2])]
+        out[row] = (sse[1] - sse[0]) / ((y - y.mean()) ** 2).sum()
+    return out
+
+
+def test_slope_maps_match_per_voxel_least_squares():
+    images, ages, _, _ = _cohort(s=20)
+    mean, slope = _maps(images, ages)
+    flat = images.reshape(len(ages), -1)
+    fitted = np.polyfit(ages, flat, 1)  # (2, X*Y*Z): slope, intercept
+    np.testing.assert_allclose(slope.ravel(), fitted[0], atol=1e-9)
+    np.testing.assert_allclose(mean, images.mean(0), atol=1e-12)
+
+
+def test_shares_match_a_brute_force_full_grid_reference():
+    images, ages, regions, ventricles = _cohort()
+    mean, slope = _maps(images, ages)
+    got = contraction_shares(mean, slope, regions, AFFINE, 4, ventricles)
+    want = _reference(mean, slope, regions, 4, ventricles)
+    np.testing.assert_allclose(got, want, atol=1e-9, equal_nan=True)
+    assert np.isnan(got[0]) and np.isnan(got[3])  # the ventricle itself; a row with no voxel
+
+
+def test_a_contracting_region_keeps_a_large_share_a_pushed_one_a_small_one():
+    images, ages, regions, ventricles = _cohort()
+    shares = contraction_shares(*_maps(images, ages), regions, AFFINE, 3, ventricles)
+    assert shares[2] > 0.3, shares  # contracts: most of its slope map is its own contraction
+    assert shares[1] < 0.1, shares  # pushed aside: the away pattern explains it
+    assert shares[2] > 3 * shares[1]
+
+
+def test_without_ventricles_every_share_is_nan():
+    images, ages, regions, _ = _cohort(s=20)
+    shares = contraction_shares(*_maps(images, ages), np.where(regions == 0, -1, regions), AFFINE, 3, [0])
+    assert np.isnan(shares).all()
+
+
+def test_bad_input_is_refused():
+    acc = SlopeMaps()
+    with pytest.raises(ValueError, match="at least 3 scans"):
+        acc.maps()
+    acc.add(np.zeros((4, 4, 4)), 30.0)
+    with pytest.raises(ValueError, match="one grid"):
+        acc.add(np.zeros((4, 4, 5)), 40.0)
+    acc.add(np.zeros((4, 4, 4)), 30.0)
+    acc.add(np.zeros((4, 4, 4)), 30.0)
+    with pytest.raises(ValueError, match="different ages"):
+        acc.maps()
