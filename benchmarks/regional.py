@@ -8,8 +8,9 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
 3. fits one cross-validated ridge model per atlas region (``brainage.attribution.regional``) over all the cohort's
    scans (model-free and cross-validated, so no subject is both fitted and scored) on each region's interior (voxels
    farther than ``--margin`` mm from every other region; 0 = all voxels), ranks the regions by gain with bootstrap
-   intervals, and scores the report's order (regions marked near the ventricles, other than the caudate, after the
-   others; with ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
+   intervals, and scores the report's order (regions marked near the ventricles after the others unless their
+   contraction share shows they contract, ``brainage.attribution.contraction``; with ``--ventricle-margin`` above 0,
+   by gain alone): precision@k with k = the number of planted regions,
    chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
    it, the order by gain alone, and that of the
    bilateral order (structures by the mean of their hemispheres' gains, a candidate that did not beat the per-region
@@ -38,6 +39,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.attribution import COHORTS, build_cohort  # noqa: E402
 from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS  # noqa: E402
+
+# the report's order: marked regions demoted unless they contract (results of an older order are refused on resume)
+ORDER = "report, contraction shares"
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +79,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     ventricles left out of the other regions (:func:`brainage.attribution.regional.interior_rows`); ``all_voxels``
     False: no all-voxel models (the same ranking, no ``precision_all_voxels``)."""
     from brainage.attribution.mapping import RegionIndex
+    from brainage.attribution.contraction import SlopeMaps, contraction_shares
     from brainage.attribution.regional import (VENTRICLE_MARGIN_MM, fit_regional_models, interior_rows,
                                                rank_regional, sort_regional, ventricle_rows)
     from brainage.attribution.validation import precision_at_k
@@ -88,7 +94,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
                  result.get("scans_drawn"), result.get("max_voxels"), result.get("screen", False),
                  result.get("ventricle_margin_mm", 0.0), result.get("order", "gain"))
         asked = (chain_name, margin, folds, seed, scans, max_voxels, screen, ventricle_margin,
-                 "report" if margin > 0 and ventricle_margin == 0 else "gain")
+                 ORDER if margin > 0 and ventricle_margin == 0 else "gain")
         if found != asked:
             raise ValueError(f"{done}: written with chain, margin, folds, seed, scans, max voxels, screen, ventricle "
                              f"margin, order {found}, this run asks for {asked}; use a fresh --out")
@@ -112,6 +118,12 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
                                  seed=seed, interior=interior, max_voxels=max_voxels, screen=screen,
                                  all_voxels=all_voxels, away=away)
+    if away is not None and ventricle_rows(index):  # as the report: a marked region that contracts keeps its place
+        slopes = SlopeMaps()
+        for image, age in zip(images, ages):
+            slopes.add(image, age)
+        models = replace(models, contraction=contraction_shares(*slopes.maps(), regions, affine, len(index),
+                                                                ventricle_rows(index)))
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
@@ -125,7 +137,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
               "chance": k / len(ranked), "precision": precision_at_k(ranked, planted),
               "precision_planted_or_displaced": precision_at_k(ranked, {*planted, *truth["indirect_regions"]}, k),
               "planted_ranks": {r: i + 1 for r, i in at.items()},
-              "order": "report" if away is not None else "gain",
+              "order": ORDER if away is not None else "gain",
               "precision_gain_order": precision_at_k(by_gain, planted),
               "precision_bilateral": precision_at_k(bilateral, planted),
               "planted_ranks_bilateral": {r: bilateral.index(r) + 1 for r in planted if r in bilateral},

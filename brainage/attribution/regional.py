@@ -19,9 +19,10 @@ millimetres of the ventricle; a contracting structure changes throughout. Rankin
 ``VENTRICLE_MARGIN_MM`` of the lateral ventricles did not qualify (it drops the displaced caudate and thalamus, and a
 contracting caudate with them), so those models (``away``) label instead: a region is marked *near the ventricles*
 when its gain without them is below ``NEAR_VENTRICLES`` of its interior gain (interior gain at least
-``NEAR_MIN_GAIN`` years), and the marked regions other than ``NEAR_EXEMPT`` (the caudate, whose contraction is marked
-too) rank after every unmarked one (docs/report.md, "Scratch probes of displacement", "Demoting regions marked near
-the ventricles").
+``NEAR_MIN_GAIN`` years). The mark says where a change lies, not why (a contracting caudate is marked too), so a marked
+region ranks after every unmarked one unless its age-slope map shows its own contraction: a contraction share of at
+least ``CONTRACTION_MIN`` (:mod:`brainage.attribution.contraction`; docs/report.md, "Scratch probes of
+displacement", "Demoting regions marked near the ventricles", "Contraction beside growing ventricles").
 
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
@@ -57,7 +58,7 @@ from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
 
-__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_EXEMPT",
+__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "CONTRACTION_MIN", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS",
            "NEAR_MIN_GAIN", "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels",
            "bilateral_gains", "fit_regional_models", "interior_rows", "rank_regional", "sort_regional",
            "ventricle_rows", "voxel_cap"]
@@ -79,9 +80,9 @@ CAP_FROM_SUBJECTS = 200
 VENTRICLE_MARGIN_MM = 7.5
 NEAR_VENTRICLES = 0.5
 NEAR_MIN_GAIN = 1.0
-# Structures whose contraction the near-ventricle mark does not separate from displacement (a contracting caudate
-# hardly extends beyond the band growing ventricles reach): marked, never demoted.
-NEAR_EXEMPT = ("caudate",)
+# a marked region whose contraction share reaches this keeps its place (displaced caudates 0.007-0.095, a contracting
+# one beside growing ventricles 0.139-0.157 on seen cohorts; docs/report.md, "Contraction beside growing ventricles")
+CONTRACTION_MIN = 0.12
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class RegionalAgeModels:
     folds: int
     whole: RegionalAgeModels | None = None  # the same fitted on all voxels (when these use the interiors)
     away: RegionalAgeModels | None = None  # the same on the interiors less the voxels near the ventricles
+    contraction: np.ndarray | None = None  # (r,) contraction share of each region's age-slope map (NaN: none)
 
     @property
     def gains(self) -> np.ndarray:
@@ -279,8 +281,10 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     bilateral_rank_high (the structure's per-subject mean over its hemispheres, ranked among structures;
     :func:`bilateral_gains`) (years; ``level`` bootstrap intervals over subjects); with ``models.whole`` also gain_all,
     gain_all_low, gain_all_high, n_voxels_all: the same region on all its voxels; with ``models.away`` also
-    gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near the ventricles) and
-    near_ventricles (gain_away below ``NEAR_VENTRICLES`` of a gain of at least ``NEAR_MIN_GAIN``)."""
+    gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near the ventricles),
+    near_ventricles (gain_away below ``NEAR_VENTRICLES`` of a gain of at least ``NEAR_MIN_GAIN``), contraction (the
+    share, NaN without ``models.contraction``) and demoted (marked, and a share below ``CONTRACTION_MIN`` or none):
+    the demoted regions rank after the others, rank intervals counted within each group."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:
@@ -310,10 +314,12 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     if models.away is not None:
         gain, low, high = summary(models.away)[:3]
         near = (frame["gain"] >= NEAR_MIN_GAIN) & (gain < NEAR_VENTRICLES * frame["gain"])
-        demoted = (near & ~frame["structure"].isin(NEAR_EXEMPT)).to_numpy()  # (r',)
+        share = (np.full(len(frame), np.nan) if models.contraction is None
+                 else np.asarray(models.contraction, dtype=np.float64)[keep])  # (r',)
+        demoted = (near & ~(share >= CONTRACTION_MIN)).to_numpy()  # (r',) marked, no contraction shown
         frame = frame.assign(gain_away=gain, gain_away_low=low, gain_away_high=high,
                              n_voxels_away=models.away.voxels[keep].astype(int), near_ventricles=near,
-                             demoted=demoted)
+                             contraction=share, demoted=demoted)
         gains = models.gains[:, keep]  # (s, r')
         for group, offset in ((~demoted, 0), (demoted, int((~demoted).sum()))):  # ranks counted within each group
             if group.any():

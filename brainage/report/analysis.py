@@ -93,8 +93,9 @@ class RegionalResult:
     ``table``: ``rank_regional`` in the report's order (rank, region, structure, hemisphere, gain, ci_low, ci_high,
     mae, rank_low, rank_high, n_voxels: each region's interior; the bilateral_* columns: its structure's mean over
     both hemispheres; gain_all, gain_all_low, gain_all_high, n_voxels_all: all its voxels; with the lateral
-    ventricles in the atlas, gain_away, gain_away_low, gain_away_high, n_voxels_away, near_ventricles and demoted:
-    the interior less the voxels near them, the mark, and the marked rows listed last) plus model_rank, the region's
+    ventricles in the atlas, gain_away, gain_away_low, gain_away_high, n_voxels_away, near_ventricles, contraction
+    and demoted: the interior less the voxels near them, the mark, the contraction share, and the marked rows without
+    a contracting share listed last) plus model_rank, the region's
     rank in the attribution table (NaN without attribution).
     """
 

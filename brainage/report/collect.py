@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 import yaml
 
 from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
+from brainage.attribution.contraction import SlopeMaps, contraction_shares
 from brainage.attribution.groups import read_group_column
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
@@ -114,11 +115,13 @@ class _Kept:
 
 @dataclass
 class _Regional:
-    """The atlas-labelled voxels (float16) of scans with a known age, per geometry, for the regional age models."""
+    """The atlas-labelled voxels (float16) of scans with a known age, per geometry, for the regional age models, and
+    the running sums of their whole images for the contraction shares."""
 
     limit: int
     voxels: dict[int, list[np.ndarray]] = field(default_factory=dict)  # geometry -> [(n,)]
     ages: dict[int, list[float]] = field(default_factory=dict)
+    slopes: dict[int, SlopeMaps] = field(default_factory=dict)
 
     def add(self, result: SubjectResult, geometry: int, regions: np.ndarray) -> None:
         age = result.row.get("age")
@@ -128,6 +131,7 @@ class _Regional:
         if len(kept) < self.limit:
             kept.append(np.asarray(result.image)[regions >= 0].astype(np.float16))
             self.ages.setdefault(geometry, []).append(float(age))
+            self.slopes.setdefault(geometry, SlopeMaps()).add(np.asarray(result.image), float(age))
 
 
 def _fill_ages(table: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -387,11 +391,12 @@ def _too_few(scans: int, source: str) -> str:
     return f"not run: {scans} scans with a known age {source}, the regional age models need at least {MIN_SUBJECTS}"
 
 
-def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], regions: np.ndarray, affine: np.ndarray,
-                  index: RegionIndex, settings: ReportSettings, progress: StageProgress, source: str
-                  ) -> tuple[RegionalAgeModels | None, str]:
+def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], slopes: SlopeMaps, regions: np.ndarray,
+                  affine: np.ndarray, index: RegionIndex, settings: ReportSettings, progress: StageProgress,
+                  source: str) -> tuple[RegionalAgeModels | None, str]:
     """Regional age models of s scans' (n,) labelled voxels on one grid (``regions`` (X, Y, Z) rows, ``affine``),
-    and a sentence on what they ran on."""
+    with the contraction shares of the same scans' ``slopes`` when the atlas has the ventricles, and a sentence on
+    what they ran on."""
     if len(ages) < MIN_SUBJECTS:
         return None, _too_few(len(ages), source)
     ventricles = ventricle_rows(index)
@@ -401,6 +406,9 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], regions: np.n
         cap = voxel_cap(len(ages))
         models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
                                      interior=interior_rows(regions, affine)[regions >= 0], max_voxels=cap, away=away)
+        if ventricles and np.ptp(ages) > 0:  # the shares need ages that differ
+            models = replace(models, contraction=contraction_shares(*slopes.maps(), regions, affine, len(index),
+                                                                    ventricles))
         stage.advance()
     return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
                     f"region's voxels farther than {MARGIN_MM:g} mm from other regions, "
@@ -417,8 +425,8 @@ def _regional_models(collected: Collected, regional: _Regional, settings: Report
     g = aggregator.main_geometry()
     voxels, ages = regional.voxels.get(g, []), regional.ages.get(g, [])
     geometry = aggregator.geometries[g]
-    return _fit_regional(voxels, ages, geometry.regions, geometry.affine, aggregator.regions, settings, progress,
-                         "on the main model grid")
+    return _fit_regional(voxels, ages, regional.slopes.get(g, SlopeMaps()), geometry.regions, geometry.affine,
+                         aggregator.regions, settings, progress, "on the main model grid")
 
 
 def read_chain(path: Path) -> Preprocessing:
@@ -449,7 +457,7 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
     table = _with_age(inputs.table if inputs.regional_table is None else inputs.regional_table)
     if len(table) < MIN_SUBJECTS:  # nothing to prepare
         return None, _too_few(len(table), "in the inputs")
-    voxels, ages, grid, skipped = [], [], None, []
+    voxels, ages, grid, skipped, slopes = [], [], None, [], SlopeMaps()
     with progress.stage("regional age models", min(len(table), settings.regional_subjects), "scans") as stage:
         for path, age in zip(table["path"], table["age"]):
             if len(ages) == settings.regional_subjects:
@@ -467,6 +475,7 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
                 continue
             voxels.append(image[0].numpy()[grid[1] >= 0].astype(np.float16))
             ages.append(float(age))
+            slopes.add(image[0].numpy(), float(age))
             stage.advance()
     for line in skipped:
         print(f"regional age models: skipped {line}", file=sys.stderr)
@@ -474,7 +483,7 @@ def _regional_on_chain(inputs: ReportInputs, index: RegionIndex, settings: Repor
         return None, f"not run: no scan with a known age could be prepared by {_chain_label(settings)}"
     source = (("" if inputs.regional_table is None else "from --regional-input, ") + f"prepared by "
               f"{_chain_label(settings)}" + (f", {len(skipped)} skipped" if skipped else ""))
-    return _fit_regional(voxels, ages, grid[1], grid[0], index, settings, progress, source)
+    return _fit_regional(voxels, ages, slopes, grid[1], grid[0], index, settings, progress, source)
 
 
 def collect(settings: ReportSettings, progress: StageProgress) -> Collected:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import (CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, NEAR_EXEMPT,
+from brainage.attribution.regional import (CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, CONTRACTION_MIN,
                                            NEAR_MIN_GAIN, NEAR_VENTRICLES, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
@@ -200,15 +200,15 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
 
 def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
     """The main result's note on the ageing regions marked 'change near the ventricles', if any: the demoted ones
-    (listed after the others) and the exempt ones (kept in place)."""
+    (listed after the others) and the contracting ones (kept in place)."""
     if "demoted" not in ageing or not ageing["near_ventricles"].any():
         return ""
     demoted, kept = ageing[ageing["demoted"]], ageing[ageing["near_ventricles"] & ~ageing["demoted"]]
     return ((f" {', '.join(demoted['region'])} change only near the ventricles, possibly displaced by growing "
              "ventricles rather than ageing themselves, and are listed after the other regions." if len(demoted)
              else "")
-            + (f" {', '.join(kept['region'])} also change only near the ventricles but keep their place: a "
-               "contracting caudate is marked as well (see 'Where the scans age')." if len(kept) else ""))
+            + (f" {', '.join(kept['region'])} also change only near the ventricles but keep their place: their "
+               "age-slope maps show their own contraction (see 'Where the scans age')." if len(kept) else ""))
 
 
 def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
@@ -326,6 +326,27 @@ def regions(result: ReportResult, canvas: Canvas) -> Section | None:
     return "Regions that drive the predicted age", blocks
 
 
+def _near_ventricles_paragraph() -> R.Markup:
+    """The regional section's paragraph on the mark 'change near the ventricles' and the contraction share."""
+    return R.paragraph(
+        "Growing ventricles displace their neighbours, whose voxels then change although they did not age "
+        "themselves; that change lies within a few millimetres of the ventricle, while a contracting structure "
+        "changes throughout. 'Gain, away from the ventricles' leaves out each region's voxels within "
+        f"{VENTRICLE_MARGIN_MM:g} mm of the lateral ventricles; 'change near the ventricles' marks a region "
+        f"whose gain falls below {NEAR_VENTRICLES:g} of its interior gain there (interior gain at least "
+        f"{NEAR_MIN_GAIN:g} y): read it as possibly displaced. The mark says where the change lies, not why: a "
+        "caudate that contracts is marked as well (13 fresh synthetic cohorts: 88 of 91 displaced regions "
+        "marked, 4 of 187 unchanged ones, and of 244 planted ones only the 12 caudates; docs/report.md, "
+        "'Scratch probes of displacement'). How the voxels change tells them apart: growing ventricles push "
+        "their neighbours away, a contracting structure pulls its tissue inwards. 'Contraction share' is the "
+        "part of a region's age-slope map (each voxel's slope of intensity on age) that only its own "
+        "contraction explains, beside a uniform change and tissue moving away from the ventricles "
+        "(small-motion patterns of the mean image; Horn & Schunck 1981). A marked region is listed after every "
+        f"unmarked region, its rank and rank interval counted from there, unless its share is at least "
+        f"{CONTRACTION_MIN:g} (displaced caudates kept 0.01-0.10 on synthetic cohorts, contracting ones "
+        "0.14-0.58; docs/report.md, 'Contraction beside growing ventricles').")
+
+
 def regional(result: ReportResult, canvas: Canvas) -> Section | None:
     """Model-free regional age models: the gain map and table, beside the model's own ranking."""
     if result.regional is None:
@@ -344,7 +365,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         "95% interval, all voxels": [R.format_interval(lo, hi) for lo, hi in zip(table["gain_all_low"],
                                                                                   table["gain_all_high"])],
         **({"gain, away from the ventricles (y)": table["gain_away"].round(2),
-            "change near the ventricles": np.where(table["near_ventricles"], "yes", "")}
+            "change near the ventricles": np.where(table["near_ventricles"], "yes", ""),
+            "contraction share": table["contraction"].round(3)}
            if "gain_away" in table else {}),
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
@@ -380,19 +402,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "change can fall below a neighbour while the pair does not; a change in one hemisphere only shows there "
             "at half its gain. As an order it did not beat the per-region one on seven fresh synthetic cohorts "
             "(docs/report.md, 'A bilateral order'), so it is a column, not the ranking."),
-        *([R.paragraph(
-            "Growing ventricles displace their neighbours, whose voxels then change although they did not age "
-            "themselves; that change lies within a few millimetres of the ventricle, while a contracting structure "
-            "changes throughout. 'Gain, away from the ventricles' leaves out each region's voxels within "
-            f"{VENTRICLE_MARGIN_MM:g} mm of the lateral ventricles; 'change near the ventricles' marks a region "
-            f"whose gain falls below {NEAR_VENTRICLES:g} of its interior gain there (interior gain at least "
-            f"{NEAR_MIN_GAIN:g} y): read it as possibly displaced. The mark says where the change lies, not why: a "
-            "caudate that contracts is marked as well (13 fresh synthetic cohorts: 88 of 91 displaced regions "
-            "marked, 4 of 187 unchanged ones, and of 244 planted ones only the 12 caudates; docs/report.md, "
-            "'Scratch probes of displacement'). So the marked regions other than the "
-            f"{' and '.join(NEAR_EXEMPT)} are listed after every unmarked region, their ranks and rank intervals "
-            "counted from there, and a marked caudate keeps its place (docs/report.md, 'Demoting regions marked "
-            "near the ventricles').")] if "gain_away" in table else []),
+        *([_near_ventricles_paragraph()] if "gain_away" in table else []),
         *([R.note(f"Only {result.regional.subjects} scans: on synthetic benchmark cohorts this ranking missed "
                   f"planted regions more often below {SURE_SUBJECTS} scans (24 cohorts at 40-400 scans: "
                   "docs/report.md, 'Size matching at fewer scans'). Read "

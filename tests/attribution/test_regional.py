@@ -7,6 +7,8 @@ fold, and bad input is refused."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +19,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainage.attribution.mapping import RegionIndex
-from brainage.attribution.regional import (ALPHAS, _folds, fit_regional_models, interior_rows, rank_regional,
-                                           sort_regional)
+from brainage.attribution.regional import (ALPHAS, CONTRACTION_MIN, _folds, fit_regional_models, interior_rows,
+                                           rank_regional, sort_regional)
 
 INDEX = RegionIndex.from_names({1: "L-ageing", 2: "R-noise", 3: "L-weak", 4: "R-absent"})
 
@@ -266,11 +268,11 @@ def test_a_change_only_beside_a_growing_ventricle_is_marked_near_the_ventricles(
         fit_regional_models(images[:, labelled], ages, regions[labelled], index, away=away[labelled])
 
 
-def test_regions_marked_near_the_ventricles_rank_after_the_others_except_the_caudate():
+def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_contract():
     """A displaced-like row that changes more (beside the ventricle only) than a contracting row (throughout): by gain
     it ranks above it; in the report's order it is demoted below every unmarked region, its rank interval counted
-    from there. Named caudate, the same row is marked but keeps its place (the mark does not separate a contracting
-    caudate)."""
+    from there, without contraction shares or with a share below ``CONTRACTION_MIN``; with a share at or above it the
+    same row is marked but keeps its place."""
     rng = np.random.default_rng(6)
     s = 80
     ages = rng.uniform(20, 80, s)
@@ -285,17 +287,18 @@ def test_regions_marked_near_the_ventricles_rank_after_the_others_except_the_cau
     labelled = regions >= 0
     interior = interior_rows(regions, affine)[labelled]
     away = interior_rows(regions, affine, growing=[2], growing_margin_mm=7.5)[labelled]
-    for beside, demoted in (("L-putamen", True), ("L-caudate", False)):
-        index = RegionIndex.from_names({1: beside, 2: "L-contracting", 201: "L-lateral-ventricle"})
-        assert index.names == (beside, "L-contracting", "L-lateral-ventricle")
-        models = fit_regional_models(images[:, labelled], ages, regions[labelled], index, interior=interior, away=away)
-        table = rank_regional(models, n_boot=300)
-        row = table.set_index("region").loc[beside]
+    index = RegionIndex.from_names({1: "L-caudate", 2: "L-contracting", 201: "L-lateral-ventricle"})
+    models = fit_regional_models(images[:, labelled], ages, regions[labelled], index, interior=interior, away=away)
+    for share, demoted in ((None, True), (CONTRACTION_MIN - 0.01, True), (CONTRACTION_MIN, False)):
+        shares = None if share is None else np.array([share, 0.5, np.nan])
+        table = rank_regional(replace(models, contraction=shares), n_boot=300)
+        row = table.set_index("region").loc["L-caudate"]
         assert row.near_ventricles and row.demoted == demoted
-        assert list(sort_regional(table, "gain")["region"]) == ["L-lateral-ventricle", beside, "L-contracting"]
+        assert np.isnan(row.contraction) if share is None else row.contraction == share
+        assert list(sort_regional(table, "gain")["region"]) == ["L-lateral-ventricle", "L-caudate", "L-contracting"]
         if demoted:
-            assert list(table["region"]) == ["L-lateral-ventricle", "L-contracting", beside]
+            assert list(table["region"]) == ["L-lateral-ventricle", "L-contracting", "L-caudate"]
             assert row.rank_low == row.rank_high == 3  # counted after the two unmarked regions
         else:
-            assert list(table["region"]) == ["L-lateral-ventricle", beside, "L-contracting"]
+            assert list(table["region"]) == ["L-lateral-ventricle", "L-caudate", "L-contracting"]
         assert list(table["rank"]) == [1, 2, 3] and (table.rank_low <= table["rank"]).all()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from brainage.attribution.contraction import SlopeMaps
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.regional import CAP_FROM_SUBJECTS, MAX_VOXELS, fit_regional_models, interior_rows, voxel_cap
 from brainage.report.collect import _fit_regional
@@ -30,7 +31,10 @@ def test_the_report_caps_the_voxels_only_from_cap_from_subjects_scans(subjects):
     images[:, regions == 0] += (ages[:, None] - 50) / 40  # a weak change over many voxels
     voxels = [image[regions >= 0] for image in images]
     settings = ReportSettings(inputs=("unused",), out=Path("unused"))
-    models, described = _fit_regional(voxels, ages, regions, affine, INDEX, settings,
+    slopes = SlopeMaps()
+    for image, age in zip(images, ages):
+        slopes.add(image, age)
+    models, described = _fit_regional(voxels, ages, slopes, regions, affine, INDEX, settings,
                                       StageProgress(["regional age models"], stream=io.StringIO()), "in the test")
     inner = interior_rows(regions, affine)[regions >= 0]
     assert (inner == 0).sum() > MAX_VOXELS >= (inner == 1).sum() > 0
@@ -45,3 +49,4 @@ def test_the_report_caps_the_voxels_only_from_cap_from_subjects_scans(subjects):
     np.testing.assert_array_equal(models.errors[:, 1], other.errors[:, 1])  # the small one is never capped
     assert (f"at most {MAX_VOXELS} of them per model" in described) == capped
     assert ("no voxel cap" in described) == (not capped)
+    assert models.contraction is None  # no lateral ventricles in this atlas: no shares

@@ -227,6 +227,7 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
                              canvas))
     assert "gain, away from the ventricles (y)" in shown and "read it as possibly displaced" in shown
     assert "listed after every unmarked region" in shown and not table["demoted"].any()
+    assert "contraction share" in shown and table["contraction"].isna().all()  # models without shares
     assert "change only near the ventricles" not in _html(S.main_result(result, canvas))  # nothing marked
 
     def headline(t: pd.DataFrame) -> str:
@@ -236,7 +237,7 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     assert set(table.loc[table["ci_low"] > 0, "region"]) == {"L-front"}  # the only sure one here
     demoted = table.assign(near_ventricles=table["region"] == "L-front", demoted=table["region"] == "L-front")
     assert "L-front change only near the ventricles, possibly displaced" in headline(demoted)
-    kept = demoted.assign(demoted=False)  # marked but exempt (as a caudate is)
+    kept = demoted.assign(demoted=False)  # marked, but its slope map shows its own contraction
     assert "L-front also change only near the ventricles but keep their place" in headline(kept)
 
 
