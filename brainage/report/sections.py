@@ -198,17 +198,24 @@ def main_result(result: ReportResult, canvas: Canvas) -> Section:
     return "Main result", blocks
 
 
+def _number(rows: pd.DataFrame, one: str, many: str) -> str:
+    """``one`` for a single row, else ``many`` (a verb or phrase agreeing with a list of regions)."""
+    return one if len(rows) == 1 else many
+
+
 def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
     """The main result's note on the ageing regions marked 'change near the ventricles', if any: the demoted ones
     (listed after the others) and the contracting ones (kept in place)."""
     if "demoted" not in ageing or not ageing["near_ventricles"].any():
         return ""
     demoted, kept = ageing[ageing["demoted"]], ageing[ageing["near_ventricles"] & ~ageing["demoted"]]
-    return ((f" {', '.join(demoted['region'])} change only near the ventricles, possibly displaced by growing "
-             "ventricles rather than ageing themselves, and are listed after the other regions." if len(demoted)
-             else "")
-            + (f" {', '.join(kept['region'])} also change only near the ventricles but keep their place: their "
-               "age-slope maps show their own contraction (see 'Where the scans age')." if len(kept) else ""))
+    say = _number  # the verb's number follows the region list's
+    return ((f" {', '.join(demoted['region'])} {say(demoted, 'changes', 'change')} only near the ventricles, "
+             "possibly displaced by growing ventricles rather than ageing, and "
+             f"{say(demoted, 'is', 'are')} listed after the other regions." if len(demoted) else "")
+            + (f" {', '.join(kept['region'])} also {say(kept, 'changes', 'change')} only near the ventricles but "
+               + say(kept, "keeps its place: its age-slope map shows its", "keep their place: their age-slope maps "
+                     "show their") + " own contraction (see 'Where the scans age')." if len(kept) else ""))
 
 
 def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
@@ -344,7 +351,8 @@ def _near_ventricles_paragraph() -> R.Markup:
         "(small-motion patterns of the mean image; Horn & Schunck 1981). A marked region is listed after every "
         f"unmarked region, its rank and rank interval counted from there, unless its share is at least "
         f"{CONTRACTION_MIN:g} (displaced caudates kept 0.01-0.10 on synthetic cohorts, contracting ones "
-        "0.14-0.58; docs/report.md, 'Contraction beside growing ventricles').")
+        "0.11-0.58, so a contracting caudate can still be demoted; docs/report.md, 'Contraction beside growing "
+        "ventricles').")
 
 
 def regional(result: ReportResult, canvas: Canvas) -> Section | None:
@@ -365,7 +373,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         "95% interval, all voxels": [R.format_interval(lo, hi) for lo, hi in zip(table["gain_all_low"],
                                                                                   table["gain_all_high"])],
         **({"gain, away from the ventricles (y)": table["gain_away"].round(2),
-            "change near the ventricles": np.where(table["near_ventricles"], "yes", ""),
+            "change near the ventricles": np.where(~table["near_ventricles"], "", np.where(
+                table["demoted"], "yes: listed last", "yes, contracts: kept in place")),
             "contraction share": table["contraction"].round(3)}
            if "gain_away" in table else {}),
         "MAE (y)": table["mae"].round(2),
@@ -388,8 +397,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"region's interior voxels ({DRAWS} random draws, errors averaged), from {CAP_FROM_SUBJECTS} scans on; "
             "with fewer, the capped models read a weak change too poorly, so every interior voxel is used "
             "(docs/report.md, 'Size matching at fewer scans'). A weak contraction can still rank "
-            "below a larger neighbour or below the regions a growing ventricle displaces (12 of 61 synthetic "
-            "benchmark cohorts: docs/report.md, 'Demoting regions marked near the ventricles'). The cap has a "
+            "below a larger neighbour or below the regions a growing ventricle displaces (13 of 67 synthetic "
+            "benchmark cohorts: docs/report.md, 'Contraction beside growing ventricles'). The cap has a "
             "cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",

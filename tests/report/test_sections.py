@@ -236,9 +236,12 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
 
     assert set(table.loc[table["ci_low"] > 0, "region"]) == {"L-front"}  # the only sure one here
     demoted = table.assign(near_ventricles=table["region"] == "L-front", demoted=table["region"] == "L-front")
-    assert "L-front change only near the ventricles, possibly displaced" in headline(demoted)
+    assert "L-front changes only near the ventricles, possibly displaced" in headline(demoted)
+    both = table["region"].isin(["L-front", "L-back"])
+    two = table.assign(near_ventricles=both, demoted=both, ci_low=np.where(both, 0.1, table["ci_low"]))
+    assert "L-front, L-back change only near the ventricles" in headline(two)  # both, by gain; one verb for the list
     kept = demoted.assign(demoted=False)  # marked, but its slope map shows its own contraction
-    assert "L-front also change only near the ventricles but keep their place" in headline(kept)
+    assert "L-front also changes only near the ventricles but keeps its place: its age-slope map" in headline(kept)
 
 
 def test_regional_section_says_why_it_did_not_run(result, canvas):
