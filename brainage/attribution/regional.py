@@ -80,8 +80,9 @@ CAP_FROM_SUBJECTS = 200
 VENTRICLE_MARGIN_MM = 7.5
 NEAR_VENTRICLES = 0.5
 NEAR_MIN_GAIN = 1.0
-# a marked region whose contraction share reaches this keeps its place (displaced caudates 0.007-0.095, a contracting
-# one beside growing ventricles 0.139-0.157 on seen cohorts; docs/report.md, "Contraction beside growing ventricles")
+# a marked region whose contraction share reaches this keeps its place (displaced caudates 0.007-0.095 and contracting
+# ones beside growing ventricles 0.139-0.157 on the cohorts that chose it; on fresh11, which validated it, 0.028-0.085
+# and 0.110-0.144, one contracting caudate below it; docs/report.md, "Contraction beside growing ventricles")
 CONTRACTION_MIN = 0.12
 
 
