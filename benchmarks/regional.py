@@ -39,7 +39,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +78,9 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     ventricles left out of the other regions (:func:`brainage.attribution.regional.interior_rows`); ``all_voxels``
     False: no all-voxel models (the same ranking, no ``precision_all_voxels``)."""
     from brainage.attribution.mapping import RegionIndex
-    from brainage.attribution.contraction import SlopeMaps, contraction_shares
+    from brainage.attribution.contraction import SlopeMaps
     from brainage.attribution.regional import (VENTRICLE_MARGIN_MM, fit_regional_models, interior_rows,
-                                               rank_regional, sort_regional, ventricle_rows)
+                                               rank_regional, sort_regional, ventricle_rows, with_contraction)
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
     from brainage.reference.atlas import load_default_atlas
@@ -118,12 +117,11 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
                                  seed=seed, interior=interior, max_voxels=max_voxels, screen=screen,
                                  all_voxels=all_voxels, away=away)
-    if away is not None and ventricle_rows(index):  # as the report: a marked region that contracts keeps its place
+    if away is not None:  # as the report: a marked region that contracts keeps its place
         slopes = SlopeMaps()
         for image, age in zip(images, ages):
             slopes.add(image, age)
-        models = replace(models, contraction=contraction_shares(*slopes.maps(), regions, affine, len(index),
-                                                                ventricle_rows(index)))
+        models = with_contraction(models, slopes, regions, affine)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])

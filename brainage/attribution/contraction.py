@@ -49,13 +49,22 @@ class SlopeMaps:
         self.image += image
         self.image_age += age * image
 
+    @property
+    def spread(self) -> float:
+        """Sum of squared age deviations of the scans added (0 without two different ages)."""
+        return self.age2 - self.age * self.age / max(self.n, 1)
+
+    @property
+    def usable(self) -> bool:
+        """At least 3 scans with different ages: :meth:`maps` can fit a slope."""
+        return self.image is not None and self.n >= 3 and self.spread > 0
+
     def maps(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean (X, Y, Z), slope (X, Y, Z) per year of age), by least squares over the scans added."""
-        spread = self.age2 - self.age * self.age / max(self.n, 1)  # sum of squared age deviations
-        if self.image is None or self.n < 3 or spread <= 0:
+        if not self.usable:
             raise ValueError(f"slope maps need at least 3 scans with different ages; got {self.n}")
         mean = self.image / self.n
-        return mean, (self.image_age - self.age * mean) / spread
+        return mean, (self.image_age - self.age * mean) / self.spread
 
 
 def _unit(vectors: list[np.ndarray]) -> list[np.ndarray]:

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from brainage.attribution.contraction import SlopeMaps, contraction_shares
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
@@ -61,7 +62,7 @@ from brainage.reference.atlas import VENTRICLE_LABELS
 __all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "CONTRACTION_MIN", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS",
            "NEAR_MIN_GAIN", "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels",
            "bilateral_gains", "fit_regional_models", "interior_rows", "rank_regional", "sort_regional",
-           "ventricle_rows", "voxel_cap"]
+           "ventricle_rows", "voxel_cap", "with_contraction"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -114,6 +115,17 @@ def voxel_cap(subjects: int) -> int | None:
 def ventricle_rows(index: RegionIndex) -> list[int]:
     """Rows of the lateral ventricles among ``index``'s regions (none when the atlas lacks them)."""
     return [index.names.index(name) for name in VENTRICLE_LABELS.values() if name in index.names]
+
+
+def with_contraction(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.ndarray, affine: np.ndarray
+                     ) -> RegionalAgeModels:
+    """``models`` with the contraction shares of the same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows
+    and ``affine``; unchanged when the atlas lacks the lateral ventricles or the slopes cannot be fitted."""
+    ventricles = ventricle_rows(models.regions)
+    if not ventricles or not slopes.usable:
+        return models
+    return replace(models, contraction=contraction_shares(*slopes.maps(), regions, affine, len(models.regions),
+                                                          ventricles))
 
 
 def _folds(s: int, folds: int, seed: int) -> np.ndarray:

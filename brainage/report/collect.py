@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +34,13 @@ import torch
 import yaml
 
 from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
-from brainage.attribution.contraction import SlopeMaps, contraction_shares
+from brainage.attribution.contraction import SlopeMaps
 from brainage.attribution.groups import read_group_column
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.regional import (CAP_FROM_SUBJECTS, MARGIN_MM, MIN_SUBJECTS, VENTRICLE_MARGIN_MM,
                                            RegionalAgeModels, fit_regional_models, interior_rows, ventricle_rows,
-                                           voxel_cap)
+                                           voxel_cap, with_contraction)
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
@@ -406,9 +406,7 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], slopes: Slope
         cap = voxel_cap(len(ages))
         models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
                                      interior=interior_rows(regions, affine)[regions >= 0], max_voxels=cap, away=away)
-        if ventricles and np.ptp(ages) > 0:  # the shares need ages that differ
-            models = replace(models, contraction=contraction_shares(*slopes.maps(), regions, affine, len(index),
-                                                                    ventricles))
+        models = with_contraction(models, slopes, regions, affine)
         stage.advance()
     return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
                     f"region's voxels farther than {MARGIN_MM:g} mm from other regions, "

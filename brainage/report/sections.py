@@ -209,12 +209,11 @@ def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
     if "demoted" not in ageing or not ageing["near_ventricles"].any():
         return ""
     demoted, kept = ageing[ageing["demoted"]], ageing[ageing["near_ventricles"] & ~ageing["demoted"]]
-    say = _number  # the verb's number follows the region list's
-    return ((f" {', '.join(demoted['region'])} {say(demoted, 'changes', 'change')} only near the ventricles, "
+    return ((f" {', '.join(demoted['region'])} {_number(demoted, 'changes', 'change')} only near the ventricles, "
              "possibly displaced by growing ventricles rather than ageing, and "
-             f"{say(demoted, 'is', 'are')} listed after the other regions." if len(demoted) else "")
-            + (f" {', '.join(kept['region'])} also {say(kept, 'changes', 'change')} only near the ventricles but "
-               + say(kept, "keeps its place: its age-slope map shows its", "keep their place: their age-slope maps "
+             f"{_number(demoted, 'is', 'are')} listed after the other regions." if len(demoted) else "")
+            + (f" {', '.join(kept['region'])} also {_number(kept, 'changes', 'change')} only near the ventricles but "
+               + _number(kept, "keeps its place: its age-slope map shows its", "keep their place: their age-slope maps "
                      "show their") + " own contraction (see 'Where the scans age')." if len(kept) else ""))
 
 

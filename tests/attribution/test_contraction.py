@@ -110,6 +110,7 @@ def test_without_ventricles_every_share_is_nan():
 
 def test_bad_input_is_refused():
     acc = SlopeMaps()
+    assert not acc.usable
     with pytest.raises(ValueError, match="at least 3 scans"):
         acc.maps()
     acc.add(np.zeros((4, 4, 4)), 30.0)
@@ -117,5 +118,6 @@ def test_bad_input_is_refused():
         acc.add(np.zeros((4, 4, 5)), 40.0)
     acc.add(np.zeros((4, 4, 4)), 30.0)
     acc.add(np.zeros((4, 4, 4)), 30.0)
+    assert not acc.usable  # three scans, one age
     with pytest.raises(ValueError, match="different ages"):
         acc.maps()
