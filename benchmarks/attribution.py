@@ -182,6 +182,17 @@ COHORTS = (
     Cohort("fresh11_vent_caudate_b", 135, effects=_GROW + "atrophy:caudate,atrophy:paracentral,"
                                                          "intensity:parsorbitalis"),
     Cohort("fresh11_vent_caudate_dark", 136, effects=_GROW + "intensity:caudate,atrophy:thalamusproper"),
+    # twelfth fresh set: declared 2026-12-06 (seventh session) before any run of the rule that demotes a changing
+    # region whose interior lies within 10 mm of the lateral ventricles (docs/report.md, "A displacement zone beside
+    # the ventricles"); growing ventricles in five, the other effects drawn with numpy's default_rng(seed) among the
+    # eligible labels (draw12.py, lateral ventricles left out); in three, one effect drawn among the 13 structures
+    # inside that zone: a contraction, a darkening and a brightening, where the rule could cost.
+    Cohort("fresh12_vent_a", 141, effects=_GROW + "atrophy:lingual,atrophy:precuneus,atrophy:putamen"),
+    Cohort("fresh12_vent_b", 142, effects=_GROW + "atrophy:amygdala,atrophy:bankssts,intensity:parsopercularis"),
+    Cohort("fresh12_vent_zone_shrink", 143, effects=_GROW + "atrophy:thalamusproper,atrophy:lingual"),
+    Cohort("fresh12_vent_zone_dark", 144, effects=_GROW + "intensity:hippocampus,atrophy:rostralanteriorcingulate"),
+    Cohort("fresh12_vent_zone_bright", 145, effects=_GROW + "intensity:brighten:pallidum,atrophy:parstriangularis"),
+    Cohort("fresh12_mix", 146, random_effects="atrophy=2,intensity=2"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
