@@ -9,8 +9,8 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    scans (model-free and cross-validated, so no subject is both fitted and scored) on each region's interior (voxels
    farther than ``--margin`` mm from every other region; 0 = all voxels), ranks the regions by gain with bootstrap
    intervals, and scores the report's order (regions marked near the ventricles after the others unless their
-   contraction share shows they contract, ``brainage.attribution.contraction``; with ``--ventricle-margin`` above 0,
-   by gain alone): precision@k with k = the number of planted regions,
+   age-slope maps show them contracting or darkening throughout, ``brainage.attribution.contraction``; with
+   ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
    chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
    it, the order by gain alone, and that of the
    bilateral order (structures by the mean of their hemispheres' gains, a candidate that did not beat the per-region
@@ -49,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.attribution import COHORTS, build_cohort  # noqa: E402
 from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS  # noqa: E402
 
-# the report's order: marked regions demoted unless they contract (results of an older order are refused on resume)
-ORDER = "report, contraction shares"
+# the report's order: regions marked near the ventricles demoted unless they contract or darken throughout (results of
+# an older order are refused on resume)
+ORDER = "report, 10 mm zone"
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     from brainage.attribution.mapping import RegionIndex
     from brainage.attribution.contraction import SlopeMaps
     from brainage.attribution.regional import (VENTRICLE_MARGIN_MM, fit_regional_models, interior_rows,
-                                               rank_regional, sort_regional, ventricle_rows, with_contraction)
+                                               rank_regional, sort_regional, ventricle_rows, with_slope_checks)
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
     from brainage.reference.atlas import load_default_atlas
@@ -111,17 +112,17 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     regions = index.columns(atlas.resample_to(images.shape[1:], affine))  # (X, Y, Z) region rows, -1 = none
     interior = (interior_rows(regions, affine, margin, ventricle_rows(index), ventricle_margin)[regions >= 0]
                 if margin > 0 else None)
-    # as the report: the interiors less the voxels near the ventricles mark (and demote) possibly displaced regions
+    # as the report: the interiors less the voxels near the ventricles (shown beside each gain)
     away = (interior_rows(regions, affine, margin, ventricle_rows(index), VENTRICLE_MARGIN_MM)[regions >= 0]
             if margin > 0 and ventricle_margin == 0 else None)
     models = fit_regional_models(images[:, regions >= 0], ages, regions[regions >= 0], index, folds=folds,
                                  seed=seed, interior=interior, max_voxels=max_voxels, screen=screen,
                                  all_voxels=all_voxels, away=away)
-    if away is not None:  # as the report: a marked region that contracts keeps its place
+    if away is not None:  # as the report: marked regions demoted unless they contract or darken throughout
         slopes = SlopeMaps()
         for image, age in zip(images, ages):
             slopes.add(image, age)
-        models = with_contraction(models, slopes, regions, affine)
+        models = with_slope_checks(models, slopes, regions, affine)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])

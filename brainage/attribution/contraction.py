@@ -12,7 +12,9 @@ voxel's slope of intensity on age is fitted inside each atlas region on three pa
 A region's *contraction share* is the contraction pattern's partial R^2: the fraction of its slope map's variance that
 only its own contraction explains. A structure that growing ventricles push aside follows the away pattern and keeps a
 small share; one that contracts keeps a large one whatever the ventricles do (docs/report.md, "Contraction beside
-growing ventricles").
+growing ventricles"). Its *darkening* is the mean of its slope map over the map's root mean square: -1 when the whole
+region darkens alike (a T1 contrast loss), near 0 or positive when tissue moves through it (docs/report.md, "A
+displacement zone beside the ventricles").
 
 Letter legend: s subjects, r atlas regions, v voxels of one region, (X, Y, Z) model grid.
 """
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_VOXELS", "SlopeMaps", "contraction_shares"]
+__all__ = ["MIN_VOXELS", "SlopeMaps", "contraction_shares", "darkening"]
 
 MIN_VOXELS = 5  # fewer voxels in a region cannot fit three patterns: its share is NaN
 PAD = 2  # voxels around a region's box: its signed distance and gradient are exact inside the crop
@@ -106,4 +108,21 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
         resid_full = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
         resid_less = y - x[:, :2] @ np.linalg.lstsq(x[:, :2], y, rcond=None)[0]
         out[row] = ((resid_less ** 2).sum() - (resid_full ** 2).sum()) / total
+    return out
+
+
+def darkening(slope: np.ndarray, regions: np.ndarray, r: int) -> np.ndarray:
+    """(r,) each region's mean slope over the root mean square of its slopes (module docstring), in [-1, 1].
+
+    ``slope``: (X, Y, Z) from :class:`SlopeMaps`; ``regions``: (X, Y, Z) region rows, -1 = background; regions under
+    ``MIN_VOXELS`` voxels or with a flat slope map: NaN.
+    """
+    rows = regions[regions >= 0]  # (n,)
+    values = np.asarray(slope, dtype=np.float64)[regions >= 0]  # (n,)
+    count = np.bincount(rows, minlength=r)[:r].astype(np.float64)  # (r,)
+    total = np.bincount(rows, weights=values, minlength=r)[:r]
+    squares = np.bincount(rows, weights=values * values, minlength=r)[:r]
+    out = np.full(r, np.nan)
+    ok = (count >= MIN_VOXELS) & (squares > 0)
+    out[ok] = total[ok] / np.sqrt(squares[ok] * count[ok])  # mean / rms = sum / sqrt(n * sum of squares)
     return out

@@ -14,15 +14,17 @@ gain to the regions beside it). Each region's model is therefore fitted on its *
 region with no interior voxel is predicted by the median age (gain 0). The margin was chosen on ten synthetic cohorts
 under a rule fixed beforehand and validated on four fresh ones (docs/report.md, "Leaving out the voxels ...").
 
-**Change near the ventricles.** Growing ventricles displace their neighbours, whose change then lies within a few
-millimetres of the ventricle; a contracting structure changes throughout. Ranking without the voxels within
-``VENTRICLE_MARGIN_MM`` of the lateral ventricles did not qualify (it drops the displaced caudate and thalamus, and a
-contracting caudate with them), so those models (``away``) label instead: a region is marked *near the ventricles*
-when its gain without them is below ``NEAR_VENTRICLES`` of its interior gain (interior gain at least
-``NEAR_MIN_GAIN`` years). The mark says where a change lies, not why (a contracting caudate is marked too), so a marked
-region ranks after every unmarked one unless its age-slope map shows its own contraction: a contraction share of at
-least ``CONTRACTION_MIN`` (:mod:`brainage.attribution.contraction`; docs/report.md, "Scratch probes of
-displacement", "Demoting regions marked near the ventricles", "Contraction beside growing ventricles").
+**Change near the ventricles.** Growing ventricles displace their neighbours, and the displacement reaches across
+the corpus callosum into the cingulate (the callosum and the tissue above it move as one band). A region with a gain
+of at least ``NEAR_MIN_GAIN`` years whose interior comes within ``NEAR_MM`` of the lateral ventricles is marked *near
+the ventricles* (:func:`ventricle_distances`; 13 structures a side on the 3 mm grid). The mark says where a change
+lies, not why, so a marked region ranks after every unmarked one unless its age-slope map shows a change of its own:
+its own contraction (a contraction share of at least ``CONTRACTION_MIN``) or a darkening throughout (a darkening of at
+most ``DARKENING_MAX``; :mod:`brainage.attribution.contraction`). A brightening beside the ventricles is read as
+displacement (docs/report.md, "Contraction beside growing ventricles", "A displacement zone beside the ventricles").
+The same models without the voxels within ``VENTRICLE_MARGIN_MM`` of the ventricles (``away``) show how much of each
+gain lies beside them (ranking without those voxels did not qualify: it drops the displaced caudate and thalamus, and
+a contracting caudate with them; docs/report.md, "Scratch probes of displacement").
 
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
@@ -54,15 +56,15 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from brainage.attribution.contraction import SlopeMaps, contraction_shares
+from brainage.attribution.contraction import SlopeMaps, contraction_shares, darkening
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
 
-__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "CONTRACTION_MIN", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS",
-           "NEAR_MIN_GAIN", "NEAR_VENTRICLES", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels",
+__all__ = ["ALPHAS", "CAP_FROM_SUBJECTS", "CONTRACTION_MIN", "DARKENING_MAX", "DRAWS", "MARGIN_MM", "MAX_VOXELS",
+           "MIN_SUBJECTS", "NEAR_MIN_GAIN", "NEAR_MM", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels",
            "bilateral_gains", "fit_regional_models", "interior_rows", "rank_regional", "sort_regional",
-           "ventricle_rows", "voxel_cap", "with_contraction"]
+           "ventricle_distances", "ventricle_rows", "voxel_cap", "with_slope_checks"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -76,15 +78,17 @@ DRAWS = 5  # random voxel draws per capped region; its errors are averaged over 
 # (24 synthetic cohorts at 40-400 scans: clearly at 40, within noise at 100; five fresh ones agreed narrowly;
 # docs/report.md, "Size matching at fewer scans")
 CAP_FROM_SUBJECTS = 200
-# change near the ventricles: the margin around them, and the gain ratio and least gain of the label (seed-0 runs on
-# 35 synthetic cohorts; docs/report.md, "Scratch probes of displacement")
+# the away models leave out this margin around the ventricles (shown beside each gain, not used by the order)
 VENTRICLE_MARGIN_MM = 7.5
-NEAR_VENTRICLES = 0.5
+# the mark: a gain of at least NEAR_MIN_GAIN years and an interior within NEAR_MM of the ventricles (chosen among 9, 10,
+# 12 and 15 mm on 71 synthetic cohorts; 15 mm reached one structure in three and demoted the demo's darkened insula;
+# docs/report.md, "A displacement zone beside the ventricles")
 NEAR_MIN_GAIN = 1.0
-# a marked region whose contraction share reaches this keeps its place (displaced caudates 0.007-0.095 and contracting
-# ones beside growing ventricles 0.139-0.157 on the cohorts that chose it; on fresh11, which validated it, 0.028-0.085
-# and 0.110-0.144, one contracting caudate below it; docs/report.md, "Contraction beside growing ventricles")
+NEAR_MM = 10.0
 CONTRACTION_MIN = 0.12
+# a marked region whose slope map darkens throughout (mean over root mean square at most this) keeps its place too:
+# planted darkenings -0.89 to -0.97 on every seen cohort; chosen among -0.8 to -0.95 with NEAR_MM
+DARKENING_MAX = -0.85
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,9 @@ class RegionalAgeModels:
     folds: int
     whole: RegionalAgeModels | None = None  # the same fitted on all voxels (when these use the interiors)
     away: RegionalAgeModels | None = None  # the same on the interiors less the voxels near the ventricles
+    ventricle_mm: np.ndarray | None = None  # (r,) mm from each region's interior to the lateral ventricles (NaN: none)
     contraction: np.ndarray | None = None  # (r,) contraction share of each region's age-slope map (NaN: none)
+    darkening: np.ndarray | None = None  # (r,) mean over root mean square of each region's age-slope map (NaN: none)
 
     @property
     def gains(self) -> np.ndarray:
@@ -117,15 +123,38 @@ def ventricle_rows(index: RegionIndex) -> list[int]:
     return [index.names.index(name) for name in VENTRICLE_LABELS.values() if name in index.names]
 
 
-def with_contraction(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.ndarray, affine: np.ndarray
-                     ) -> RegionalAgeModels:
-    """``models`` with the contraction shares of the same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows
-    and ``affine``; unchanged when the atlas lacks the lateral ventricles or the slopes cannot be fitted."""
+def ventricle_distances(regions: np.ndarray, affine: np.ndarray, r: int, ventricles: Sequence[int]) -> np.ndarray:
+    """(r,) mm (centre to centre) from each region's interior (:func:`interior_rows`) to the nearest voxel of the
+    ``ventricles`` rows on the grid of ``regions`` (X, Y, Z) rows and ``affine``; NaN for the ventricles themselves,
+    regions without an interior voxel, and every region when the grid holds no ventricle voxel."""
+    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))  # (3,) mm per voxel
+    out = np.full(r, np.nan)
+    grows = np.isin(regions, list(ventricles))  # (X, Y, Z)
+    if not grows.any():
+        return out
+    distance = ndi.distance_transform_edt(~grows, sampling=spacing)  # (X, Y, Z) mm
+    interior = interior_rows(regions, affine)
+    inside = (interior >= 0) & ~np.isin(interior, list(ventricles))
+    rows, near = interior[inside], distance[inside]  # (n,)
+    order = np.lexsort((near, rows))  # by row, then distance: the first of each row is its nearest voxel
+    first = np.unique(rows[order], return_index=True)
+    out[first[0]] = near[order][first[1]]
+    return out
+
+
+def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.ndarray, affine: np.ndarray
+                      ) -> RegionalAgeModels:
+    """``models`` with each region's distance to the lateral ventricles and the contraction shares and darkenings of
+    the same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows and ``affine``; unchanged when the atlas
+    lacks the lateral ventricles or the slopes cannot be fitted."""
     ventricles = ventricle_rows(models.regions)
     if not ventricles or not slopes.usable:
         return models
-    return replace(models, contraction=contraction_shares(*slopes.maps(), regions, affine, len(models.regions),
-                                                          ventricles))
+    r = len(models.regions)
+    mean, slope = slopes.maps()
+    return replace(models, ventricle_mm=ventricle_distances(regions, affine, r, ventricles),
+                   contraction=contraction_shares(mean, slope, regions, affine, r, ventricles),
+                   darkening=darkening(slope, regions, r))
 
 
 def _folds(s: int, folds: int, seed: int) -> np.ndarray:
@@ -294,10 +323,11 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     bilateral_rank_high (the structure's per-subject mean over its hemispheres, ranked among structures;
     :func:`bilateral_gains`) (years; ``level`` bootstrap intervals over subjects); with ``models.whole`` also gain_all,
     gain_all_low, gain_all_high, n_voxels_all: the same region on all its voxels; with ``models.away`` also
-    gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near the ventricles),
-    near_ventricles (gain_away below ``NEAR_VENTRICLES`` of a gain of at least ``NEAR_MIN_GAIN``), contraction (the
-    share, NaN without ``models.contraction``) and demoted (marked, and a share below ``CONTRACTION_MIN`` or none):
-    the demoted regions rank after the others, rank intervals counted within each group."""
+    gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near the ventricles); with
+    ``models.ventricle_mm`` also ventricle_mm, near_ventricles (a gain of at least ``NEAR_MIN_GAIN`` and an interior
+    within ``NEAR_MM``), contraction and darkening (NaN without them) and demoted (marked, with a share below
+    ``CONTRACTION_MIN`` and a darkening above ``DARKENING_MAX``, or none): the demoted regions rank after the others,
+    rank intervals counted within each group."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:
@@ -326,13 +356,17 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
                              n_voxels_all=models.whole.voxels[keep].astype(int))
     if models.away is not None:
         gain, low, high = summary(models.away)[:3]
-        near = (frame["gain"] >= NEAR_MIN_GAIN) & (gain < NEAR_VENTRICLES * frame["gain"])
-        share = (np.full(len(frame), np.nan) if models.contraction is None
-                 else np.asarray(models.contraction, dtype=np.float64)[keep])  # (r',)
-        demoted = (near & ~(share >= CONTRACTION_MIN)).to_numpy()  # (r',) marked, no contraction shown
         frame = frame.assign(gain_away=gain, gain_away_low=low, gain_away_high=high,
-                             n_voxels_away=models.away.voxels[keep].astype(int), near_ventricles=near,
-                             contraction=share, demoted=demoted)
+                             n_voxels_away=models.away.voxels[keep].astype(int))
+    if models.ventricle_mm is not None:
+        def column(values: np.ndarray | None) -> np.ndarray:  # (r',) NaN without the statistic
+            return np.full(len(frame), np.nan) if values is None else np.asarray(values, dtype=np.float64)[keep]
+
+        distance, share, dark = column(models.ventricle_mm), column(models.contraction), column(models.darkening)
+        near = ((frame["gain"] >= NEAR_MIN_GAIN) & (distance <= NEAR_MM)).to_numpy()  # (r',)
+        demoted = near & ~(share >= CONTRACTION_MIN) & ~(dark <= DARKENING_MAX)  # (r',) no change of its own shown
+        frame = frame.assign(ventricle_mm=distance, near_ventricles=near, contraction=share, darkening=dark,
+                             demoted=demoted)
         gains = models.gains[:, keep]  # (s, r')
         for group, offset in ((~demoted, 0), (demoted, int((~demoted).sum()))):  # ranks counted within each group
             if group.any():

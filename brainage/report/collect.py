@@ -40,7 +40,7 @@ from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.regional import (CAP_FROM_SUBJECTS, MARGIN_MM, MIN_SUBJECTS, VENTRICLE_MARGIN_MM,
                                            RegionalAgeModels, fit_regional_models, interior_rows, ventricle_rows,
-                                           voxel_cap, with_contraction)
+                                           voxel_cap, with_slope_checks)
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
@@ -116,7 +116,7 @@ class _Kept:
 @dataclass
 class _Regional:
     """The atlas-labelled voxels (float16) of scans with a known age, per geometry, for the regional age models, and
-    the running sums of their whole images for the contraction shares."""
+    the running sums of their whole images for the slope-map checks."""
 
     limit: int
     voxels: dict[int, list[np.ndarray]] = field(default_factory=dict)  # geometry -> [(n,)]
@@ -395,18 +395,19 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], slopes: Slope
                   affine: np.ndarray, index: RegionIndex, settings: ReportSettings, progress: StageProgress,
                   source: str) -> tuple[RegionalAgeModels | None, str]:
     """Regional age models of s scans' (n,) labelled voxels on one grid (``regions`` (X, Y, Z) rows, ``affine``),
-    with the contraction shares of the same scans' ``slopes`` when the atlas has the ventricles, and a sentence on
-    what they ran on."""
+    with the distances to the ventricles and the contraction shares and darkenings of the same scans' ``slopes`` when
+    the atlas has the ventricles (:func:`~brainage.attribution.regional.with_slope_checks`), and a sentence on what they
+    ran on."""
     if len(ages) < MIN_SUBJECTS:
         return None, _too_few(len(ages), source)
     ventricles = ventricle_rows(index)
     away = (interior_rows(regions, affine, growing=ventricles, growing_margin_mm=VENTRICLE_MARGIN_MM)[regions >= 0]
-            if ventricles else None)  # (n,) the interiors less the voxels near the ventricles: a label only
+            if ventricles else None)  # (n,) the interiors less the voxels near the ventricles: shown, not ranked
     with progress.stage("regional age models", 1, "fit") as stage:
         cap = voxel_cap(len(ages))
         models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
                                      interior=interior_rows(regions, affine)[regions >= 0], max_voxels=cap, away=away)
-        models = with_contraction(models, slopes, regions, affine)
+        models = with_slope_checks(models, slopes, regions, affine)
         stage.advance()
     return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
                     f"region's voxels farther than {MARGIN_MM:g} mm from other regions, "

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import (CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS, CONTRACTION_MIN,
-                                           NEAR_MIN_GAIN, NEAR_VENTRICLES, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
+from brainage.attribution.regional import (CAP_FROM_SUBJECTS, CONTRACTION_MIN, DARKENING_MAX, DRAWS, MARGIN_MM,
+                                           MAX_VOXELS, NEAR_MIN_GAIN, NEAR_MM, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -205,16 +205,20 @@ def _number(rows: pd.DataFrame, one: str, many: str) -> str:
 
 def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
     """The main result's note on the ageing regions marked 'change near the ventricles', if any: the demoted ones
-    (listed after the others) and the contracting ones (kept in place)."""
+    (listed after the others) and those whose slope maps show a change of their own (kept in place)."""
     if "demoted" not in ageing or not ageing["near_ventricles"].any():
         return ""
     demoted, kept = ageing[ageing["demoted"]], ageing[ageing["near_ventricles"] & ~ageing["demoted"]]
-    return ((f" {', '.join(demoted['region'])} {_number(demoted, 'changes', 'change')} only near the ventricles, "
-             "possibly displaced by growing ventricles rather than ageing, and "
-             f"{_number(demoted, 'is', 'are')} listed after the other regions." if len(demoted) else "")
-            + (f" {', '.join(kept['region'])} also {_number(kept, 'changes', 'change')} only near the ventricles but "
-               + _number(kept, "keeps its place: its age-slope map shows its", "keep their place: their age-slope maps "
-                     "show their") + " own contraction (see 'Where the scans age')." if len(kept) else ""))
+    return ((f" {', '.join(demoted['region'])} {_number(demoted, 'lies', 'lie')} within {NEAR_MM:g} mm of the "
+             f"lateral ventricles without a change of {_number(demoted, 'its', 'their')} own in "
+             f"{_number(demoted, 'its age-slope map', 'their age-slope maps')}, possibly displaced by growing "
+             f"ventricles rather than ageing, and {_number(demoted, 'is', 'are')} listed after the other regions."
+             if len(demoted) else "")
+            + (f" {', '.join(kept['region'])} also {_number(kept, 'lies', 'lie')} within {NEAR_MM:g} mm of them but "
+               + _number(kept, "keeps its place: its age-slope map shows a contraction or a darkening of its own",
+                         "keep their place: their age-slope maps show a contraction or a darkening of their own")
+               + " (see 'Where the scans age')."
+               if len(kept) else ""))
 
 
 def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
@@ -333,25 +337,24 @@ def regions(result: ReportResult, canvas: Canvas) -> Section | None:
 
 
 def _near_ventricles_paragraph() -> R.Markup:
-    """The regional section's paragraph on the mark 'change near the ventricles' and the contraction share."""
+    """The regional section's paragraph on the mark 'change near the ventricles' and the slope-map checks."""
     return R.paragraph(
         "Growing ventricles displace their neighbours, whose voxels then change although they did not age "
-        "themselves; that change lies within a few millimetres of the ventricle, while a contracting structure "
-        "changes throughout. 'Gain, away from the ventricles' leaves out each region's voxels within "
-        f"{VENTRICLE_MARGIN_MM:g} mm of the lateral ventricles; 'change near the ventricles' marks a region "
-        f"whose gain falls below {NEAR_VENTRICLES:g} of its interior gain there (interior gain at least "
-        f"{NEAR_MIN_GAIN:g} y): read it as possibly displaced. The mark says where the change lies, not why: a "
-        "caudate that contracts is marked as well (13 fresh synthetic cohorts: 88 of 91 displaced regions "
-        "marked, 4 of 187 unchanged ones, and of 244 planted ones only the 12 caudates; docs/report.md, "
-        "'Scratch probes of displacement'). How the voxels change tells them apart: growing ventricles push "
-        "their neighbours away, a contracting structure pulls its tissue inwards. 'Contraction share' is the "
-        "part of a region's age-slope map (each voxel's slope of intensity on age) that only its own "
-        "contraction explains, beside a uniform change and tissue moving away from the ventricles "
-        "(small-motion patterns of the mean image; Horn & Schunck 1981). A marked region is listed after every "
-        f"unmarked region, its rank and rank interval counted from there, unless its share is at least "
-        f"{CONTRACTION_MIN:g} (displaced caudates kept 0.01-0.10 on synthetic cohorts, contracting ones "
-        "0.11-0.58, so a contracting caudate can still be demoted; docs/report.md, 'Contraction beside growing "
-        "ventricles').")
+        "themselves; the displacement reaches across the corpus callosum into the cingulate. 'Change near the "
+        f"ventricles' marks a region with a gain of at least {NEAR_MIN_GAIN:g} y whose interior comes within "
+        f"{NEAR_MM:g} mm of the lateral ventricles ('ventricles (mm)'): read it as possibly displaced. The mark "
+        "says where a change lies, not why, so the order also looks at how the region's voxels change, in its "
+        "age-slope map (each voxel's slope of intensity on age). 'Contraction share' is the part of that map that "
+        "only the region's own contraction explains, beside a uniform change and tissue moving away from the "
+        "ventricles (small-motion patterns of the mean image; Horn & Schunck 1981); 'darkening' is the map's mean "
+        "over its root mean square (−1: the whole region darkens alike, as a loss of T1 contrast does). A marked "
+        "region is listed after every unmarked region, its rank and rank interval counted from there, unless its "
+        f"share is at least {CONTRACTION_MIN:g} or its darkening at most {DARKENING_MAX:g}. On synthetic cohorts "
+        "this demotes the displaced cingulate, caudate and thalamus, but also a thin contraction beside the "
+        "ventricles whose map looks like displacement (a rostral anterior cingulate; a caudate with a share of "
+        "0.11), and a brightening beside the ventricles is read as displacement (docs/report.md, 'A displacement "
+        f"zone beside the ventricles'). 'Gain, away from the ventricles' leaves out each region's voxels within "
+        f"{VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
 
 
 def regional(result: ReportResult, canvas: Canvas) -> Section | None:
@@ -371,11 +374,13 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         "gain, all voxels (y)": table["gain_all"].round(2),
         "95% interval, all voxels": [R.format_interval(lo, hi) for lo, hi in zip(table["gain_all_low"],
                                                                                   table["gain_all_high"])],
-        **({"gain, away from the ventricles (y)": table["gain_away"].round(2),
-            "change near the ventricles": np.where(~table["near_ventricles"], "", np.where(
-                table["demoted"], "yes: listed last", "yes, contracts: kept in place")),
-            "contraction share": table["contraction"].round(3)}
-           if "gain_away" in table else {}),
+        **({"gain, away from the ventricles (y)": table["gain_away"].round(2)} if "gain_away" in table else {}),
+        **({"ventricles (mm)": table["ventricle_mm"].round(1),
+            "change near the ventricles": np.select(
+                [~table["near_ventricles"], table["demoted"], table["contraction"] >= CONTRACTION_MIN],
+                ["", "yes: listed last", "yes, contracts: kept in place"], "yes, darkens: kept in place"),
+            "contraction share": table["contraction"].round(3), "darkening": table["darkening"].round(2)}
+           if "near_ventricles" in table else {}),
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
     }).rename(columns={"voxels": "interior voxels"})
@@ -410,7 +415,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "change can fall below a neighbour while the pair does not; a change in one hemisphere only shows there "
             "at half its gain. As an order it did not beat the per-region one on seven fresh synthetic cohorts "
             "(docs/report.md, 'A bilateral order'), so it is a column, not the ranking."),
-        *([_near_ventricles_paragraph()] if "gain_away" in table else []),
+        *([_near_ventricles_paragraph()] if "near_ventricles" in table else []),
         *([R.note(f"Only {result.regional.subjects} scans: on synthetic benchmark cohorts this ranking missed "
                   f"planted regions more often below {SURE_SUBJECTS} scans (24 cohorts at 40-400 scans: "
                   "docs/report.md, 'Size matching at fewer scans'). Read "

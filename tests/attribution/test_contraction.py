@@ -1,6 +1,7 @@
-"""Contraction shares: the slope maps match per-voxel least squares, the shares match a brute-force full-grid
-implementation, a blob that contracts with age keeps a large share while one that growing ventricles push aside keeps
-a small one, and bad input is refused."""
+"""Contraction shares and darkenings: the slope maps match per-voxel least squares, the shares match a brute-force
+full-grid implementation, a blob that contracts with age keeps a large share while one that growing ventricles push
+aside keeps a small one, the darkenings match a per-region reference and tell a blob that darkens throughout from a
+moving one, and bad input is refused."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from brainage.attribution.contraction import SlopeMaps, contraction_shares
+from brainage.attribution.contraction import MIN_VOXELS, SlopeMaps, contraction_shares, darkening
+from brainage.attribution.regional import DARKENING_MAX
 
 SPACING = 2.0
 AFFINE = np.diag([SPACING, SPACING, SPACING, 1.0])
@@ -100,6 +102,27 @@ def test_a_contracting_region_keeps_a_large_share_a_pushed_one_a_small_one():
     assert shares[2] > 0.3, shares  # contracts: most of its slope map is its own contraction
     assert shares[1] < 0.1, shares  # pushed aside: the away pattern explains it
     assert shares[2] > 3 * shares[1]
+
+
+def test_darkenings_match_a_per_region_reference_and_tell_a_darkening_from_a_push():
+    images, ages, regions, _ = _cohort()
+    grid = np.indices(SHAPE, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    for i, age in enumerate(ages):  # row 1's ball moves 2 mm across its place, row 2's darkens where it is
+        grow = (age - 50) / 30  # -1 .. 1
+        images[i] = (1.0 - 0.8 * _blob((8, 12, 12), 8, grid) - 0.4 * _blob((15 + grow, 12, 12), 5, grid)
+                     - (0.4 + 0.1 * grow) * _blob((24, 12, 12), 7, grid) + rng.normal(0, 0.01, SHAPE))
+    slope = _maps(images, ages)[1]
+    regions = regions.copy()
+    regions[0, 0, :3] = 3  # a row under MIN_VOXELS voxels: NaN
+    got = darkening(slope, regions, 5)
+    for row in range(3):
+        y = slope[regions == row]
+        assert got[row] == pytest.approx(y.mean() / np.sqrt((y ** 2).mean()), abs=1e-12)
+    assert (regions == 3).sum() < MIN_VOXELS and np.isnan(got[3]) and np.isnan(got[4])  # too few; none
+    assert got[2] < -0.95 and got[2] <= DARKENING_MAX  # darkens throughout
+    assert abs(got[1]) < 0.3  # moved: its map darkens at the leading edge and brightens at the trailing one
+    assert np.isnan(darkening(np.zeros(SHAPE), regions, 5)).all()  # a flat map: no direction
 
 
 def test_without_ventricles_every_share_is_nan():

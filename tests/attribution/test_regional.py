@@ -19,8 +19,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainage.attribution.mapping import RegionIndex
-from brainage.attribution.regional import (ALPHAS, CONTRACTION_MIN, _folds, fit_regional_models, interior_rows,
-                                           rank_regional, sort_regional)
+from brainage.attribution.regional import (ALPHAS, CONTRACTION_MIN, DARKENING_MAX, NEAR_MM, _folds,
+                                           fit_regional_models, interior_rows, rank_regional, sort_regional,
+                                           ventricle_distances)
 
 INDEX = RegionIndex.from_names({1: "L-ageing", 2: "R-noise", 3: "L-weak", 4: "R-absent"})
 
@@ -231,10 +232,10 @@ def test_bad_input_is_refused():
         fit_regional_models(images, ages, regions, INDEX, screen=True)
 
 
-def test_a_change_only_beside_a_growing_ventricle_is_marked_near_the_ventricles():
+def test_away_models_leave_out_the_voxels_beside_a_growing_ventricle():
     """Row 1 changes only in its slab beside the ventricle (as a displaced structure does), row 2 throughout (as a
-    contracting one does): with the away models (the interiors less 7.5 mm around the ventricle) row 1 keeps no gain
-    and is marked, row 2 keeps its gain and is not, and the ventricle keeps its own interior."""
+    contracting one does): with the away models (the interiors less 7.5 mm around the ventricle) row 1 keeps no gain,
+    row 2 keeps its gain, and the ventricle keeps its own interior; without distances nothing is marked."""
     index = RegionIndex.from_names({201: "L-lateral-ventricle", 1: "L-displaced", 2: "L-contracting"})
     rng = np.random.default_rng(5)
     s = 80
@@ -258,26 +259,48 @@ def test_a_change_only_beside_a_growing_ventricle_is_marked_near_the_ventricles(
                                  away=away[labelled])
     table = rank_regional(models, n_boot=300).set_index("region")
     near, far = table.loc["L-displaced"], table.loc["L-contracting"]
-    assert near.gain > 5 and near.gain_away < 1 and near.near_ventricles  # its change lies by the ventricle
-    assert far.gain > 5 and far.gain_away > 0.8 * far.gain and not far.near_ventricles
+    assert near.gain > 5 and near.gain_away < 1  # its change lies by the ventricle
+    assert far.gain > 5 and far.gain_away > 0.8 * far.gain
     vent_row = table.loc["L-lateral-ventricle"]
-    assert vent_row.n_voxels_away == vent_row.n_voxels and not vent_row.near_ventricles
+    assert vent_row.n_voxels_away == vent_row.n_voxels
     assert (table.n_voxels_away <= table.n_voxels).all() and near.n_voxels_away < near.n_voxels
     assert (table.gain_away_low <= table.gain_away).all() and (table.gain_away <= table.gain_away_high).all()
+    assert "near_ventricles" not in table and "demoted" not in table  # no distances: no mark
     with pytest.raises(ValueError, match="give interior as well"):
         fit_regional_models(images[:, labelled], ages, regions[labelled], index, away=away[labelled])
 
 
-def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_contract():
-    """A displaced-like row that changes more (beside the ventricle only) than a contracting row (throughout): by gain
-    it ranks above it; in the report's order it is demoted below every unmarked region, its rank interval counted
-    from there, without contraction shares or with a share below ``CONTRACTION_MIN``; with a share at or above it the
-    same row is marked but keeps its place."""
+@pytest.mark.parametrize("zooms", [(3.0, 3.0, 3.0), (2.0, 3.0, 2.5)])
+def test_ventricle_distances_match_a_brute_force_check(zooms):
+    """Each region's interior voxel nearest to the ventricles, centre to centre in mm, against every pair."""
+    rng = np.random.default_rng(7)
+    regions = rng.integers(-1, 5, (9, 8, 7))
+    regions[3:6, 3:5, 2:5] = 4  # a ventricle block; a row of no voxel at all: 5
+    affine = np.diag([*zooms, 1.0])
+    got = ventricle_distances(regions, affine, 6, [4])
+    interior = interior_rows(regions, affine)
+    vent = np.argwhere(regions == 4) * np.array(zooms)  # (w, 3) mm
+    for row in range(6):
+        points = np.argwhere(interior == row) * np.array(zooms)  # (v, 3) mm
+        if row == 4 or not len(points):
+            assert np.isnan(got[row])
+            continue
+        want = np.sqrt(((points[:, None] - vent[None]) ** 2).sum(-1)).min()
+        assert got[row] == pytest.approx(want)
+    assert np.isnan(ventricle_distances(np.where(regions == 4, -1, regions), affine, 6, [4])).all()  # none on grid
+
+
+def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_contract_or_darken():
+    """A row beside the ventricle that changes more than a row far from it: by gain it ranks above it; in the report's
+    order it is marked (interior within ``NEAR_MM``) and demoted below every unmarked region, its rank interval
+    counted from there, without slope-map checks, with a contraction share below ``CONTRACTION_MIN`` or a darkening
+    above ``DARKENING_MAX``; with a share at or above the one or a darkening at or below the other it keeps its place.
+    The far row (interior beyond ``NEAR_MM``) and the ventricle are never marked."""
     rng = np.random.default_rng(6)
     s = 80
     ages = rng.uniform(20, 80, s)
     regions = np.full((30, 6, 6), -1)
-    regions[:6], regions[6:10], regions[18:] = 0, 2, 1  # rows (label order): 0 beside the ventricle, 1 contracting
+    regions[:6], regions[6:10], regions[18:] = 0, 2, 1  # rows (label order): 0 beside the ventricle, 1 far from it
     affine = np.diag([3.0, 3.0, 3.0, 1.0])  # 2 the ventricle; x 10-17 unlabelled, so row 1 is far from it
     images = rng.normal(size=(s, 30, 6, 6)).astype(np.float32)
     trend = ((ages - 50) / 10)[:, None, None, None]
@@ -285,20 +308,24 @@ def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_co
     images[:, 6:10] += trend
     images[:, 18:] += 0.1 * trend  # weakly, everywhere
     labelled = regions >= 0
-    interior = interior_rows(regions, affine)[labelled]
-    away = interior_rows(regions, affine, growing=[2], growing_margin_mm=7.5)[labelled]
-    index = RegionIndex.from_names({1: "L-caudate", 2: "L-contracting", 201: "L-lateral-ventricle"})
-    models = fit_regional_models(images[:, labelled], ages, regions[labelled], index, interior=interior, away=away)
-    for share, demoted in ((None, True), (CONTRACTION_MIN - 0.01, True), (CONTRACTION_MIN, False)):
-        shares = None if share is None else np.array([share, 0.5, np.nan])
-        table = rank_regional(replace(models, contraction=shares), n_boot=300)
+    index = RegionIndex.from_names({1: "L-caudate", 2: "L-far", 201: "L-lateral-ventricle"})
+    distances = ventricle_distances(regions, affine, 3, [2])
+    assert distances[0] <= NEAR_MM < distances[1] and np.isnan(distances[2])
+    models = replace(fit_regional_models(images[:, labelled], ages, regions[labelled], index,
+                                         interior=interior_rows(regions, affine)[labelled]), ventricle_mm=distances)
+    checks = [(None, None, True), (CONTRACTION_MIN - 0.01, DARKENING_MAX + 0.01, True), (CONTRACTION_MIN, None, False),
+              (np.nan, DARKENING_MAX, False), (0.0, -1.0, False)]
+    for share, dark, demoted in checks:
+        table = rank_regional(replace(models, contraction=None if share is None else np.array([share, 0.5, np.nan]),
+                                      darkening=None if dark is None else np.array([dark, 0.0, np.nan])), n_boot=300)
         row = table.set_index("region").loc["L-caudate"]
-        assert row.near_ventricles and row.demoted == demoted
-        assert np.isnan(row.contraction) if share is None else row.contraction == share
-        assert list(sort_regional(table, "gain")["region"]) == ["L-lateral-ventricle", "L-caudate", "L-contracting"]
+        assert row.near_ventricles and row.demoted == demoted and row.ventricle_mm == distances[0]
+        assert np.isnan(row.contraction) if share is None else row.contraction == share or np.isnan(share)
+        assert not table.set_index("region").loc[["L-far", "L-lateral-ventricle"], "near_ventricles"].any()
+        assert list(sort_regional(table, "gain")["region"]) == ["L-lateral-ventricle", "L-caudate", "L-far"]
         if demoted:
-            assert list(table["region"]) == ["L-lateral-ventricle", "L-contracting", "L-caudate"]
+            assert list(table["region"]) == ["L-lateral-ventricle", "L-far", "L-caudate"]
             assert row.rank_low == row.rank_high == 3  # counted after the two unmarked regions
         else:
-            assert list(table["region"]) == ["L-lateral-ventricle", "L-caudate", "L-contracting"]
+            assert list(table["region"]) == ["L-lateral-ventricle", "L-caudate", "L-far"]
         assert list(table["rank"]) == [1, 2, 3] and (table.rank_low <= table["rank"]).all()

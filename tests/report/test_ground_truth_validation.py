@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainage.attribution.regional import CONTRACTION_MIN
+from brainage.attribution.regional import CONTRACTION_MIN, DARKENING_MAX, NEAR_MIN_GAIN, NEAR_MM
 from brainage.attribution.validation import load_ground_truth, precision_at_k
 from brainage.data.synth import synthesize_cohort
 from brainage.report.command import main as report_main
@@ -81,11 +81,13 @@ def test_regional_age_models_rank_every_region_with_intervals(trained):
     truth = load_ground_truth(cohort / "ground_truth.json")
     regional = pd.read_csv(report / "tables" / "regional_age_models.csv")
     assert regional["rank"].tolist() == list(range(1, len(regional) + 1)) and len(regional) >= 80
-    assert regional["demoted"].is_monotonic_increasing  # marked near the ventricles and not contracting: last
+    assert regional["demoted"].is_monotonic_increasing  # marked near the ventricles, no change of their own: last
     assert all(group["gain"].is_monotonic_decreasing for _, group in regional.groupby("demoted"))
     assert (regional["ci_low"] <= regional["ci_high"]).all()
-    contracting = regional["contraction"] >= CONTRACTION_MIN
-    assert (regional["demoted"] == (regional["near_ventricles"] & ~contracting)).all()
+    own = (regional["contraction"] >= CONTRACTION_MIN) | (regional["darkening"] <= DARKENING_MAX)
+    assert (regional["demoted"] == (regional["near_ventricles"] & ~own)).all()
+    near = (regional["gain"] >= NEAR_MIN_GAIN) & (regional["ventricle_mm"] <= NEAR_MM)
+    assert (regional["near_ventricles"] == near).all() and regional["ventricle_mm"].notna().sum() >= 80
     assert regional["contraction"].notna().sum() >= 80  # every region but the ventricles has a share
     assert (regional["rank_low"] <= regional["rank_high"]).all()
     precision = precision_at_k(regional["region"], truth.regions)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brainage.attribution.regional import CONTRACTION_MIN
+from brainage.attribution.regional import CONTRACTION_MIN, DARKENING_MAX
 from brainage.data.effects import parse_effects
 from brainage.data.synth import synthesize_cohort
 from brainage.reference.atlas import load_default_atlas
@@ -46,7 +46,8 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert result["order"] == bench.ORDER and 0 <= result["precision_gain_order"] <= 1  # as the report orders them
     table = pd.read_csv(folder / "regional.csv")
     assert table["contraction"].notna().sum() >= 80  # every region but the ventricles (and any too small)
-    assert (table["demoted"] == (table["near_ventricles"] & ~(table["contraction"] >= CONTRACTION_MIN))).all()
+    own = (table["contraction"] >= CONTRACTION_MIN) | (table["darkening"] <= DARKENING_MAX)
+    assert (table["demoted"] == (table["near_ventricles"] & ~own)).all() and table["darkening"].notna().sum() >= 80
     assert len(table) == 85 and table["demoted"].is_monotonic_increasing  # regions demoted, if any: last
     assert all(group["gain"].is_monotonic_decreasing for _, group in table.groupby("demoted"))
     assert (table["n_voxels"] <= table["n_voxels_all"]).all() and (table["n_voxels"] < table["n_voxels_all"]).any()

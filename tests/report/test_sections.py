@@ -164,7 +164,7 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     table and the written files show them, with each region's rank in the model's attribution beside it."""
     import io
 
-    from brainage.attribution.regional import fit_regional_models, interior_rows
+    from brainage.attribution.regional import fit_regional_models, interior_rows, ventricle_distances
     from brainage.report.analysis import analyse
     from brainage.report.progress import StageProgress
     from brainage.report.write import report_files
@@ -217,18 +217,26 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     # with a growing structure (in the real atlas, the lateral ventricles): the gain away from it and the label
     grows = agg.regions.names.index("L-front")
     away = interior_rows(regions, agg.geometries[0].affine, growing=[grows], growing_margin_mm=7.5)[regions >= 0]
-    labelled = dataclasses.replace(with_regional, regional=fit_regional_models(voxels, ages, rows, agg.regions,
-                                                                               interior=interior, away=away))
+    distances = ventricle_distances(regions, agg.geometries[0].affine, len(agg.regions), [grows])
+    labelled = dataclasses.replace(with_regional, regional=dataclasses.replace(
+        fit_regional_models(voxels, ages, rows, agg.regions, interior=interior, away=away), ventricle_mm=distances))
     table = analyse(labelled, make_settings(tmp_path), StageProgress(["analyse"], stream=io.StringIO())
                     ).regional.table
-    assert {"gain_away", "gain_away_low", "gain_away_high", "n_voxels_away", "near_ventricles"} <= set(table)
+    assert {"gain_away", "gain_away_low", "gain_away_high", "n_voxels_away", "ventricle_mm", "near_ventricles",
+            "darkening"} <= set(table)
     assert (table["n_voxels_away"] <= table["n_voxels"]).all() and not table["near_ventricles"].any()  # no change
+    assert np.isnan(table.set_index("region").loc["L-front", "ventricle_mm"]) and table["ventricle_mm"].notna().any()
     shown = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=table)),
                              canvas))
     assert "gain, away from the ventricles (y)" in shown and "read it as possibly displaced" in shown
     assert "listed after every unmarked region" in shown and not table["demoted"].any()
     assert "contraction share" in shown and table["contraction"].isna().all()  # models without shares
-    assert "change only near the ventricles" not in _html(S.main_result(result, canvas))  # nothing marked
+    assert "ventricles (mm)" in shown and "darkening" in shown and table["darkening"].isna().all()
+    assert "within 10 mm of the lateral ventricles" not in _html(S.main_result(result, canvas))  # nothing marked
+    darkens = table.assign(near_ventricles=table["region"] == "R-front", darkening=-0.9)  # marked, kept: it darkens
+    cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=darkens)),
+                             canvas))
+    assert "yes, darkens: kept in place" in cells and "yes: listed last" not in cells
 
     def headline(t: pd.DataFrame) -> str:
         return _html(S.main_result(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=t)),
@@ -236,12 +244,14 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
 
     assert set(table.loc[table["ci_low"] > 0, "region"]) == {"L-front"}  # the only sure one here
     demoted = table.assign(near_ventricles=table["region"] == "L-front", demoted=table["region"] == "L-front")
-    assert "L-front changes only near the ventricles, possibly displaced" in headline(demoted)
+    assert "L-front lies within 10 mm of the lateral ventricles without a change of its own in its age-slope map, " \
+           "possibly displaced" in headline(demoted)
     both = table["region"].isin(["L-front", "L-back"])
     two = table.assign(near_ventricles=both, demoted=both, ci_low=np.where(both, 0.1, table["ci_low"]))
-    assert "L-front, L-back change only near the ventricles" in headline(two)  # both, by gain; one verb for the list
+    assert "L-front, L-back lie within 10 mm of the lateral ventricles without a change of their own" in headline(two)
     kept = demoted.assign(demoted=False)  # marked, but its slope map shows its own contraction
-    assert "L-front also changes only near the ventricles but keeps its place: its age-slope map" in headline(kept)
+    assert "L-front also lies within 10 mm of them but keeps its place: its age-slope map shows a contraction or a " \
+           "darkening of its own" in headline(kept)
 
 
 def test_regional_section_says_why_it_did_not_run(result, canvas):
