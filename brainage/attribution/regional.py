@@ -85,6 +85,9 @@ VENTRICLE_MARGIN_MM = 7.5
 # docs/report.md, "A displacement zone beside the ventricles")
 NEAR_MIN_GAIN = 1.0
 NEAR_MM = 10.0
+# a marked region whose contraction share reaches this keeps its place (displaced caudates 0.007-0.095 and contracting
+# ones beside growing ventricles 0.139-0.157 on the cohorts that chose it; on fresh11, which validated it, 0.028-0.085
+# and 0.110-0.144, one contracting caudate below it; docs/report.md, "Contraction beside growing ventricles")
 CONTRACTION_MIN = 0.12
 # a marked region whose slope map darkens throughout (mean over root mean square at most this) keeps its place too:
 # planted darkenings -0.89 to -0.97 on every seen cohort; chosen among -0.8 to -0.95 with NEAR_MM

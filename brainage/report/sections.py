@@ -351,9 +351,10 @@ def _near_ventricles_paragraph() -> R.Markup:
         "region is listed after every unmarked region, its rank and rank interval counted from there, unless its "
         f"share is at least {CONTRACTION_MIN:g} or its darkening at most {DARKENING_MAX:g}. On synthetic cohorts "
         "this demotes the displaced cingulate, caudate and thalamus, but also a thin contraction beside the "
-        "ventricles whose map looks like displacement (a rostral anterior cingulate; a caudate with a share of "
-        "0.11), and a brightening beside the ventricles is read as displacement (docs/report.md, 'A displacement "
-        f"zone beside the ventricles'). 'Gain, away from the ventricles' leaves out each region's voxels within "
+        "ventricles whose map looks like displacement (a rostral anterior cingulate, a lingual gyrus; a caudate "
+        "with a share of 0.11), and a brightening beside the ventricles is read as displacement (docs/report.md, "
+        "'A displacement zone beside the ventricles'). 'Gain, away from the ventricles' leaves out each region's "
+        "voxels within "
         f"{VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
 
 
