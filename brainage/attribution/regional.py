@@ -90,7 +90,7 @@ NEAR_MM = 10.0
 # and 0.110-0.144, one contracting caudate below it; docs/report.md, "Contraction beside growing ventricles")
 CONTRACTION_MIN = 0.12
 # a marked region whose slope map darkens throughout (mean over root mean square at most this) keeps its place too:
-# planted darkenings -0.89 to -0.97 on every seen cohort; chosen among -0.8 to -0.95 with NEAR_MM
+# the 53 planted darkenings inside the zone on the seen cohorts -0.89 to -0.97; chosen among -0.8 to -0.95 with NEAR_MM
 DARKENING_MAX = -0.85
 
 
