@@ -193,6 +193,14 @@ COHORTS = (
     Cohort("fresh12_vent_zone_dark", 144, effects=_GROW + "intensity:hippocampus,atrophy:rostralanteriorcingulate"),
     Cohort("fresh12_vent_zone_bright", 145, effects=_GROW + "intensity:brighten:pallidum,atrophy:parstriangularis"),
     Cohort("fresh12_mix", 146, random_effects="atrophy=2,intensity=2"),
+    # thirteenth fresh set: declared 2026-12-06 (seventh session) after the 10 mm zone was adopted, to measure what it
+    # costs where fresh12 could not (nothing is chosen on it): a brightening at strength 2 (so that it gains more than
+    # the mark's 1 y) drawn inside the zone in three, with and without growing ventricles, and two contractions drawn
+    # inside it in one (draw13.py: numpy default_rng(seed) among the eligible labels)
+    Cohort("fresh13_vent_bright_a", 151, effects=_GROW + "intensity:brighten:precuneus*2,atrophy:pallidum"),
+    Cohort("fresh13_vent_bright_b", 152, effects=_GROW + "intensity:brighten:precuneus*2,intensity:hippocampus"),
+    Cohort("fresh13_vent_zone_shrink", 153, effects=_GROW + "atrophy:precuneus,atrophy:thalamusproper"),
+    Cohort("fresh13_bright", 154, effects="intensity:brighten:hippocampus*2,atrophy:parstriangularis"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
