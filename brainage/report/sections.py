@@ -352,8 +352,11 @@ def _near_ventricles_paragraph() -> R.Markup:
         f"share is at least {CONTRACTION_MIN:g} or its darkening at most {DARKENING_MAX:g}. On synthetic cohorts "
         "this demotes the displaced cingulate, caudate and thalamus, but also a thin contraction beside the "
         "ventricles whose map looks like displacement (a rostral anterior cingulate, a lingual gyrus; a caudate "
-        "with a share of 0.11), and a brightening beside the ventricles is read as displacement (docs/report.md, "
-        "'A displacement zone beside the ventricles'). 'Gain, away from the ventricles' leaves out each region's "
+        "with a share of 0.11), and a region that brightens throughout beside the ventricles is read as "
+        "displacement: a demoted region whose darkening is near +1 may be a brightening rather than displaced (on "
+        "synthetic cohorts a planted brightening gaining 10 y was listed last; docs/report.md, 'A displacement zone "
+        "beside the ventricles', 'What the 10 mm zone costs a brightening'). 'Gain, away from the ventricles' leaves "
+        "out each region's "
         "voxels within "
         f"{VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
 
