@@ -381,8 +381,10 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         **({"gain, away from the ventricles (y)": table["gain_away"].round(2)} if "gain_away" in table else {}),
         **({"ventricles (mm)": table["ventricle_mm"].round(1),
             "change near the ventricles": np.select(
-                [~table["near_ventricles"], table["demoted"], table["contraction"] >= CONTRACTION_MIN],
-                ["", "yes: listed last", "yes, contracts: kept in place"], "yes, darkens: kept in place"),
+                [~table["near_ventricles"], table["demoted"] & (table["darkening"] >= -DARKENING_MAX),
+                 table["demoted"], table["contraction"] >= CONTRACTION_MIN],
+                ["", "yes, brightens throughout: listed last (a brightening looks the same)", "yes: listed last",
+                 "yes, contracts: kept in place"], "yes, darkens: kept in place"),
             "contraction share": table["contraction"].round(3), "darkening": table["darkening"].round(2)}
            if "near_ventricles" in table else {}),
         "MAE (y)": table["mae"].round(2),

@@ -237,6 +237,10 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=darkens)),
                              canvas))
     assert "yes, darkens: kept in place" in cells and "yes: listed last" not in cells
+    brightens = darkens.assign(darkening=0.9, demoted=darkens["near_ventricles"])  # listed last, flagged
+    cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional,
+                                                                                      table=brightens)), canvas))
+    assert "yes, brightens throughout: listed last (a brightening looks the same)" in cells
 
     def headline(t: pd.DataFrame) -> str:
         return _html(S.main_result(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=t)),
