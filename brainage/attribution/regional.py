@@ -137,11 +137,8 @@ def ventricle_distances(regions: np.ndarray, affine: np.ndarray, r: int, ventric
         return out
     distance = ndi.distance_transform_edt(~grows, sampling=spacing)  # (X, Y, Z) mm
     interior = interior_rows(regions, affine)
-    inside = (interior >= 0) & ~np.isin(interior, list(ventricles))
-    rows, near = interior[inside], distance[inside]  # (n,)
-    order = np.lexsort((near, rows))  # by row, then distance: the first of each row is its nearest voxel
-    first = np.unique(rows[order], return_index=True)
-    out[first[0]] = near[order][first[1]]
+    rows = np.setdiff1d(interior[interior >= 0], list(ventricles))  # regions with an interior voxel
+    out[rows] = ndi.minimum(distance, labels=interior, index=rows)
     return out
 
 
