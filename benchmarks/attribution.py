@@ -201,6 +201,19 @@ COHORTS = (
     Cohort("fresh13_vent_bright_b", 152, effects=_GROW + "intensity:brighten:precuneus*2,intensity:hippocampus"),
     Cohort("fresh13_vent_zone_shrink", 153, effects=_GROW + "atrophy:precuneus,atrophy:thalamusproper"),
     Cohort("fresh13_bright", 154, effects="intensity:brighten:hippocampus*2,atrophy:parstriangularis"),
+    # fourteenth fresh set: declared 2026-12-06 (eighth session) before any rule that would keep a brightening inside
+    # the zone in place was chosen (fresh13 showed the need), to validate such a rule: a brightening at strength 1.5 or
+    # 2 drawn inside the zone in four (growing ventricles in three), a cohort with growing ventricles and effects
+    # elsewhere, and a deep contraction inside the zone without growing ventricles (draw14.py: numpy
+    # default_rng(seed) among the eligible labels)
+    Cohort("fresh14_vent_bright_a", 161, effects=_GROW + "intensity:brighten:thalamusproper*2,atrophy:middletemporal"),
+    Cohort("fresh14_vent_bright_b", 162, effects=_GROW + "intensity:brighten:pallidum*1.5,"
+                                                         "intensity:caudalanteriorcingulate"),
+    Cohort("fresh14_vent_bright_c", 163, effects=_GROW + "intensity:brighten:lingual*1.5,"
+                                                         "atrophy:rostralanteriorcingulate"),
+    Cohort("fresh14_bright", 164, effects="intensity:brighten:pallidum*1.5,atrophy:caudalanteriorcingulate"),
+    Cohort("fresh14_vent_a", 165, effects=_GROW + "atrophy:parsorbitalis,intensity:middletemporal"),
+    Cohort("fresh14_deep_shrink", 166, effects="atrophy:thalamusproper*1.5,intensity:posteriorcingulate"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
