@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.regional import (CAP_FROM_SUBJECTS, CONTRACTION_MIN, DARKENING_MAX, DRAWS, MARGIN_MM,
-                                           MAX_VOXELS, NEAR_MIN_GAIN, NEAR_MM, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
+from brainage.attribution.regional import (BRIGHTENING_MIN, CAP_FROM_SUBJECTS, CONTRACTION_MIN, DARKENING_MAX, DRAWS,
+                                           MARGIN_MM, MAX_VOXELS, NEAR_MIN_GAIN, NEAR_MM, SURE_SUBJECTS,
+                                           VENTRICLE_MARGIN_MM)
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -215,8 +216,10 @@ def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
              f"ventricles rather than ageing, and {_number(demoted, 'is', 'are')} listed after the other regions."
              if len(demoted) else "")
             + (f" {', '.join(kept['region'])} also {_number(kept, 'lies', 'lie')} within {NEAR_MM:g} mm of them but "
-               + _number(kept, "keeps its place: its age-slope map shows a contraction or a darkening of its own",
-                         "keep their place: their age-slope maps show a contraction or a darkening of their own")
+               + _number(kept, "keeps its place: its age-slope map shows a contraction or a darkening of its own, "
+                               "or a brightening that tells more age than the ventricles",
+                         "keep their place: their age-slope maps show a contraction or a darkening of their own, "
+                         "or a brightening that tells more age than the ventricles")
                + " (see 'Where the scans age')."
                if len(kept) else ""))
 
@@ -349,16 +352,16 @@ def _near_ventricles_paragraph() -> R.Markup:
         "ventricles (small-motion patterns of the mean image; Horn & Schunck 1981); 'darkening' is the map's mean "
         "over its root mean square (−1: the whole region darkens alike, as a loss of T1 contrast does). A marked "
         "region is listed after every unmarked region, its rank and rank interval counted from there, unless its "
-        f"share is at least {CONTRACTION_MIN:g} or its darkening at most {DARKENING_MAX:g}. On synthetic cohorts "
-        "this demotes the displaced cingulate, caudate and thalamus, but also a thin contraction beside the "
-        "ventricles whose map looks like displacement (a rostral anterior cingulate, a lingual gyrus; a caudate "
-        "with a share of 0.11), and a region that brightens throughout beside the ventricles is read as "
-        "displacement: a demoted region whose darkening is near +1 may be a brightening rather than displaced (on "
-        "synthetic cohorts a planted brightening gaining 10 y was listed last; docs/report.md, 'A displacement zone "
-        "beside the ventricles', 'What the 10 mm zone costs a brightening'). 'Gain, away from the ventricles' leaves "
-        "out each region's "
-        "voxels within "
-        f"{VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
+        f"share is at least {CONTRACTION_MIN:g} or its darkening at most {DARKENING_MAX:g}, or its darkening is at "
+        f"least {BRIGHTENING_MIN:g} and its gain exceeds the larger of the lateral ventricles' gains (the displaced "
+        "cingulate brightens throughout too, but a displacement cannot tell more age than the growth that causes "
+        "it). On synthetic cohorts this demotes the displaced cingulate, caudate and thalamus, but also a thin "
+        "contraction beside the ventricles whose map looks like displacement (a rostral anterior cingulate, a "
+        "lingual gyrus; a caudate with a share of 0.11), and a brightening beside the ventricles that tells less "
+        "age than they do: a demoted region whose darkening is near +1 may be a brightening rather than displaced "
+        "(docs/report.md, 'A displacement zone beside the ventricles', 'What the 10 mm zone costs a brightening', "
+        "'A brightening that tells more than the ventricles'). 'Gain, away from the ventricles' leaves out each "
+        f"region's voxels within {VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
 
 
 def regional(result: ReportResult, canvas: Canvas) -> Section | None:
@@ -381,10 +384,12 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         **({"gain, away from the ventricles (y)": table["gain_away"].round(2)} if "gain_away" in table else {}),
         **({"ventricles (mm)": table["ventricle_mm"].round(1),
             "change near the ventricles": np.select(
-                [~table["near_ventricles"], table["demoted"] & (table["darkening"] >= -DARKENING_MAX),
-                 table["demoted"], table["contraction"] >= CONTRACTION_MIN],
-                ["", "yes, brightens throughout: listed last (a brightening looks the same)", "yes: listed last",
-                 "yes, contracts: kept in place"], "yes, darkens: kept in place"),
+                [~table["near_ventricles"], table["demoted"] & (table["darkening"] >= BRIGHTENING_MIN),
+                 table["demoted"], table["contraction"] >= CONTRACTION_MIN, table["darkening"] >= BRIGHTENING_MIN],
+                ["", "yes, brightens throughout, less than the ventricles tell: listed last (a brightening looks the "
+                 "same)", "yes: listed last", "yes, contracts: kept in place",
+                 "yes, brightens throughout, more than the ventricles tell: kept in place"],
+                "yes, darkens: kept in place"),
             "contraction share": table["contraction"].round(3), "darkening": table["darkening"].round(2)}
            if "near_ventricles" in table else {}),
         "MAE (y)": table["mae"].round(2),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brainage.attribution.regional import CONTRACTION_MIN, DARKENING_MAX
+from brainage.attribution.regional import BRIGHTENING_MIN, CONTRACTION_MIN, DARKENING_MAX
 from brainage.data.effects import parse_effects
 from brainage.data.synth import synthesize_cohort
 from brainage.reference.atlas import load_default_atlas
@@ -46,7 +46,11 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert result["order"] == bench.ORDER and 0 <= result["precision_gain_order"] <= 1  # as the report orders them
     table = pd.read_csv(folder / "regional.csv")
     assert table["contraction"].notna().sum() >= 80  # every region but the ventricles (and any too small)
-    own = (table["contraction"] >= CONTRACTION_MIN) | (table["darkening"] <= DARKENING_MAX)
+    ventricles = table["region"].str.endswith("lateral-ventricle")
+    above = table["gain"] > table.loc[ventricles, "gain"].max()  # tells more age than the ventricles
+    assert (table["above_ventricles"] == above).all()
+    own = ((table["contraction"] >= CONTRACTION_MIN) | (table["darkening"] <= DARKENING_MAX)
+           | ((table["darkening"] >= BRIGHTENING_MIN) & above))
     assert (table["demoted"] == (table["near_ventricles"] & ~own)).all() and table["darkening"].notna().sum() >= 80
     assert len(table) == 85 and table["demoted"].is_monotonic_increasing  # regions demoted, if any: last
     assert all(group["gain"].is_monotonic_decreasing for _, group in table.groupby("demoted"))
