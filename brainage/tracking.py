@@ -8,9 +8,11 @@ stays cheap.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -104,7 +106,8 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
     """Local path of a brainage checkpoint named by an MLflow URI.
 
     `runs:/<run_id>` (the run's `checkpoints/best.ckpt`), `runs:/<run_id>/<artifact path>`, or a registered model
-    `models:/<name>/<version>`. Raises ValueError naming the URI when nothing usable is found.
+    `models:/<name>/<version>`, downloaded into a temporary folder that is removed when the process exits. Raises
+    ValueError naming the URI when nothing usable is found.
     """
     import mlflow
 
@@ -113,8 +116,7 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
     if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
         uri = f"{uri.rstrip('/')}/checkpoints/best.ckpt"
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
-                                                         dst_path=tempfile.mkdtemp(prefix="brainage-")))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=_scratch_folder()))
     except Exception as err:  # noqa: BLE001 - mlflow raises several types for missing runs/models/artifacts
         raise ValueError(f"model URI {uri!r} could not be fetched from {uri_store}: {err}") from err
     if local.is_dir():
@@ -149,11 +151,19 @@ def register_model(run_id: str, name: str, tracking_uri: str | None = None) -> s
 
 
 def download_artifact(tracking_uri: str, run_id: str, artifact_path: str) -> Path:
-    """Fetch one artifact of a run into a temporary folder and return its local path."""
+    """Fetch one artifact of a run into a temporary folder (removed when the process exits) and return its local
+    path."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    return Path(client.download_artifacts(run_id, artifact_path, tempfile.mkdtemp(prefix="brainage-")))
+    return Path(client.download_artifacts(run_id, artifact_path, _scratch_folder()))
+
+
+def _scratch_folder() -> str:
+    """A new temporary folder that is removed when the process exits (downloaded checkpoints are not left behind)."""
+    folder = tempfile.mkdtemp(prefix="brainage-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def latest_runs(experiment_name: str, tracking_uri: str | None = None) -> dict[str, dict]:

@@ -3,6 +3,10 @@ contract check, and refusal of files that are not brainage checkpoints."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import pytest
 import torch
@@ -50,6 +54,19 @@ def test_cli_predicts_with_a_registered_model_from_the_environment_store(store, 
                  "--output", str(out), "--workers", "0"])
     assert code == 0
     assert [r["status"] for r in read_rows(out)] == ["ok", "ok"]
+
+
+def test_a_downloaded_checkpoint_is_removed_when_the_process_exits(store):
+    """Each prediction from an MLflow URI downloads the checkpoint: the copy must not pile up in the temp folder."""
+    uri, run_id, _ = store
+    code = ("import sys; from brainage.predict.model import load_model, resolve_model_path; "
+            "path = resolve_model_path(sys.argv[1], sys.argv[2]); load_model(path); "
+            "assert path.is_file() and path.stat().st_size > 0; print(path)")
+    done = subprocess.run([sys.executable, "-c", code, f"runs:/{run_id}", uri], capture_output=True, text=True,
+                          check=True, timeout=300)
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.name == "best.ckpt" and path.parent.name.startswith("brainage-")
+    assert not path.exists() and not path.parent.exists()  # the whole download folder is gone
 
 
 def test_unknown_run_or_model_is_a_clear_error(store):
