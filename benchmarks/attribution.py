@@ -214,6 +214,19 @@ COHORTS = (
     Cohort("fresh14_bright", 164, effects="intensity:brighten:pallidum*1.5,atrophy:caudalanteriorcingulate"),
     Cohort("fresh14_vent_a", 165, effects=_GROW + "atrophy:parsorbitalis,intensity:middletemporal"),
     Cohort("fresh14_deep_shrink", 166, effects="atrophy:thalamusproper*1.5,intensity:posteriorcingulate"),
+    # fifteenth fresh set: declared 2026-12-06 (eighth session) before any run, to validate a candidate seen on fresh14
+    # (docs/report.md, "A zone row that tells more than growing ventricles"): strong effects drawn inside the zone
+    # with growing ventricles in three, growing ventricles with effects elsewhere in one, and a contraction of a deep
+    # structure beside the ventricles (which enlarges them weakly) in two (draw15.py: numpy default_rng(seed) among the
+    # eligible labels)
+    Cohort("fresh15_vent_zone_a", 171, effects=_GROW + "intensity:brighten:rostralanteriorcingulate*2,"
+                                                       "atrophy:caudalmiddlefrontal"),
+    Cohort("fresh15_vent_zone_b", 172, effects=_GROW + "atrophy:isthmuscingulate*2,intensity:fusiform"),
+    Cohort("fresh15_vent_zone_c", 173, effects=_GROW + "intensity:brighten:rostralanteriorcingulate*2,"
+                                                       "atrophy:caudalanteriorcingulate"),
+    Cohort("fresh15_vent_mix", 174, effects=_GROW + "atrophy:lateralorbitofrontal,intensity:supramarginal"),
+    Cohort("fresh15_deep_a", 175, effects="atrophy:pallidum,atrophy:parsorbitalis,intensity:bankssts"),
+    Cohort("fresh15_deep_b", 176, effects="atrophy:caudate,intensity:thalamusproper,atrophy:parstriangularis"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
