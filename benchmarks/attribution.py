@@ -227,6 +227,20 @@ COHORTS = (
     Cohort("fresh15_vent_mix", 174, effects=_GROW + "atrophy:lateralorbitofrontal,intensity:supramarginal"),
     Cohort("fresh15_deep_a", 175, effects="atrophy:pallidum,atrophy:parsorbitalis,intensity:bankssts"),
     Cohort("fresh15_deep_b", 176, effects="atrophy:caudate,intensity:thalamusproper,atrophy:parstriangularis"),
+    # sixteenth fresh set: declared 2026-12-06 (ninth session) before any run, to validate a candidate seen on fresh15
+    # (docs/report.md, "A brightening near the ventricles' gain"): growing ventricles in each; a brightening at strength
+    # 2 drawn inside the zone in three and at strength 1.5 in one, each with one more effect drawn anywhere; two
+    # contractions drawn outside the zone in two, whose displaced rows could gain enough to be kept (draw16.py: numpy
+    # default_rng(seed) among the two-hemisphere labels, lateral ventricles left out)
+    Cohort("fresh16_vent_bright_a", 181, effects=_GROW + "intensity:brighten:pallidum*2,"
+                                                         "intensity:rostralanteriorcingulate"),
+    Cohort("fresh16_vent_bright_b", 182, effects=_GROW + "intensity:brighten:precuneus*2,atrophy:cuneus"),
+    Cohort("fresh16_vent_bright_c", 183, effects=_GROW + "intensity:brighten:thalamusproper*2,"
+                                                         "intensity:temporalpole"),
+    Cohort("fresh16_vent_bright_d", 184, effects=_GROW + "intensity:brighten:isthmuscingulate*1.5,"
+                                                         "atrophy:accumbensarea"),
+    Cohort("fresh16_vent_away_a", 185, effects=_GROW + "atrophy:inferiortemporal,atrophy:inferiorparietal"),
+    Cohort("fresh16_vent_away_b", 186, effects=_GROW + "atrophy:parsopercularis,atrophy:amygdala"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
