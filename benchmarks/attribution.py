@@ -241,6 +241,20 @@ COHORTS = (
                                                          "atrophy:accumbensarea"),
     Cohort("fresh16_vent_away_a", 185, effects=_GROW + "atrophy:inferiortemporal,atrophy:inferiorparietal"),
     Cohort("fresh16_vent_away_b", 186, effects=_GROW + "atrophy:parsopercularis,atrophy:amygdala"),
+    # seventeenth fresh set: declared 2026-12-06 (ninth session) before any run, to validate the two zone exemptions
+    # together (docs/report.md, "The two exemptions together"): growing ventricles with a brightening inside the zone at
+    # strength 2 in two and 1.5 in one; ventricles growing at strength 1.5 with effects outside the zone in one and with
+    # a brightening inside it in one; a strength-1 contraction inside the zone without growth planted in one (draw17.py:
+    # numpy default_rng(seed) among the two-hemisphere labels, lateral ventricles left out)
+    Cohort("fresh17_vent_bright_a", 191, effects=_GROW + "intensity:brighten:caudalanteriorcingulate*2,"
+                                                         "atrophy:thalamusproper"),
+    Cohort("fresh17_vent_bright_b", 192, effects=_GROW + "intensity:brighten:precuneus*2,atrophy:pericalcarine"),
+    Cohort("fresh17_vent_bright_c", 193, effects=_GROW + "intensity:brighten:lingual*1.5,intensity:paracentral"),
+    Cohort("fresh17_vent15_away", 194, effects="atrophy:grow:lateral-ventricle*1.5,atrophy:superiorparietal,"
+                                               "intensity:superiortemporal"),
+    Cohort("fresh17_vent15_bright", 195, effects="atrophy:grow:lateral-ventricle*1.5,"
+                                                 "intensity:brighten:posteriorcingulate*2,atrophy:amygdala"),
+    Cohort("fresh17_deep", 196, effects="atrophy:posteriorcingulate,atrophy:superiorparietal"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
