@@ -19,9 +19,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainage.attribution.mapping import RegionIndex
-from brainage.attribution.regional import (ALPHAS, BRIGHTENING_MIN, CONTRACTION_MIN, DARKENING_MAX, NEAR_MM,
-                                           RegionalAgeModels, _folds, fit_regional_models, interior_rows,
-                                           rank_regional, sort_regional, ventricle_distances)
+from brainage.attribution.regional import (ALPHAS, BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CONTRACTION_MIN,
+                                           DARKENING_MAX, NEAR_MIN_GAIN, NEAR_MM, RegionalAgeModels, _folds,
+                                           fit_regional_models, interior_rows, rank_regional, sort_regional,
+                                           ventricle_distances)
 
 INDEX = RegionIndex.from_names({1: "L-ageing", 2: "R-noise", 3: "L-weak", 4: "R-absent"})
 
@@ -290,9 +291,9 @@ def test_ventricle_distances_match_a_brute_force_check(zooms):
     assert np.isnan(ventricle_distances(np.where(regions == 4, -1, regions), affine, 6, [4])).all()  # none on grid
 
 
-def _marked_models(ventricle_trend: float) -> tuple[RegionalAgeModels, np.ndarray]:
-    """Models of three rows (0 beside the ventricle, changing strongly within 6 mm of it; 1 far from it, changing
-    weakly; 2 the ventricle, changing by ``ventricle_trend`` times row 0's change) and the rows' ventricle distances."""
+def _marked_models(ventricle_trend: float, row_trend: float = 1.0) -> tuple[RegionalAgeModels, np.ndarray]:
+    """Models of three rows (0 beside the ventricle, changing by ``row_trend`` within 6 mm of it; 1 far from it,
+    changing weakly; 2 the ventricle, changing by ``ventricle_trend``) and the rows' ventricle distances."""
     rng = np.random.default_rng(6)
     s = 80
     ages = rng.uniform(20, 80, s)
@@ -301,7 +302,7 @@ def _marked_models(ventricle_trend: float) -> tuple[RegionalAgeModels, np.ndarra
     affine = np.diag([3.0, 3.0, 3.0, 1.0])  # 2 the ventricle; x 10-17 unlabelled, so row 1 is far from it
     images = rng.normal(size=(s, 30, 6, 6)).astype(np.float32)
     trend = ((ages - 50) / 10)[:, None, None, None]
-    images[:, 4:6] += trend  # strongly, within 6 mm of the ventricle only
+    images[:, 4:6] += row_trend * trend  # within 6 mm of the ventricle only
     images[:, 6:10] += ventricle_trend * trend
     images[:, 18:] += 0.1 * trend  # weakly, everywhere
     labelled = regions >= 0
@@ -316,13 +317,12 @@ def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_co
     """A row beside the ventricle that changes more than a row far from it: by gain it ranks above it; in the report's
     order it is marked (interior within ``NEAR_MM``) and demoted below every unmarked region, its rank interval
     counted from there, without slope-map checks, with a contraction share below ``CONTRACTION_MIN`` or a darkening
-    above ``DARKENING_MAX``; with a share at or above the one or a darkening at or below the other it keeps its place.
-    A brightening (darkening at least ``BRIGHTENING_MIN``) that gains less than the ventricle is demoted too. The far
-    row (interior beyond ``NEAR_MM``) and the ventricle are never marked."""
+    above ``DARKENING_MAX``; with a share at or above the one or a darkening at or below the other it keeps its place
+    (a brightening: next test). The far row (interior beyond ``NEAR_MM``) and the ventricle are never marked."""
     models, distances = _marked_models(1.0)
     assert distances[0] <= NEAR_MM < distances[1] and np.isnan(distances[2])
     checks = [(None, None, True), (CONTRACTION_MIN - 0.01, DARKENING_MAX + 0.01, True), (CONTRACTION_MIN, None, False),
-              (np.nan, DARKENING_MAX, False), (0.0, -1.0, False), (0.0, BRIGHTENING_MIN, True), (0.0, 1.0, True)]
+              (np.nan, DARKENING_MAX, False), (0.0, -1.0, False), (0.0, BRIGHTENING_MIN - 0.01, True)]
     for share, dark, demoted in checks:
         table = rank_regional(replace(models, contraction=None if share is None else np.array([share, 0.5, np.nan]),
                                       darkening=None if dark is None else np.array([dark, 0.0, np.nan])), n_boot=300)
@@ -339,17 +339,26 @@ def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_co
         assert list(table["rank"]) == [1, 2, 3] and (table.rank_low <= table["rank"]).all()
 
 
-def test_a_marked_brightening_that_gains_more_than_the_ventricles_keeps_its_place():
-    """With a ventricle that barely changes, the row beside it gains more than the ventricle (above_ventricles): it
-    keeps its place when it brightens throughout (darkening at least ``BRIGHTENING_MIN``) and is demoted when its
-    slope map shows neither that nor a contraction or darkening; with the ventricle changing as much as the row, the
-    same brightening is demoted (previous test)."""
-    models, _ = _marked_models(0.05)
-    for dark, demoted in ((BRIGHTENING_MIN, False), (1.0, False), (BRIGHTENING_MIN - 0.01, True), (0.0, True)):
-        table = rank_regional(replace(models, contraction=np.array([0.0, 0.5, np.nan]),
-                                      darkening=np.array([dark, 0.0, np.nan])), n_boot=300).set_index("region")
-        row, ventricle = table.loc["L-caudate"], table.loc["L-lateral-ventricle"]
-        assert row.near_ventricles and row.above_ventricles and row.demoted == demoted
-        assert row.gain > ventricle.gain and not ventricle.above_ventricles
-        assert list(table.index) == (["L-far", "L-lateral-ventricle", "L-caudate"] if demoted
-                                     else ["L-caudate", "L-far", "L-lateral-ventricle"])
+def test_a_marked_row_keeps_its_place_above_growing_ventricles_or_brightening_near_their_gain():
+    """The two exemptions of a row beside the ventricle from the demotion. Above ventricles that grow (gain at least
+    ``NEAR_MIN_GAIN``) it keeps its place whatever its slope map (above_ventricles); above a ventricle that barely
+    changes it does not. A row that brightens throughout (darkening at least ``BRIGHTENING_MIN``) keeps its place when
+    its gain reaches ``BRIGHTENING_GAIN_SHARE`` of the ventricle's (rivals_ventricles): far above it, and just below it
+    (both near the ceiling, 0.90 of it); gaining 0.59 of it, as displaced rows do, it is demoted."""
+    for row_trend, ventricle_trend, growing, above, rivals in ((1.0, 0.02, False, True, True),
+                                                               (1.0, 0.1, True, True, True),
+                                                               (1.0, 1.0, True, False, True),
+                                                               (0.3, 1.0, True, False, False)):
+        models, _ = _marked_models(ventricle_trend, row_trend)
+        for dark in (BRIGHTENING_MIN, 1.0, BRIGHTENING_MIN - 0.01, 0.0):
+            table = rank_regional(replace(models, contraction=np.array([0.0, 0.5, np.nan]),
+                                          darkening=np.array([dark, 0.0, np.nan])), n_boot=300).set_index("region")
+            row, ventricle = table.loc["L-caudate"], table.loc["L-lateral-ventricle"]
+            assert (ventricle.gain >= NEAR_MIN_GAIN) == growing and (row.gain > ventricle.gain) == above
+            assert (row.gain >= BRIGHTENING_GAIN_SHARE * ventricle.gain) == rivals
+            assert row.above_ventricles == above and row.rivals_ventricles == rivals and row.near_ventricles
+            kept = (above and growing) or (rivals and dark >= BRIGHTENING_MIN)
+            assert row.demoted == (not kept), (row_trend, ventricle_trend, dark)
+            by_gain = list(table.sort_values("gain", ascending=False).index)
+            assert list(table.index) == ([r for r in by_gain if r != "L-caudate"] + ["L-caudate"] if row.demoted
+                                         else by_gain)

@@ -24,7 +24,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainage.attribution.regional import BRIGHTENING_MIN, CONTRACTION_MIN, DARKENING_MAX, NEAR_MIN_GAIN, NEAR_MM
+from brainage.attribution.regional import (BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CONTRACTION_MIN, DARKENING_MAX,
+                                           NEAR_MIN_GAIN, NEAR_MM)
 from brainage.attribution.validation import load_ground_truth, precision_at_k
 from brainage.data.synth import synthesize_cohort
 from brainage.report.command import main as report_main
@@ -85,10 +86,12 @@ def test_regional_age_models_rank_every_region_with_intervals(trained):
     assert all(group["gain"].is_monotonic_decreasing for _, group in regional.groupby("demoted"))
     assert (regional["ci_low"] <= regional["ci_high"]).all()
     ventricles = regional["region"].str.endswith("lateral-ventricle")
-    above = regional["gain"] > regional.loc[ventricles, "gain"].max()  # tells more age than the ventricles
-    assert (regional["above_ventricles"] == above).all()
+    ventricle_gain = regional.loc[ventricles, "gain"].max()
+    above = regional["gain"] > ventricle_gain  # tells more age than the ventricles
+    rivals = regional["gain"] >= BRIGHTENING_GAIN_SHARE * ventricle_gain  # nearly as much
+    assert (regional["above_ventricles"] == above).all() and (regional["rivals_ventricles"] == rivals).all()
     own = ((regional["contraction"] >= CONTRACTION_MIN) | (regional["darkening"] <= DARKENING_MAX)
-           | ((regional["darkening"] >= BRIGHTENING_MIN) & above))
+           | ((regional["darkening"] >= BRIGHTENING_MIN) & rivals) | (above & (ventricle_gain >= NEAR_MIN_GAIN)))
     assert (regional["demoted"] == (regional["near_ventricles"] & ~own)).all()
     near = (regional["gain"] >= NEAR_MIN_GAIN) & (regional["ventricle_mm"] <= NEAR_MM)
     assert (regional["near_ventricles"] == near).all() and regional["ventricle_mm"].notna().sum() >= 80

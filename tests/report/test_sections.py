@@ -240,13 +240,18 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     brightens = darkens.assign(darkening=0.9, demoted=darkens["near_ventricles"])  # listed last, flagged
     cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional,
                                                                                       table=brightens)), canvas))
-    assert "yes, brightens throughout, less than the ventricles tell: listed last (a brightening looks the same)" \
-        in cells and "kept in place" not in cells
-    brighter = brightens.assign(demoted=False)  # marked, kept: it brightens and gains more than the ventricles
+    assert "yes, brightens throughout, much less than the ventricles tell: listed last (a brightening looks the " \
+        "same)" in cells and "kept in place" not in cells
+    brighter = brightens.assign(demoted=False, rivals_ventricles=True)  # kept: nearly the ventricles' gain
     cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional,
                                                                                       table=brighter)), canvas))
-    assert "yes, brightens throughout, more than the ventricles tell: kept in place" in cells
+    assert "yes, brightens throughout, about as much as the ventricles tell or more: kept in place" in cells
     assert "listed last" not in cells
+    above = darkens.assign(darkening=0.0, demoted=False, rivals_ventricles=True)  # kept: above growing ventricles
+    cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=above)),
+                             canvas))
+    assert "yes, tells more than the growing ventricles: kept in place" in cells
+    assert "listed last" not in cells and "yes, brightens" not in cells and "yes, darkens" not in cells
 
     def headline(t: pd.DataFrame) -> str:
         return _html(S.main_result(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=t)),
@@ -261,7 +266,8 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     assert "L-front, L-back lie within 10 mm of the lateral ventricles without a change of their own" in headline(two)
     kept = demoted.assign(demoted=False)  # marked, but its slope map shows its own contraction
     assert "L-front also lies within 10 mm of them but keeps its place: its age-slope map shows a contraction or a " \
-           "darkening of its own, or a brightening that tells more age than the ventricles" in headline(kept)
+           "darkening of its own, or it tells more age than growing ventricles, or about as much while brightening" \
+           in headline(kept)
 
 
 def test_regional_section_says_why_it_did_not_run(result, canvas):
