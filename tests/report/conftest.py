@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 
 from brainage.attribution.aggregate import RoutingAggregator
+from brainage.attribution.regional import (BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CONTRACTION_MIN, DARKENING_MAX,
+                                           NEAR_MIN_GAIN)
 from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.validation import GroundTruth
 from brainage.contracts.routing import LayerRecord
@@ -114,3 +116,16 @@ def collected() -> Collected:
 def result(collected, tmp_path_factory) -> ReportResult:
     settings = make_settings(tmp_path_factory.mktemp("out"))
     return analyse(collected, settings, StageProgress(["analyse"], stream=io.StringIO()))
+
+
+def assert_zone_rule(table: pd.DataFrame) -> None:
+    """A regional table's demotions re-derived from its own columns: a region near the ventricles is demoted unless it
+    contracts (share), darkens throughout, gains more than growing ventricles, or brightens throughout with at least
+    ``BRIGHTENING_GAIN_SHARE`` of their gain (``brainage.attribution.regional.rank_regional``)."""
+    ventricle_gain = table.loc[table["region"].str.endswith("lateral-ventricle"), "gain"].max()
+    above = table["gain"] > ventricle_gain  # tells more age than the ventricles
+    rivals = table["gain"] >= BRIGHTENING_GAIN_SHARE * ventricle_gain  # nearly as much
+    assert (table["above_ventricles"] == above).all() and (table["rivals_ventricles"] == rivals).all()
+    own = ((table["contraction"] >= CONTRACTION_MIN) | (table["darkening"] <= DARKENING_MAX)
+           | ((table["darkening"] >= BRIGHTENING_MIN) & rivals) | (above & (ventricle_gain >= NEAR_MIN_GAIN)))
+    assert (table["demoted"] == (table["near_ventricles"] & ~own)).all()
