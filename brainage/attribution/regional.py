@@ -67,9 +67,9 @@ from brainage.reference.atlas import VENTRICLE_LABELS
 
 __all__ = ["ALPHAS", "BRIGHTENING_GAIN_SHARE", "BRIGHTENING_MIN", "CAP_FROM_SUBJECTS", "CONTRACTION_MIN",
            "DARKENING_MAX", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN", "NEAR_MM",
-           "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM",
-           "RegionalAgeModels", "bilateral_gains", "fit_regional_models", "interior_rows", "rank_regional",
-           "sort_regional", "ventricle_distances", "ventricle_rows", "voxel_cap", "with_slope_checks"]
+           "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "bilateral_gains", "fit_regional_models",
+           "interior_rows", "rank_regional", "sort_regional", "ventricle_distances", "ventricle_rows", "voxel_cap",
+           "with_slope_checks"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -341,8 +341,7 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     the lateral ventricles' gains), rivals_ventricles (a gain of at least ``BRIGHTENING_GAIN_SHARE`` of it) and demoted
     (marked, with a share below ``CONTRACTION_MIN`` and a darkening above ``DARKENING_MAX``, or none, unless it is
     above growing ventricles (a gain of at least ``NEAR_MIN_GAIN``) or brightens throughout (``BRIGHTENING_MIN``) and
-    rivals them): the
-    demoted regions rank after the others, rank intervals counted within each group."""
+    rivals them): the demoted regions rank after the others, rank intervals counted within each group."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:

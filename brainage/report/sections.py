@@ -389,7 +389,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "change near the ventricles": np.select(
                 [~table["near_ventricles"], table["demoted"] & (table["darkening"] >= BRIGHTENING_MIN),
                  table["demoted"], table["contraction"] >= CONTRACTION_MIN, table["darkening"] <= DARKENING_MAX,
-                 (table["darkening"] >= BRIGHTENING_MIN) & table.get("rivals_ventricles", True)],
+                 table["darkening"] >= BRIGHTENING_MIN],  # kept: it rivals the ventricles (or is above them)
                 ["", "yes, brightens throughout, much less than the ventricles tell: listed last (a brightening looks "
                  "the same)", "yes: listed last", "yes, contracts: kept in place", "yes, darkens: kept in place",
                  "yes, brightens throughout, about as much as the ventricles tell or more: kept in place"],

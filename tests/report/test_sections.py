@@ -242,12 +242,12 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
                                                                                       table=brightens)), canvas))
     assert "yes, brightens throughout, much less than the ventricles tell: listed last (a brightening looks the " \
         "same)" in cells and "kept in place" not in cells
-    brighter = brightens.assign(demoted=False, rivals_ventricles=True)  # kept: nearly the ventricles' gain
+    brighter = brightens.assign(demoted=False)  # kept: nearly the ventricles' gain
     cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional,
                                                                                       table=brighter)), canvas))
     assert "yes, brightens throughout, about as much as the ventricles tell or more: kept in place" in cells
     assert "listed last" not in cells
-    above = darkens.assign(darkening=0.0, demoted=False, rivals_ventricles=True)  # kept: above growing ventricles
+    above = darkens.assign(darkening=0.0, demoted=False)  # kept: above growing ventricles
     cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=above)),
                              canvas))
     assert "yes, tells more than the growing ventricles: kept in place" in cells
