@@ -255,6 +255,20 @@ COHORTS = (
     Cohort("fresh17_vent15_bright", 195, effects="atrophy:grow:lateral-ventricle*1.5,"
                                                  "intensity:brighten:posteriorcingulate*2,atrophy:amygdala"),
     Cohort("fresh17_deep", 196, effects="atrophy:posteriorcingulate,atrophy:superiorparietal"),
+    # eighteenth fresh set: declared 2026-12-06 (tenth session) before any run, to validate the demotion of lateral
+    # ventricles that a neighbour's contraction enlarges (docs/report.md, "Ventricles enlarged by a neighbour"): a
+    # strength-1 contraction drawn inside the zone without growth planted, with one more effect drawn outside it, in
+    # three; two contractions drawn inside it in one; ventricles growing weakly (strength 0.5) with a contraction drawn
+    # inside the zone and an effect outside it in two (draw18.py: numpy default_rng(seed) among the two-hemisphere
+    # labels, lateral ventricles left out)
+    Cohort("fresh18_deep_a", 201, effects="atrophy:posteriorcingulate,atrophy:transversetemporal"),
+    Cohort("fresh18_deep_b", 202, effects="atrophy:rostralanteriorcingulate,atrophy:lateraloccipital"),
+    Cohort("fresh18_deep_c", 203, effects="atrophy:isthmuscingulate,intensity:putamen"),
+    Cohort("fresh18_deep_two", 204, effects="atrophy:lingual,atrophy:fusiform"),
+    Cohort("fresh18_weak_vent_a", 205, effects="atrophy:grow:lateral-ventricle*0.5,atrophy:hippocampus,"
+                                               "intensity:superiortemporal"),
+    Cohort("fresh18_weak_vent_b", 206, effects="atrophy:grow:lateral-ventricle*0.5,atrophy:fusiform,"
+                                               "intensity:superiorparietal"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
