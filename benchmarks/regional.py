@@ -10,7 +10,8 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    farther than ``--margin`` mm from every other region; 0 = all voxels), ranks the regions by gain with bootstrap
    intervals, and scores the report's order (regions marked near the ventricles after the others unless their
    age-slope maps show them contracting or darkening throughout, or they gain more than growing ventricles, or
-   brighten throughout with at least 0.7 of their gain, ``brainage.attribution.contraction``; with
+   brighten throughout with at least 0.7 of their gain, ``brainage.attribution.contraction``; lateral ventricles
+   whose slope maps follow a neighbour's pull more than their own expansion after them too; with
    ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
    chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
    it, the order by gain alone, and that of the
@@ -51,9 +52,9 @@ from benchmarks.attribution import COHORTS, build_cohort  # noqa: E402
 from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, MAX_VOXELS  # noqa: E402
 
 # the report's order: regions marked near the ventricles demoted unless they contract or darken throughout, or brighten
-# throughout with at least BRIGHTENING_GAIN_SHARE of the ventricles' gain, or gain more than growing ventricles (an
-# older order's results are refused on resume)
-ORDER = "report, 10 mm zone, above growing ventricles or brightening near their gain"
+# throughout with at least BRIGHTENING_GAIN_SHARE of the ventricles' gain, or gain more than growing ventricles, and
+# lateral ventricles that a neighbour's pull enlarges demoted too (an older order's results are refused on resume)
+ORDER = "report, 10 mm zone, above growing ventricles or brightening near their gain, pulled ventricles last"
 
 ROOT = Path(__file__).resolve().parents[1]
 

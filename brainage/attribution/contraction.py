@@ -16,6 +16,13 @@ growing ventricles"). Its *darkening* is the mean of its slope map over the map'
 region darkens alike (a T1 contrast loss), near 0 or positive when tissue moves through it (docs/report.md, "A
 displacement zone beside the ventricles").
 
+A lateral ventricle that no growth of its own enlarges can still change with age: a neighbour that contracts pulls its
+wall along (a contracting cingulate or thalamus). Its *expansion share* is the part of its slope map that its own
+boundary motion explains (the contraction pattern, opposite sign), its *pull share* the largest part that tissue moving
+towards one neighbour explains beside it (u along minus the gradient of the distance to that neighbour). Ventricles
+that grow keep a large expansion share; ventricles enlarged by a neighbour's contraction a pull share above it
+(docs/report.md, "Ventricles enlarged by a neighbour").
+
 Letter legend: s subjects, r atlas regions, v voxels of one region, (X, Y, Z) model grid.
 """
 
@@ -26,10 +33,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_VOXELS", "SlopeMaps", "contraction_shares", "darkening"]
+__all__ = ["MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "contraction_shares", "darkening", "ventricle_pulls"]
 
 MIN_VOXELS = 5  # fewer voxels in a region cannot fit three patterns: its share is NaN
 PAD = 2  # voxels around a region's box: its signed distance and gradient are exact inside the crop
+PULL_REACH_MM = 6.0  # a ventricle's neighbours: the regions with a voxel within this of it (centre to centre)
 
 
 class SlopeMaps:
@@ -74,6 +82,26 @@ def _unit(vectors: list[np.ndarray]) -> list[np.ndarray]:
     return [v / norm for v in vectors]
 
 
+def _box(inside: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of ``inside`` (X, Y, Z) bool, ``PAD`` voxels wider on each side (clipped to the grid)."""
+    found = np.argwhere(inside)  # (v, 3)
+    return tuple(slice(max(lo - PAD, 0), hi + PAD + 1) for lo, hi in zip(found.min(0), found.max(0)))
+
+
+def _inwards(grad: list[np.ndarray], inside: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """(v,) slope pattern of a region's own tissue moving inwards (grad(M) . outward normal) at its voxels.
+
+    ``grad``: 3 x the crop's mean-image gradient; ``inside``: the region in the crop (``PAD`` voxels of margin)."""
+    signed = (ndi.distance_transform_edt(~inside, sampling=spacing)
+              - ndi.distance_transform_edt(inside, sampling=spacing))  # outward-increasing signed distance
+    return sum(g * n for g, n in zip(grad, _unit(np.gradient(signed, *spacing))))[inside]
+
+
+def _sse(x: np.ndarray, y: np.ndarray) -> float:
+    """Residual sum of squares of ``y`` (v,) on the columns of ``x`` (v, p)."""
+    return float(((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum())
+
+
 def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
                        ventricles: Sequence[int]) -> np.ndarray:
     """(r,) each region's contraction share (partial R^2 of its own contraction in its slope map, module docstring).
@@ -91,24 +119,53 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
     normal = _unit(np.gradient(ndi.distance_transform_edt(~grows, sampling=spacing), *spacing))
     away = -sum(g * n for g, n in zip(grad, normal))  # (X, Y, Z) slope pattern of tissue moving off the ventricles
     for row in np.unique(regions[regions >= 0]):
-        found = np.argwhere(regions == row)  # (v, 3)
-        if row in ventricles or len(found) < MIN_VOXELS:
+        if row in ventricles or (regions == row).sum() < MIN_VOXELS:
             continue
-        box = tuple(slice(max(lo - PAD, 0), hi + PAD + 1) for lo, hi in zip(found.min(0), found.max(0)))
+        box = _box(regions == row)
         inside = regions[box] == row
-        signed = (ndi.distance_transform_edt(~inside, sampling=spacing)
-                  - ndi.distance_transform_edt(inside, sampling=spacing))  # outward-increasing signed distance
-        outward = _unit(np.gradient(signed, *spacing))
-        shrink = sum(g[box] * n for g, n in zip(grad, outward))[inside]  # (v,) pattern of tissue moving inwards
         y = slope[box][inside]  # (v,)
-        x = np.column_stack([np.ones_like(y), away[box][inside], shrink])  # (v, 3)
+        x = np.column_stack([np.ones_like(y), away[box][inside], _inwards([g[box] for g in grad], inside, spacing)])
+        total = ((y - y.mean()) ** 2).sum()
+        if total > 0:
+            out[row] = (_sse(x[:, :2], y) - _sse(x, y)) / total
+    return out
+
+
+def ventricle_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
+                    ventricles: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each lateral ventricle's expansion share, largest pull share and the neighbour that pulls (module docstring).
+
+    Returns (r,) expansion (partial R^2 of its own boundary motion beside a uniform change), (r,) pull (the largest
+    partial R^2 of tissue moving towards one neighbour beside both; neighbours: the regions with a voxel within
+    ``PULL_REACH_MM``, the ``ventricles`` left out) and (r,) that neighbour's row; NaN (row -1) for every other row, a
+    ventricle under ``MIN_VOXELS`` voxels or with a flat map, and a pull without a neighbour. ``mean``, ``slope``,
+    ``regions``, ``affine``: as :func:`contraction_shares`.
+    """
+    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))  # (3,) mm per voxel
+    expansion, pull, by = np.full(r, np.nan), np.full(r, np.nan), np.full(r, -1)
+    for row in ventricles:
+        own = regions == row  # (X, Y, Z)
+        if own.sum() < MIN_VOXELS:
+            continue
+        near = ndi.distance_transform_edt(~own, sampling=spacing) <= PULL_REACH_MM
+        neighbours = np.setdiff1d(regions[near & (regions >= 0)], list(ventricles))
+        box = _box(np.isin(regions, [row, *neighbours]))  # every neighbour voxel inside: exact distances to them
+        grad = np.gradient(np.asarray(mean, dtype=np.float64)[box], *spacing)  # 3 x crop
+        inside = regions[box] == row
+        y = slope[box][inside]  # (v,)
         total = ((y - y.mean()) ** 2).sum()
         if total <= 0:
             continue
-        resid_full = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
-        resid_less = y - x[:, :2] @ np.linalg.lstsq(x[:, :2], y, rcond=None)[0]
-        out[row] = ((resid_less ** 2).sum() - (resid_full ** 2).sum()) / total
-    return out
+        x = np.column_stack([np.ones_like(y), _inwards(grad, inside, spacing)])  # (v, 2)
+        expansion[row] = (_sse(x[:, :1], y) - _sse(x, y)) / total
+        for other in neighbours:
+            towards = _unit(np.gradient(ndi.distance_transform_edt(regions[box] != other, sampling=spacing),
+                                        *spacing))  # moving towards it: u along minus these
+            share = (_sse(x, y) - _sse(np.column_stack([x, sum(g * n for g, n in zip(grad, towards))[inside]]), y)
+                     ) / total
+            if np.isnan(pull[row]) or share > pull[row]:
+                pull[row], by[row] = share, other
+    return expansion, pull, by
 
 
 def darkening(slope: np.ndarray, regions: np.ndarray, r: int) -> np.ndarray:

@@ -26,6 +26,10 @@ at least ``NEAR_MIN_GAIN``), whatever its map; and since the displaced cingulate
 less, a brightening (a darkening of at least ``BRIGHTENING_MIN``) keeps its place when it tells nearly as much
 (``BRIGHTENING_GAIN_SHARE`` of their gain; near the ceiling which of the two gains more is chance). docs/report.md,
 "Contraction beside growing ventricles", "A displacement zone beside the ventricles", "The two exemptions together".
+A lateral ventricle enlarged by a neighbour's contraction rather than growing on its own (its age-slope map follows
+that neighbour's pull more than its own expansion: :func:`brainage.attribution.contraction.ventricle_pulls`) ranks
+with the demoted regions too, its change credited to the neighbour that pulls it (docs/report.md, "Ventricles enlarged
+by a neighbour").
 The same models without the voxels within ``VENTRICLE_MARGIN_MM`` of the ventricles (``away``) show how much of each
 gain lies beside them (ranking without those voxels did not qualify: it drops the displaced caudate and thalamus, and
 a contracting caudate with them; docs/report.md, "Scratch probes of displacement").
@@ -60,7 +64,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from brainage.attribution.contraction import SlopeMaps, contraction_shares, darkening
+from brainage.attribution.contraction import SlopeMaps, contraction_shares, darkening, ventricle_pulls
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
@@ -120,6 +124,9 @@ class RegionalAgeModels:
     ventricle_mm: np.ndarray | None = None  # (r,) mm from each region's interior to the lateral ventricles (NaN: none)
     contraction: np.ndarray | None = None  # (r,) contraction share of each region's age-slope map (NaN: none)
     darkening: np.ndarray | None = None  # (r,) mean over root mean square of each region's age-slope map (NaN: none)
+    expansion: np.ndarray | None = None  # (r,) expansion share of each lateral ventricle (NaN: other rows)
+    pull: np.ndarray | None = None  # (r,) largest pull share of a ventricle's neighbours (NaN: other rows, none)
+    puller: np.ndarray | None = None  # (r,) row of the neighbour with that pull (-1: none)
 
     @property
     def gains(self) -> np.ndarray:
@@ -156,17 +163,18 @@ def ventricle_distances(regions: np.ndarray, affine: np.ndarray, r: int, ventric
 
 def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.ndarray, affine: np.ndarray
                       ) -> RegionalAgeModels:
-    """``models`` with each region's distance to the lateral ventricles and the contraction shares and darkenings of
-    the same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows and ``affine``; unchanged when the atlas
-    lacks the lateral ventricles or the slopes cannot be fitted."""
+    """``models`` with each region's distance to the lateral ventricles, the contraction shares and darkenings of the
+    same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows and ``affine``, and the ventricles' expansion
+    and pull shares; unchanged when the atlas lacks the lateral ventricles or the slopes cannot be fitted."""
     ventricles = ventricle_rows(models.regions)
     if not ventricles or not slopes.usable:
         return models
     r = len(models.regions)
     mean, slope = slopes.maps()
+    expansion, pull, puller = ventricle_pulls(mean, slope, regions, affine, r, ventricles)
     return replace(models, ventricle_mm=ventricle_distances(regions, affine, r, ventricles),
                    contraction=contraction_shares(mean, slope, regions, affine, r, ventricles),
-                   darkening=darkening(slope, regions, r))
+                   darkening=darkening(slope, regions, r), expansion=expansion, pull=pull, puller=puller)
 
 
 def _folds(s: int, folds: int, seed: int) -> np.ndarray:
@@ -338,10 +346,13 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     gain_away, gain_away_low, gain_away_high, n_voxels_away (the interior less the voxels near the ventricles); with
     ``models.ventricle_mm`` also ventricle_mm, near_ventricles (a gain of at least ``NEAR_MIN_GAIN`` and an interior
     within ``NEAR_MM``), contraction and darkening (NaN without them), above_ventricles (a gain above the larger of
-    the lateral ventricles' gains), rivals_ventricles (a gain of at least ``BRIGHTENING_GAIN_SHARE`` of it) and demoted
-    (marked, with a share below ``CONTRACTION_MIN`` and a darkening above ``DARKENING_MAX``, or none, unless it is
-    above growing ventricles (a gain of at least ``NEAR_MIN_GAIN``) or brightens throughout (``BRIGHTENING_MIN``) and
-    rivals them): the demoted regions rank after the others, rank intervals counted within each group."""
+    the lateral ventricles' gains), rivals_ventricles (a gain of at least ``BRIGHTENING_GAIN_SHARE`` of it),
+    expansion, pull and pulled_by (a lateral ventricle's expansion share, its neighbours' largest pull share and that
+    neighbour's name; NaN and "" elsewhere), enlarged_by_neighbour (a ventricle whose pull exceeds its expansion) and
+    demoted (marked, with a share below ``CONTRACTION_MIN`` and a darkening above ``DARKENING_MAX``, or none, unless
+    it is above growing ventricles (a gain of at least ``NEAR_MIN_GAIN``) or brightens throughout
+    (``BRIGHTENING_MIN``) and rivals them; or enlarged by a neighbour): the demoted regions rank after the others,
+    rank intervals counted within each group."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:
@@ -384,9 +395,14 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
         rivals = (frame["gain"] >= BRIGHTENING_GAIN_SHARE * ventricle_gain).to_numpy()  # (r',)
         own = ((share >= CONTRACTION_MIN) | (dark <= DARKENING_MAX) | ((dark >= BRIGHTENING_MIN) & rivals)
                | (above & (ventricle_gain >= NEAR_MIN_GAIN)))  # (r',)
-        demoted = near & ~own  # (r',) no change of its own shown
+        expansion, pull = column(models.expansion), column(models.pull)
+        puller = (np.full(len(models.regions), -1) if models.puller is None else models.puller)[keep]  # (r',)
+        enlarged = pull > expansion  # (r',) a ventricle that follows a neighbour's pull more than its own growth
+        demoted = (near & ~own) | enlarged  # (r',) no change of its own shown
         frame = frame.assign(ventricle_mm=distance, near_ventricles=near, contraction=share, darkening=dark,
-                             above_ventricles=above, rivals_ventricles=rivals, demoted=demoted)
+                             above_ventricles=above, rivals_ventricles=rivals, expansion=expansion, pull=pull,
+                             pulled_by=[models.regions.names[i] if i >= 0 else "" for i in puller],
+                             enlarged_by_neighbour=enlarged, demoted=demoted)
         gains = models.gains[:, keep]  # (s, r')
         for group, offset in ((~demoted, 0), (demoted, int((~demoted).sum()))):  # ranks counted within each group
             if group.any():

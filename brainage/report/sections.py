@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from brainage.attribution.contraction import PULL_REACH_MM
 from brainage.attribution.regional import (BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CAP_FROM_SUBJECTS,
                                            CONTRACTION_MIN, DARKENING_MAX, DRAWS, MARGIN_MM, MAX_VOXELS, NEAR_MIN_GAIN,
                                            NEAR_MM, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
@@ -204,12 +205,27 @@ def _number(rows: pd.DataFrame, one: str, many: str) -> str:
     return one if len(rows) == 1 else many
 
 
+def _enlarged_sentence(ageing: pd.DataFrame) -> str:
+    """The main result's note on lateral ventricles that a neighbour's pull enlarges (listed after the others)."""
+    enlarged = ageing[ageing["enlarged_by_neighbour"]] if "enlarged_by_neighbour" in ageing else ageing.iloc[:0]
+    if not len(enlarged):
+        return ""
+    return (f" {', '.join(enlarged['region'])} {_number(enlarged, 'changes', 'change')} with age without growing on "
+            f"{_number(enlarged, 'its', 'their')} own: "
+            + _number(enlarged, "its age-slope map follows", "their age-slope maps follow")
+            + f" the pull of a neighbour ({', '.join(dict.fromkeys(enlarged['pulled_by']))}) more than "
+            f"{_number(enlarged, 'its', 'their')} own expansion, as when a neighbour contracts, so "
+            f"{_number(enlarged, 'it is', 'they are')} listed after the other regions; credit the neighbour's change.")
+
+
 def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
     """The main result's note on the ageing regions marked 'change near the ventricles', if any: the demoted ones
-    (listed after the others) and those whose slope maps show a change of their own (kept in place)."""
+    (listed after the others) and those whose slope maps show a change of their own (kept in place); then the
+    ventricles that a neighbour's pull enlarges."""
     if "demoted" not in ageing or not ageing["near_ventricles"].any():
-        return ""
-    demoted, kept = ageing[ageing["demoted"]], ageing[ageing["near_ventricles"] & ~ageing["demoted"]]
+        return _enlarged_sentence(ageing)
+    marked = ageing[ageing["near_ventricles"]]
+    demoted, kept = marked[marked["demoted"]], marked[~marked["demoted"]]
     return ((f" {', '.join(demoted['region'])} {_number(demoted, 'lies', 'lie')} within {NEAR_MM:g} mm of the "
              f"lateral ventricles without a change of {_number(demoted, 'its', 'their')} own in "
              f"{_number(demoted, 'its age-slope map', 'their age-slope maps')}, possibly displaced by growing "
@@ -221,7 +237,7 @@ def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
                          "keep their place: their age-slope maps show a contraction or a darkening of their own, "
                          "or they tell more age than growing ventricles, or about as much while brightening")
                + " (see 'Where the scans age')."
-               if len(kept) else ""))
+               if len(kept) else "") + _enlarged_sentence(ageing))
 
 
 def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
@@ -363,8 +379,19 @@ def _near_ventricles_paragraph() -> R.Markup:
         "lingual gyrus; a caudate with a share of 0.11), and a brightening beside the ventricles that tells much less "
         "age than they do: a demoted region whose darkening is near +1 may be a brightening rather than displaced "
         "(docs/report.md, 'A displacement zone beside the ventricles', 'What the 10 mm zone costs a brightening', "
-        "'The two exemptions together'). 'Gain, away from the ventricles' leaves out each "
+        "'The two exemptions together'). The lateral ventricles themselves can change without growing: a "
+        "neighbour that contracts pulls their wall along. 'Expansion share' is the part of a ventricle's map that its "
+        "own expansion explains, 'pull share' the largest part that tissue moving towards one neighbour explains "
+        f"(neighbours within {PULL_REACH_MM:g} mm); a ventricle whose pull share is the larger ranks after the kept "
+        "regions, its change credited to that neighbour (docs/report.md, 'Ventricles enlarged by a neighbour'). "
+        "'Gain, away from the ventricles' leaves out each "
         f"region's voxels within {VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
+
+
+def _enlarged_labels(table: pd.DataFrame) -> list[str]:
+    """Per row: the label of a lateral ventricle that follows a neighbour's pull (the others' entries unused)."""
+    return [f"ventricle enlarged by the pull of a neighbour (largest: {name}), not by its own growth: listed last"
+            for name in table["pulled_by"]]
 
 
 def regional(result: ReportResult, canvas: Canvas) -> Section | None:
@@ -387,14 +414,17 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         **({"gain, away from the ventricles (y)": table["gain_away"].round(2)} if "gain_away" in table else {}),
         **({"ventricles (mm)": table["ventricle_mm"].round(1),
             "change near the ventricles": np.select(
-                [~table["near_ventricles"], table["demoted"] & (table["darkening"] >= BRIGHTENING_MIN),
-                 table["demoted"], table["contraction"] >= CONTRACTION_MIN, table["darkening"] <= DARKENING_MAX,
+                [table["enlarged_by_neighbour"], ~table["near_ventricles"],
+                 table["demoted"] & (table["darkening"] >= BRIGHTENING_MIN), table["demoted"],
+                 table["contraction"] >= CONTRACTION_MIN, table["darkening"] <= DARKENING_MAX,
                  table["darkening"] >= BRIGHTENING_MIN],  # kept: it rivals the ventricles (or is above them)
-                ["", "yes, brightens throughout, much less than the ventricles tell: listed last (a brightening looks "
-                 "the same)", "yes: listed last", "yes, contracts: kept in place", "yes, darkens: kept in place",
+                [_enlarged_labels(table), "", "yes, brightens throughout, much less than the ventricles tell: listed "
+                 "last (a brightening looks the same)", "yes: listed last", "yes, contracts: kept in place",
+                 "yes, darkens: kept in place",
                  "yes, brightens throughout, about as much as the ventricles tell or more: kept in place"],
                 "yes, tells more than the growing ventricles: kept in place"),
-            "contraction share": table["contraction"].round(3), "darkening": table["darkening"].round(2)}
+            "contraction share": table["contraction"].round(3), "darkening": table["darkening"].round(2),
+            "expansion share": table["expansion"].round(3), "pull share": table["pull"].round(3)}
            if "near_ventricles" in table else {}),
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
@@ -416,8 +446,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"region's interior voxels ({DRAWS} random draws, errors averaged), from {CAP_FROM_SUBJECTS} scans on; "
             "with fewer, the capped models read a weak change too poorly, so every interior voxel is used "
             "(docs/report.md, 'Size matching at fewer scans'). A weak contraction can still rank "
-            "below a neighbour it spills into (7 of 105 synthetic benchmark cohorts in some seed: docs/report.md, 'The "
-            "two exemptions together'). The cap has a cost too: a "
+            "below a neighbour it spills into (5 of 111 synthetic benchmark cohorts in some seed: docs/report.md, "
+            "'Ventricles enlarged by a neighbour'). The cap has a cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "

@@ -1,7 +1,8 @@
 """Contraction shares and darkenings: the slope maps match per-voxel least squares, the shares match a brute-force
 full-grid implementation, a blob that contracts with age keeps a large share while one that growing ventricles push
 aside keeps a small one, the darkenings match a per-region reference and tell a blob that darkens throughout from a
-moving one, and bad input is refused."""
+moving one, a ventricle's expansion and pull shares match a full-grid reference and tell a growing ventricle from one
+that a contracting neighbour pulls, and bad input is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from brainage.attribution.contraction import MIN_VOXELS, SlopeMaps, contraction_shares, darkening
+from brainage.attribution.contraction import (MIN_VOXELS, PULL_REACH_MM, SlopeMaps, contraction_shares, darkening,
+                                              ventricle_pulls)
 from brainage.attribution.regional import DARKENING_MAX
 
 SPACING = 2.0
@@ -123,6 +125,66 @@ def test_darkenings_match_a_per_region_reference_and_tell_a_darkening_from_a_pus
     assert got[2] < -0.95 and got[2] <= DARKENING_MAX  # darkens throughout
     assert abs(got[1]) < 0.3  # moved: its map darkens at the leading edge and brightens at the trailing one
     assert np.isnan(darkening(np.zeros(SHAPE), regions, 5)).all()  # a flat map: no direction
+
+
+def _pull_cohort(grows: bool, s: int = 60, seed: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, ages, region rows): a dark ventricle ball (row 0) with a grey ball 4 mm beside it (row 1) and one
+    far from it (row 2). ``grows``: the ventricle grows with age, its neighbour still; else the neighbour contracts
+    and pulls the ventricle along (its centre moves 1.5 mm towards it per 30 y, its size kept)."""
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, s)
+    grid = np.indices(SHAPE, dtype=np.float64)
+    images = np.empty((s, *SHAPE))
+    for i, age in enumerate(ages):
+        t = (age - 50) / 30  # -1 .. 1
+        ventricle = _blob((8 + (0 if grows else 0.75 * t), 12, 12), 8 + (2 * t if grows else 0), grid)
+        neighbour = _blob((15, 12, 12), 5 - (0 if grows else 1.5 * t), grid)
+        images[i] = (1.0 - 0.8 * ventricle - 0.4 * neighbour - 0.4 * _blob((26, 12, 4), 3, grid)
+                     + rng.normal(0, 0.01, SHAPE))
+    regions = np.full(SHAPE, -1)
+    for row, (centre, radius) in enumerate((((8, 12, 12), 8), ((15, 12, 12), 5), ((26, 12, 4), 3))):
+        regions[_blob(centre, radius, grid) > 0.5] = row
+    return images, ages, regions
+
+
+def _pull_reference(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, row: int) -> tuple[float, float, int]:
+    """A ventricle's expansion share, largest pull share and its neighbour on the full grid (no crop)."""
+    grad = np.gradient(mean, SPACING, SPACING, SPACING)
+    inside = regions == row
+    y = slope[inside]
+
+    def sse(*patterns: np.ndarray) -> float:
+        x = np.column_stack([np.ones_like(y), *patterns])
+        return ((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum()
+
+    def along(field: np.ndarray) -> np.ndarray:  # grad(M) . unit gradient of ``field`` at the ventricle's voxels
+        g = np.gradient(field, SPACING, SPACING, SPACING)
+        norm = np.sqrt(sum(c * c for c in g)) + 1e-9
+        return sum(m * c / norm for m, c in zip(grad, g))[inside]
+
+    own = along(ndi.distance_transform_edt(~inside, sampling=SPACING)
+                - ndi.distance_transform_edt(inside, sampling=SPACING))
+    total = ((y - y.mean()) ** 2).sum()
+    near = ndi.distance_transform_edt(~inside, sampling=SPACING) <= PULL_REACH_MM
+    shares = {int(o): (sse(own) - sse(own, along(ndi.distance_transform_edt(regions != o, sampling=SPACING)))) / total
+              for o in np.unique(regions[near & (regions >= 0)]) if o != row}
+    best = max(shares, key=shares.get)
+    return (sse() - sse(own)) / total, shares[best], best
+
+
+@pytest.mark.parametrize("grows", [True, False])
+def test_ventricle_pulls_match_a_full_grid_reference_and_tell_growth_from_a_neighbours_pull(grows):
+    images, ages, regions = _pull_cohort(grows)
+    mean, slope = _maps(images, ages)
+    expansion, pull, by = ventricle_pulls(mean, slope, regions, AFFINE, 4, [0])
+    want = _pull_reference(mean, slope, regions, 0)
+    np.testing.assert_allclose([expansion[0], pull[0]], want[:2], atol=1e-9)
+    assert by[0] == want[2] == 1  # the far ball is out of reach
+    assert np.isnan(expansion[1:]).all() and np.isnan(pull[1:]).all() and (by[1:] == -1).all()
+    if grows:
+        assert expansion[0] > 0.3 and pull[0] < expansion[0] / 3, (expansion, pull)
+    else:
+        assert pull[0] > 0.3 and expansion[0] < pull[0] / 3, (expansion, pull)
 
 
 def test_without_ventricles_every_share_is_nan():

@@ -362,3 +362,24 @@ def test_a_marked_row_keeps_its_place_above_growing_ventricles_or_brightening_ne
             by_gain = list(table.sort_values("gain", ascending=False).index)
             assert list(table.index) == ([r for r in by_gain if r != "L-caudate"] + ["L-caudate"] if row.demoted
                                          else by_gain)
+
+
+def test_a_ventricle_that_a_neighbour_pulls_ranks_with_the_demoted_rows():
+    """The ventricle gains most; when a neighbour's pull explains more of its slope map than its own expansion does
+    (enlarged_by_neighbour) it is listed after every kept row with that neighbour named (pulled_by), else it keeps
+    its place; without the shares (NaN) nothing changes. The row beside it contracts, so it keeps its place."""
+    models, _ = _marked_models(1.0)
+    for expansion, pull, enlarged in ((0.05, 0.3, True), (0.4, 0.1, False), (0.2, 0.2, False), (np.nan, np.nan, False)):
+        table = rank_regional(replace(models, contraction=np.array([0.5, 0.0, np.nan]),
+                                      darkening=np.array([0.0, 0.0, np.nan]),
+                                      expansion=np.array([np.nan, np.nan, expansion]),
+                                      pull=np.array([np.nan, np.nan, pull]), puller=np.array([-1, -1, 0])),
+                              n_boot=300).set_index("region")
+        ventricle = table.loc["L-lateral-ventricle"]
+        assert ventricle.enlarged_by_neighbour == ventricle.demoted == enlarged
+        assert ventricle.pulled_by == "L-caudate" and table.loc["L-caudate", "pulled_by"] == ""
+        assert not table.loc[["L-caudate", "L-far"], "demoted"].any()
+        assert list(table.index) == (["L-caudate", "L-far", "L-lateral-ventricle"] if enlarged
+                                     else ["L-lateral-ventricle", "L-caudate", "L-far"])
+        if enlarged:
+            assert ventricle.rank_low == ventricle.rank_high == 3

@@ -121,11 +121,14 @@ def result(collected, tmp_path_factory) -> ReportResult:
 def assert_zone_rule(table: pd.DataFrame) -> None:
     """A regional table's demotions re-derived from its own columns: a region near the ventricles is demoted unless it
     contracts (share), darkens throughout, gains more than growing ventricles, or brightens throughout with at least
-    ``BRIGHTENING_GAIN_SHARE`` of their gain (``brainage.attribution.regional.rank_regional``)."""
+    ``BRIGHTENING_GAIN_SHARE`` of their gain; a lateral ventricle is demoted when a neighbour's pull explains more of
+    its slope map than its own expansion (``brainage.attribution.regional.rank_regional``)."""
     ventricle_gain = table.loc[table["region"].str.endswith("lateral-ventricle"), "gain"].max()
     above = table["gain"] > ventricle_gain  # tells more age than the ventricles
     rivals = table["gain"] >= BRIGHTENING_GAIN_SHARE * ventricle_gain  # nearly as much
     assert (table["above_ventricles"] == above).all() and (table["rivals_ventricles"] == rivals).all()
     own = ((table["contraction"] >= CONTRACTION_MIN) | (table["darkening"] <= DARKENING_MAX)
            | ((table["darkening"] >= BRIGHTENING_MIN) & rivals) | (above & (ventricle_gain >= NEAR_MIN_GAIN)))
-    assert (table["demoted"] == (table["near_ventricles"] & ~own)).all()
+    enlarged = table["pull"] > table["expansion"]  # a lateral ventricle that a neighbour's pull enlarges
+    assert (table["enlarged_by_neighbour"] == enlarged).all()
+    assert (table["demoted"] == ((table["near_ventricles"] & ~own) | enlarged)).all()

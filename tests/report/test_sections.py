@@ -268,6 +268,17 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
     assert "L-front also lies within 10 mm of them but keeps its place: its age-slope map shows a contraction or a " \
            "darkening of its own, or it tells more age than growing ventricles, or about as much while brightening" \
            in headline(kept)
+    front = table["region"] == "L-front"  # as a lateral ventricle that a neighbour's contraction pulls along
+    pulled = table.assign(enlarged_by_neighbour=front, pulled_by=np.where(front, "L-back", ""), demoted=front)
+    assert "L-front changes with age without growing on its own: its age-slope map follows the pull of a neighbour " \
+           "(L-back) more than its own expansion, as when a neighbour contracts, so it is listed after the other " \
+           "regions" in headline(pulled) and "within 10 mm" not in headline(pulled)
+    cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=pulled)),
+                             canvas))
+    assert "ventricle enlarged by the pull of a neighbour (largest: L-back), not by its own growth: listed last" \
+        in cells
+    assert cells.count("not by its own growth") == 2 and "pull share" in cells  # top table and all regions
+    assert "changes with age without growing" not in headline(table)
 
 
 def test_regional_section_says_why_it_did_not_run(result, canvas):
