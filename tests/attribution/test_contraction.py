@@ -6,6 +6,8 @@ that a contracting neighbour pulls, and bad input is refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -25,25 +27,30 @@ def _blob(centre: tuple[float, float, float], radius: float, grid: np.ndarray) -
     return 1.0 / (1.0 + np.exp((distance - radius) / 2.0))
 
 
+def _scans(s: int, seed: int, draw: Callable[[float, np.ndarray], np.ndarray],
+           balls: tuple[tuple[tuple[float, float, float], float], ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (s, X, Y, Z), ages (s,), region rows (X, Y, Z)): ``draw(t, grid)`` per scan, t = (age - 50) / 30 in
+    -1 .. 1, plus N(0, 0.01) noise; row i = the ball ``balls[i]`` (centre in voxels, radius in mm)."""
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, s)
+    grid = np.indices(SHAPE, dtype=np.float64)
+    images = np.stack([draw((age - 50) / 30, grid) + rng.normal(0, 0.01, SHAPE) for age in ages])
+    regions = np.full(SHAPE, -1)
+    for row, (centre, radius) in enumerate(balls):
+        regions[_blob(centre, radius, grid) > 0.5] = row
+    return images, ages, regions
+
+
 def _cohort(s: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """(images (s, X, Y, Z), ages, region rows (X, Y, Z), ventricle rows): a dark ventricle ball (row 0) that grows
     with age, a grey ball beside it (row 1) pushed away as it grows, and a grey ball far from it (row 2) that
     contracts with age; the rows are the balls at the cohort's mean age."""
-    rng = np.random.default_rng(seed)
-    ages = rng.uniform(20, 80, s)
-    grid = np.indices(SHAPE, dtype=np.float64)
-    images = np.empty((s, *SHAPE))
-    for i, age in enumerate(ages):
-        grow = (age - 50) / 30  # -1 .. 1
-        ventricle = _blob((8, 12, 12), 8 + 2 * grow, grid)
-        pushed = _blob((15 + 1.0 * grow, 12, 12), 5, grid)  # its centre moves off the ventricle by 2 mm per 30 y
-        shrinks = _blob((24, 12, 12), 7 - 1.5 * grow, grid)
-        images[i] = 1.0 - 0.8 * ventricle - 0.4 * pushed - 0.4 * shrinks + rng.normal(0, 0.01, SHAPE)
-    regions = np.full(SHAPE, -1)
-    regions[_blob((8, 12, 12), 8, grid) > 0.5] = 0
-    regions[_blob((15, 12, 12), 5, grid) > 0.5] = 1
-    regions[_blob((24, 12, 12), 7, grid) > 0.5] = 2
-    return images, ages, regions, [0]
+    def draw(t: float, grid: np.ndarray) -> np.ndarray:
+        return (1.0 - 0.8 * _blob((8, 12, 12), 8 + 2 * t, grid)
+                - 0.4 * _blob((15 + 1.0 * t, 12, 12), 5, grid)  # its centre moves off the ventricle by 2 mm per 30 y
+                - 0.4 * _blob((24, 12, 12), 7 - 1.5 * t, grid))
+
+    return *_scans(s, seed, draw, (((8, 12, 12), 8), ((15, 12, 12), 5), ((24, 12, 12), 7))), [0]
 
 
 def _maps(images: np.ndarray, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,20 +138,11 @@ def _pull_cohort(grows: bool, s: int = 60, seed: int = 2) -> tuple[np.ndarray, n
     """(images, ages, region rows): a dark ventricle ball (row 0) with a grey ball 4 mm beside it (row 1) and one
     far from it (row 2). ``grows``: the ventricle grows with age, its neighbour still; else the neighbour contracts
     and pulls the ventricle along (its centre moves 1.5 mm towards it per 30 y, its size kept)."""
-    rng = np.random.default_rng(seed)
-    ages = rng.uniform(20, 80, s)
-    grid = np.indices(SHAPE, dtype=np.float64)
-    images = np.empty((s, *SHAPE))
-    for i, age in enumerate(ages):
-        t = (age - 50) / 30  # -1 .. 1
-        ventricle = _blob((8 + (0 if grows else 0.75 * t), 12, 12), 8 + (2 * t if grows else 0), grid)
-        neighbour = _blob((15, 12, 12), 5 - (0 if grows else 1.5 * t), grid)
-        images[i] = (1.0 - 0.8 * ventricle - 0.4 * neighbour - 0.4 * _blob((26, 12, 4), 3, grid)
-                     + rng.normal(0, 0.01, SHAPE))
-    regions = np.full(SHAPE, -1)
-    for row, (centre, radius) in enumerate((((8, 12, 12), 8), ((15, 12, 12), 5), ((26, 12, 4), 3))):
-        regions[_blob(centre, radius, grid) > 0.5] = row
-    return images, ages, regions
+    def draw(t: float, grid: np.ndarray) -> np.ndarray:
+        return (1.0 - 0.8 * _blob((8 + (0 if grows else 0.75 * t), 12, 12), 8 + (2 * t if grows else 0), grid)
+                - 0.4 * _blob((15, 12, 12), 5 - (0 if grows else 1.5 * t), grid) - 0.4 * _blob((26, 12, 4), 3, grid))
+
+    return _scans(s, seed, draw, (((8, 12, 12), 8), ((15, 12, 12), 5), ((26, 12, 4), 3)))
 
 
 def _pull_reference(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, row: int) -> tuple[float, float, int]:
