@@ -39,7 +39,7 @@ th{background:#f3f5f7;position:sticky;top:0}td.t,th.t{text-align:left}
 figure{margin:10px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
 details{margin:6px 0}summary{cursor:pointer;font-weight:600}
-.scroll{max-height:480px;overflow:auto;display:inline-block}
+.scroll{max-height:480px;overflow:auto;display:inline-block}.wide{max-width:100%;overflow-x:auto}
 nav.toc{background:#f6f8fa;border:1px solid #d0d7de;padding:6px 16px;margin:14px 0;display:inline-block}
 nav.toc ol{margin:4px 0;padding-left:20px}nav.toc a{color:#0b5cad;text-decoration:none}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}.row>div{flex:0 1 auto}
@@ -130,7 +130,8 @@ def table(frame: pd.DataFrame, heat: Sequence[str] = (), digits: int = 3, scroll
           diverging: Sequence[str] = ()) -> Markup:
     """An HTML table of ``frame`` (escaped).
 
-    ``heat`` columns get a red background proportional to their (positive) value relative to the largest value over
+    Wide tables scroll sideways inside the page (``scroll``: also downwards, at most 480 px high). ``heat`` columns
+    get a red background proportional to their (positive) value relative to the largest value over
     all heat columns; ``diverging`` columns are shaded red above and blue below zero, relative to their largest
     absolute value.
     """
@@ -154,7 +155,7 @@ def table(frame: pd.DataFrame, heat: Sequence[str] = (), digits: int = 3, scroll
             cells.append(f"<td{cls}{style}>{_cell(value, digits)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     body = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-    return Markup(f'<div class="scroll">{body}</div>' if scroll else body)
+    return Markup(f'<div class="{"scroll" if scroll else "wide"}">{body}</div>')
 
 
 def row(*blocks: Markup | str) -> Markup:

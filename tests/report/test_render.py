@@ -72,3 +72,11 @@ def test_heat_shading_scales_with_the_value():
     assert alphas == pytest.approx([0.85, 0.425])
     with pytest.raises(ValueError, match="heat columns"):
         R.table(pd.DataFrame({"a": [1]}), heat=["b"])
+
+
+def test_tables_scroll_sideways_inside_the_page():
+    """A wide table scrolls in its own box instead of widening the page; ``scroll`` also caps its height."""
+    frame = pd.DataFrame({f"column {i}": [1.0] for i in range(30)})
+    assert R.table(frame).startswith('<div class="wide"><table>')
+    assert R.table(frame, scroll=True).startswith('<div class="scroll"><table>')
+    assert ".wide{max-width:100%;overflow-x:auto}" in R.CSS and ".scroll{max-height:480px;overflow:auto" in R.CSS
