@@ -88,13 +88,19 @@ def _box(inside: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(max(lo - PAD, 0), hi + PAD + 1) for lo, hi in zip(found.min(0), found.max(0)))
 
 
+def _along(grad: list[np.ndarray], field: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) grad(M) . the unit gradient of ``field``: the slope pattern of tissue moving against that gradient
+    (a distance's gradient points away from where it is measured from). ``grad``: 3 x the mean image's gradient."""
+    return sum(g * n for g, n in zip(grad, _unit(np.gradient(field, *spacing))))
+
+
 def _inwards(grad: list[np.ndarray], inside: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """(v,) slope pattern of a region's own tissue moving inwards (grad(M) . outward normal) at its voxels.
 
     ``grad``: 3 x the crop's mean-image gradient; ``inside``: the region in the crop (``PAD`` voxels of margin)."""
     signed = (ndi.distance_transform_edt(~inside, sampling=spacing)
               - ndi.distance_transform_edt(inside, sampling=spacing))  # outward-increasing signed distance
-    return sum(g * n for g, n in zip(grad, _unit(np.gradient(signed, *spacing))))[inside]
+    return _along(grad, signed, spacing)[inside]
 
 
 def _sse(x: np.ndarray, y: np.ndarray) -> float:
@@ -116,12 +122,12 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
     if not grows.any():
         return out
     grad = np.gradient(np.asarray(mean, dtype=np.float64), *spacing)  # 3 x (X, Y, Z)
-    normal = _unit(np.gradient(ndi.distance_transform_edt(~grows, sampling=spacing), *spacing))
-    away = -sum(g * n for g, n in zip(grad, normal))  # (X, Y, Z) slope pattern of tissue moving off the ventricles
+    away = -_along(grad, ndi.distance_transform_edt(~grows, sampling=spacing), spacing)  # tissue off the ventricles
     for row in np.unique(regions[regions >= 0]):
-        if row in ventricles or (regions == row).sum() < MIN_VOXELS:
+        own = regions == row  # (X, Y, Z)
+        if row in ventricles or own.sum() < MIN_VOXELS:
             continue
-        box = _box(regions == row)
+        box = _box(own)
         inside = regions[box] == row
         y = slope[box][inside]  # (v,)
         x = np.column_stack([np.ones_like(y), away[box][inside], _inwards([g[box] for g in grad], inside, spacing)])
@@ -157,12 +163,11 @@ def ventricle_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, af
         if total <= 0:
             continue
         x = np.column_stack([np.ones_like(y), _inwards(grad, inside, spacing)])  # (v, 2)
-        expansion[row] = (_sse(x[:, :1], y) - _sse(x, y)) / total
-        for other in neighbours:
-            towards = _unit(np.gradient(ndi.distance_transform_edt(regions[box] != other, sampling=spacing),
-                                        *spacing))  # moving towards it: u along minus these
-            share = (_sse(x, y) - _sse(np.column_stack([x, sum(g * n for g, n in zip(grad, towards))[inside]]), y)
-                     ) / total
+        base = _sse(x, y)  # uniform change and own expansion
+        expansion[row] = (_sse(x[:, :1], y) - base) / total
+        for other in neighbours:  # tissue moving towards it: against the gradient of the distance to it
+            towards = _along(grad, ndi.distance_transform_edt(regions[box] != other, sampling=spacing), spacing)
+            share = (base - _sse(np.column_stack([x, towards[inside]]), y)) / total
             if np.isnan(pull[row]) or share > pull[row]:
                 pull[row], by[row] = share, other
     return expansion, pull, by
