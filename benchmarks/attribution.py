@@ -269,6 +269,15 @@ COHORTS = (
                                                "intensity:superiortemporal"),
     Cohort("fresh18_weak_vent_b", 206, effects="atrophy:grow:lateral-ventricle*0.5,atrophy:fusiform,"
                                                "intensity:superiorparietal"),
+    # nineteenth fresh set: declared 2026-12-07 (eleventh session) before any run, to decide whether the regional
+    # models move to the 2 mm grid (configs/data/synthetic_registered_2mm.yaml; docs/report.md, "A finer grid for the
+    # regional models"): the random draws of the sets where the remaining misses arose (fresh3, fresh5-7), at new seeds
+    Cohort("fresh19_atrophy", 211, random_effects="atrophy=3"),
+    Cohort("fresh19_atrophy_b", 212, random_effects="atrophy=3"),
+    Cohort("fresh19_mix", 213, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh19_mix_atrophy", 214, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh19_mix_wide", 215, random_effects="atrophy=3,intensity=3"),
+    Cohort("fresh19_intensity", 216, random_effects="intensity=3"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
@@ -366,7 +375,8 @@ class HeldOut:
 
 
 def held_out(best: Path, test_csv: Path, limit: int | None = None) -> HeldOut:
-    """Load the checkpoint (here, as the report's collect stage does) and preprocess the held-out scans of ``test_csv``."""
+    """Load the checkpoint (here, as the report's collect stage does) and preprocess the held-out scans of
+    ``test_csv``."""
     import torch
 
     from brainage.attribution.mapping import RegionIndex
