@@ -446,8 +446,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"region's interior voxels ({DRAWS} random draws, errors averaged), from {CAP_FROM_SUBJECTS} scans on; "
             "with fewer, the capped models read a weak change too poorly, so every interior voxel is used "
             "(docs/report.md, 'Size matching at fewer scans'). A weak contraction can still rank "
-            "below a neighbour it spills into (5 of 111 synthetic benchmark cohorts in some seed: docs/report.md, "
-            "'Ventricles enlarged by a neighbour'). The cap has a cost too: a "
+            "below a neighbour it spills into (7 of 117 synthetic benchmark cohorts in some seed: docs/report.md, "
+            "'A finer grid for the regional models'). The cap has a cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
