@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from nibabel.affines import voxel_sizes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -402,7 +403,7 @@ def held_out(best: Path, test_csv: Path, limit: int | None = None) -> HeldOut:
 
     return HeldOut(forward, images, [float(r.row["age"]) for r in results],
                    np.array([r.predicted_age for r in results]), regions, index,
-                   float(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).mean()))
+                   float(voxel_sizes(affine).mean()))
 
 
 def _save_npz(path: Path, **arrays: object) -> None:

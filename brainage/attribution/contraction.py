@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 
 __all__ = ["MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "contraction_shares", "darkening", "ventricle_pulls"]
@@ -116,7 +117,7 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
     ``affine``: voxel -> mm; ``ventricles``: rows of the lateral ventricles (their own share, and every share without
     them, is NaN: no away pattern to tell apart); regions under ``MIN_VOXELS`` voxels: NaN.
     """
-    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))  # (3,) mm per voxel
+    spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
     out = np.full(r, np.nan)
     grows = np.isin(regions, list(ventricles))
     if not grows.any():
@@ -147,7 +148,7 @@ def ventricle_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, af
     ventricle under ``MIN_VOXELS`` voxels or with a flat map, and a pull without a neighbour. ``mean``, ``slope``,
     ``regions``, ``affine``: as :func:`contraction_shares`.
     """
-    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))  # (3,) mm per voxel
+    spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
     expansion, pull, by = np.full(r, np.nan), np.full(r, np.nan), np.full(r, -1)
     for row in ventricles:
         own = regions == row  # (X, Y, Z)

@@ -62,6 +62,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 
 from brainage.attribution.contraction import SlopeMaps, contraction_shares, darkening, ventricle_pulls
@@ -149,7 +150,7 @@ def ventricle_distances(regions: np.ndarray, affine: np.ndarray, r: int, ventric
     """(r,) mm (centre to centre) from each region's interior (:func:`interior_rows`) to the nearest voxel of the
     ``ventricles`` rows on the grid of ``regions`` (X, Y, Z) rows and ``affine``; NaN for the ventricles themselves,
     regions without an interior voxel, and every region when the grid holds no ventricle voxel."""
-    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))  # (3,) mm per voxel
+    spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
     out = np.full(r, np.nan)
     grows = np.isin(regions, list(ventricles))  # (X, Y, Z)
     if not grows.any():
@@ -193,7 +194,7 @@ def interior_rows(regions: np.ndarray, affine: np.ndarray, margin_mm: float = MA
 
     ``regions``: (X, Y, Z) region rows of a grid, -1 = background; ``affine``: its voxel -> mm matrix.
     """
-    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))  # (3,) mm per voxel
+    spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
     pad = np.ceil(margin_mm / spacing).astype(int) + 1  # (3,) voxels a region's reach spans
     out = regions.copy()
     for row in np.unique(regions[regions >= 0]):

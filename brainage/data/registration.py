@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 
 from brainage.reference.templates import icbm152_on_grid, load_icbm152, mni_grid
@@ -115,7 +116,7 @@ class TemplateRegistration:
         """Register ``volume`` (X, Y, Z; voxel -> RAS mm ``affine``) and resample it onto the output grid."""
         volume = torch.as_tensor(volume, dtype=torch.float32)
         affine = np.asarray(affine, dtype=np.float64)
-        voxel = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        voxel = voxel_sizes(affine)
         sigma = np.sqrt(np.maximum(self.fit_spacing**2 - voxel**2, 0.0)) / 2.355 / voxel  # anti-alias, in voxels
         moving = torch.from_numpy(ndi.gaussian_filter(volume.numpy(), sigma).astype(np.float32))
         points, fixed = self._template()

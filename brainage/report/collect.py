@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from nibabel.affines import voxel_sizes
 
 from brainage.attribution.aggregate import AtlasLike, RoutingAggregator
 from brainage.attribution.contraction import SlopeMaps
@@ -369,7 +370,7 @@ def _attribute(collected: Collected, kept: _Kept, settings: ReportSettings, prog
     ages = [kept.age[i] for i in keep]
     geometry = aggregator.geometries[g]
     regions = geometry.regions  # (X, Y, Z) region rows, -1 = background
-    spacing = float(np.sqrt((np.asarray(geometry.affine)[:3, :3] ** 2).sum(axis=0)).mean())  # mm per voxel
+    spacing = float(voxel_sizes(np.asarray(geometry.affine)).mean())  # mm per voxel
     forward = _forward(model, [sex_code(kept.sex[i]) for i in keep])
     with progress.stage("attribution", len(stack), "scans") as stage:
         contributions = attribute_regions(forward, stack, ages, regions, aggregator.regions,
