@@ -279,6 +279,17 @@ COHORTS = (
     Cohort("fresh19_mix_atrophy", 214, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh19_mix_wide", 215, random_effects="atrophy=3,intensity=3"),
     Cohort("fresh19_intensity", 216, random_effects="intensity=3"),
+    # twentieth fresh set: declared 2026-12-07 (twelfth session) before any run, for the next candidate against the
+    # spill-over misses (docs/report.md, "Spill-over beside a contraction"): random draws of the sets where they arose,
+    # at new seeds, and the demo's own effects on a new draw (its cortical thinning follows its neighbours' pulls, the
+    # case a spill-over rule could demote)
+    Cohort("fresh20_atrophy", 221, random_effects="atrophy=3"),
+    Cohort("fresh20_atrophy_b", 222, random_effects="atrophy=3"),
+    Cohort("fresh20_atrophy_c", 223, random_effects="atrophy=4"),
+    Cohort("fresh20_mix", 224, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh20_mix_atrophy", 225, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh20_intensity", 226, random_effects="intensity=3"),
+    Cohort("fresh20_demo", 227),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
