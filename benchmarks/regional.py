@@ -11,7 +11,8 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    intervals, and scores the report's order (regions marked near the ventricles after the others unless their
    age-slope maps show them contracting or darkening throughout, or they gain more than growing ventricles, or
    brighten throughout with at least 0.7 of their gain, ``brainage.attribution.contraction``; lateral ventricles
-   whose slope maps follow a neighbour's pull more than their own expansion after them too; with
+   whose slope maps follow a neighbour's pull more than their own expansion after them too, and regions whose gain
+   lies beside the neighbour that pulls them, ``brainage.attribution.regional.with_spill_checks``; with
    ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
    chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
    it, the order by gain alone, and that of the
@@ -53,8 +54,10 @@ from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, M
 
 # the report's order: regions marked near the ventricles demoted unless they contract or darken throughout, or brighten
 # throughout with at least BRIGHTENING_GAIN_SHARE of the ventricles' gain, or gain more than growing ventricles, and
-# lateral ventricles that a neighbour's pull enlarges demoted too (an older order's results are refused on resume)
-ORDER = "report, 10 mm zone, above growing ventricles or brightening near their gain, pulled ventricles last"
+# lateral ventricles that a neighbour's pull enlarges demoted too, and regions whose gain lies beside the neighbour that
+# pulls them (spill-over; an older order's results are refused on resume)
+ORDER = ("report, 10 mm zone, above growing ventricles or brightening near their gain, pulled ventricles last, "
+         "spill-over rows last")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +87,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     from brainage.attribution.mapping import RegionIndex
     from brainage.attribution.contraction import SlopeMaps
     from brainage.attribution.regional import (VENTRICLE_MARGIN_MM, fit_regional_models, interior_rows,
-                                               rank_regional, sort_regional, ventricle_rows, with_slope_checks)
+                                               rank_regional, sort_regional, ventricle_rows, with_slope_checks,
+                                               with_spill_checks)
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
     from brainage.reference.atlas import load_default_atlas
@@ -125,7 +129,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
         slopes = SlopeMaps()
         for image, age in zip(images, ages):
             slopes.add(image, age)
-        models = with_slope_checks(models, slopes, regions, affine)
+        models = with_spill_checks(with_slope_checks(models, slopes, regions, affine), images[:, regions >= 0], ages,
+                                   interior, regions, affine)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])

@@ -23,6 +23,12 @@ towards one neighbour explains beside it (u along minus the gradient of the dist
 that grow keep a large expansion share; ventricles enlarged by a neighbour's contraction a pull share above it
 (docs/report.md, "Ventricles enlarged by a neighbour").
 
+*Spill-over.* A contraction drags the tissue beside it along, so any region's slope map can follow a neighbour's pull
+too: a region's *pull share* is the largest part of its map that tissue moving towards one neighbour explains beside
+a uniform change, the away pattern and its own contraction (its twin in the other hemisphere left out: a structure
+ageing in both hemispheres pulls its twin across the midline). ``brainage.attribution.regional.with_spill_checks``
+then asks whether the region tells age away from that neighbour (docs/report.md, "Spill-over beside a contraction").
+
 Letter legend: s subjects, r atlas regions, v voxels of one region, (X, Y, Z) model grid.
 """
 
@@ -34,7 +40,8 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "contraction_shares", "darkening", "ventricle_pulls"]
+__all__ = ["MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "contraction_shares", "darkening", "region_pulls",
+           "ventricle_pulls"]
 
 MIN_VOXELS = 5  # fewer voxels in a region cannot fit three patterns: its share is NaN
 PAD = 2  # voxels around a region's box: its signed distance and gradient are exact inside the crop
@@ -109,6 +116,51 @@ def _sse(x: np.ndarray, y: np.ndarray) -> float:
     return float(((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum())
 
 
+def _displacement(mean: np.ndarray, regions: np.ndarray, affine: np.ndarray, ventricles: Sequence[int]
+                  ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray] | None:
+    """(spacing (3,) mm, 3 x the mean image's gradient (X, Y, Z), the away pattern (X, Y, Z): tissue moving off the
+    lateral ventricles), or None without a ventricle voxel on the grid."""
+    spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
+    grows = np.isin(regions, list(ventricles))
+    if not grows.any():
+        return None
+    grad = np.gradient(np.asarray(mean, dtype=np.float64), *spacing)  # 3 x (X, Y, Z)
+    return spacing, grad, -_along(grad, ndi.distance_transform_edt(~grows, sampling=spacing), spacing)
+
+
+def _own_columns(grad: list[np.ndarray], away: np.ndarray, regions: np.ndarray, row: int, box: tuple[slice, ...],
+                 spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A region's voxels in the crop ``box`` (bool, crop shape) and its (v, 3) slope patterns there: a uniform
+    change, tissue moving off the ventricles, its own contraction (``grad``, ``away``: full grid)."""
+    inside = regions[box] == row
+    return inside, np.column_stack([np.ones(int(inside.sum())), away[box][inside],
+                                    _inwards([g[box] for g in grad], inside, spacing)])
+
+
+def _largest_pull(grad: list[np.ndarray], regions: np.ndarray, inside: np.ndarray, x: np.ndarray, y: np.ndarray,
+                  neighbours: Sequence[int], spacing: np.ndarray) -> tuple[float, int]:
+    """The largest partial R^2 in ``y`` (v,) of tissue moving towards one of ``neighbours`` beside the columns of
+    ``x`` (v, p), and that neighbour's row; (NaN, -1) for a flat map or no neighbour. ``grad``, ``regions``,
+    ``inside``: the crop's mean-image gradient, region rows and the region's voxels (every neighbour voxel inside)."""
+    total = ((y - y.mean()) ** 2).sum()
+    best, by = np.nan, -1
+    if total <= 0:
+        return best, by
+    base = _sse(x, y)
+    for other in neighbours:  # tissue moving towards it: against the gradient of the distance to it
+        towards = _along(grad, ndi.distance_transform_edt(regions != other, sampling=spacing), spacing)
+        share = (base - _sse(np.column_stack([x, towards[inside]]), y)) / total
+        if np.isnan(best) or share > best:
+            best, by = share, int(other)
+    return best, by
+
+
+def _neighbours(regions: np.ndarray, own: np.ndarray, spacing: np.ndarray, leave_out: Sequence[int]) -> np.ndarray:
+    """Rows with a voxel within ``PULL_REACH_MM`` of ``own`` (X, Y, Z) bool, ``leave_out`` left out."""
+    near = ndi.distance_transform_edt(~own, sampling=spacing) <= PULL_REACH_MM
+    return np.setdiff1d(regions[near & (regions >= 0)], list(leave_out))
+
+
 def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
                        ventricles: Sequence[int]) -> np.ndarray:
     """(r,) each region's contraction share (partial R^2 of its own contraction in its slope map, module docstring).
@@ -117,25 +169,52 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
     ``affine``: voxel -> mm; ``ventricles``: rows of the lateral ventricles (their own share, and every share without
     them, is NaN: no away pattern to tell apart); regions under ``MIN_VOXELS`` voxels: NaN.
     """
-    spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
     out = np.full(r, np.nan)
-    grows = np.isin(regions, list(ventricles))
-    if not grows.any():
+    fields = _displacement(mean, regions, affine, ventricles)
+    if fields is None:
         return out
-    grad = np.gradient(np.asarray(mean, dtype=np.float64), *spacing)  # 3 x (X, Y, Z)
-    away = -_along(grad, ndi.distance_transform_edt(~grows, sampling=spacing), spacing)  # tissue off the ventricles
+    spacing, grad, away = fields
     for row in np.unique(regions[regions >= 0]):
         own = regions == row  # (X, Y, Z)
         if row in ventricles or own.sum() < MIN_VOXELS:
             continue
         box = _box(own)
-        inside = regions[box] == row
+        inside, x = _own_columns(grad, away, regions, row, box, spacing)
         y = slope[box][inside]  # (v,)
-        x = np.column_stack([np.ones_like(y), away[box][inside], _inwards([g[box] for g in grad], inside, spacing)])
         total = ((y - y.mean()) ** 2).sum()
         if total > 0:
             out[row] = (_sse(x[:, :2], y) - _sse(x, y)) / total
     return out
+
+
+def region_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
+                 ventricles: Sequence[int], twins: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each region's largest pull share and the neighbour that pulls (module docstring, *Spill-over*).
+
+    Returns (r,) the largest partial R^2 of tissue moving towards one neighbour in a region's slope map beside a
+    uniform change, tissue moving off the ventricles and its own contraction (neighbours: the regions with a voxel
+    within ``PULL_REACH_MM``, the ``ventricles`` and the region's ``twins[row]`` in the other hemisphere (-1: none)
+    left out) and (r,) that neighbour's row; NaN (-1) for the ventricles, regions under ``MIN_VOXELS`` voxels, flat
+    maps, regions without a neighbour, and every row without the ventricles on the grid. Arguments as
+    :func:`contraction_shares`.
+    """
+    pull, by = np.full(r, np.nan), np.full(r, -1)
+    fields = _displacement(mean, regions, affine, ventricles)
+    if fields is None:
+        return pull, by
+    spacing, grad, away = fields
+    for row in np.unique(regions[regions >= 0]):
+        own = regions == row  # (X, Y, Z)
+        if row in ventricles or own.sum() < MIN_VOXELS:
+            continue
+        neighbours = _neighbours(regions, own, spacing, [row, *ventricles, twins[row]])
+        if not len(neighbours):
+            continue
+        box = _box(np.isin(regions, [row, *neighbours]))  # every neighbour voxel inside: exact distances to them
+        inside, x = _own_columns(grad, away, regions, row, box, spacing)
+        pull[row], by[row] = _largest_pull([g[box] for g in grad], regions[box], inside, x, slope[box][inside],
+                                           neighbours, spacing)
+    return pull, by
 
 
 def ventricle_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
@@ -154,8 +233,7 @@ def ventricle_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, af
         own = regions == row  # (X, Y, Z)
         if own.sum() < MIN_VOXELS:
             continue
-        near = ndi.distance_transform_edt(~own, sampling=spacing) <= PULL_REACH_MM
-        neighbours = np.setdiff1d(regions[near & (regions >= 0)], list(ventricles))
+        neighbours = _neighbours(regions, own, spacing, ventricles)
         box = _box(np.isin(regions, [row, *neighbours]))  # every neighbour voxel inside: exact distances to them
         grad = np.gradient(np.asarray(mean, dtype=np.float64)[box], *spacing)  # 3 x crop
         inside = regions[box] == row
@@ -164,13 +242,8 @@ def ventricle_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, af
         if total <= 0:
             continue
         x = np.column_stack([np.ones_like(y), _inwards(grad, inside, spacing)])  # (v, 2)
-        base = _sse(x, y)  # uniform change and own expansion
-        expansion[row] = (_sse(x[:, :1], y) - base) / total
-        for other in neighbours:  # tissue moving towards it: against the gradient of the distance to it
-            towards = _along(grad, ndi.distance_transform_edt(regions[box] != other, sampling=spacing), spacing)
-            share = (base - _sse(np.column_stack([x, towards[inside]]), y)) / total
-            if np.isnan(pull[row]) or share > pull[row]:
-                pull[row], by[row] = share, other
+        expansion[row] = (_sse(x[:, :1], y) - _sse(x, y)) / total  # uniform change and own expansion
+        pull[row], by[row] = _largest_pull(grad, regions[box], inside, x, y, neighbours, spacing)
     return expansion, pull, by
 
 

@@ -34,6 +34,15 @@ The same models without the voxels within ``VENTRICLE_MARGIN_MM`` of the ventric
 gain lies beside them (ranking without those voxels did not qualify: it drops the displaced caudate and thalamus, and
 a contracting caudate with them; docs/report.md, "Scratch probes of displacement").
 
+**Spill-over beside a contraction.** A contraction drags the tissue beside it along, so a neighbour's voxels next
+to it change with age too and a large neighbour can outgain a weakly contracting region. Each region's *puller* is the
+neighbour whose pull explains most of its age-slope map beside its own contraction
+(:func:`brainage.attribution.contraction.region_pulls`; the region's twin in the other hemisphere left out). Its
+interior splits at ``SPILL_MM`` from the puller into a near and a far part, each fitted on the same number of voxels
+(:func:`with_spill_checks`). A region whose map follows the pull more than its own contraction and whose far part tells
+under ``SPILL_RATIO`` of the age its near part tells is a *spill-over*: its change lies beside the neighbour, not
+throughout it, and it ranks with the demoted regions (docs/report.md, "Spill-over beside a contraction").
+
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
 therefore uses at most ``MAX_VOXELS`` of its interior voxels, drawn at random ``DRAWS`` times, its errors averaged over
@@ -65,16 +74,16 @@ import pandas as pd
 from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 
-from brainage.attribution.contraction import SlopeMaps, contraction_shares, darkening, ventricle_pulls
+from brainage.attribution.contraction import SlopeMaps, contraction_shares, darkening, region_pulls, ventricle_pulls
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
 
 __all__ = ["ALPHAS", "BRIGHTENING_GAIN_SHARE", "BRIGHTENING_MIN", "CAP_FROM_SUBJECTS", "CONTRACTION_MIN",
            "DARKENING_MAX", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN", "NEAR_MM",
-           "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels", "bilateral_gains", "fit_regional_models",
-           "interior_rows", "rank_regional", "sort_regional", "ventricle_distances", "ventricle_rows", "voxel_cap",
-           "with_slope_checks"]
+           "SPILL_MIN_VOXELS", "SPILL_MM", "SPILL_RATIO", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels",
+           "bilateral_gains", "fit_regional_models", "interior_rows", "rank_regional", "sort_regional", "twin_rows",
+           "ventricle_distances", "ventricle_rows", "voxel_cap", "with_slope_checks", "with_spill_checks"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -109,6 +118,13 @@ DARKENING_MAX = -0.85
 # validated them (docs/report.md, "The two exemptions together")
 BRIGHTENING_MIN = -DARKENING_MAX
 BRIGHTENING_GAIN_SHARE = 0.7
+# spill-over: a region's interior splits at SPILL_MM from its puller; each side's model fits m = min(near, far,
+# MAX_VOXELS) voxels (at least SPILL_MIN_VOXELS, else no test), and a far gain under SPILL_RATIO of the near one marks
+# it (chosen among 6 and 9 mm and 0.2-0.5 on 94 seen cohort-seeds, validated on the fresh20 set: docs/report.md,
+# "Spill-over beside a contraction")
+SPILL_MM = 9.0
+SPILL_RATIO = 0.3
+SPILL_MIN_VOXELS = 5
 
 
 @dataclass(frozen=True)
@@ -126,8 +142,11 @@ class RegionalAgeModels:
     contraction: np.ndarray | None = None  # (r,) contraction share of each region's age-slope map (NaN: none)
     darkening: np.ndarray | None = None  # (r,) mean over root mean square of each region's age-slope map (NaN: none)
     expansion: np.ndarray | None = None  # (r,) expansion share of each lateral ventricle (NaN: other rows)
-    pull: np.ndarray | None = None  # (r,) largest pull share of a ventricle's neighbours (NaN: other rows, none)
+    pull: np.ndarray | None = None  # (r,) largest pull share of a region's neighbours (NaN: none)
     puller: np.ndarray | None = None  # (r,) row of the neighbour with that pull (-1: none)
+    near: RegionalAgeModels | None = None  # the same on the interior voxels within SPILL_MM of the puller (matched)
+    far: RegionalAgeModels | None = None  # ... and on as many beyond it (NaN columns: no test)
+    seed: int = 0  # the folds' and voxel draws' seed
 
     @property
     def gains(self) -> np.ndarray:
@@ -144,6 +163,13 @@ def voxel_cap(subjects: int) -> int | None:
 def ventricle_rows(index: RegionIndex) -> list[int]:
     """Rows of the lateral ventricles among ``index``'s regions (none when the atlas lacks them)."""
     return [index.names.index(name) for name in VENTRICLE_LABELS.values() if name in index.names]
+
+
+def twin_rows(index: RegionIndex) -> list[int]:
+    """(r,) each region's row in the other hemisphere ("L-x" <-> "R-x"; -1: none, or a midline region)."""
+    rows = {name: row for row, name in enumerate(index.names)}
+    side = {"L-": "R-", "R-": "L-"}
+    return [rows.get(side[name[:2]] + name[2:], -1) if name[:2] in side else -1 for name in index.names]
 
 
 def ventricle_distances(regions: np.ndarray, affine: np.ndarray, r: int, ventricles: Sequence[int]) -> np.ndarray:
@@ -165,14 +191,17 @@ def ventricle_distances(regions: np.ndarray, affine: np.ndarray, r: int, ventric
 def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.ndarray, affine: np.ndarray
                       ) -> RegionalAgeModels:
     """``models`` with each region's distance to the lateral ventricles, the contraction shares and darkenings of the
-    same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows and ``affine``, and the ventricles' expansion
-    and pull shares; unchanged when the atlas lacks the lateral ventricles or the slopes cannot be fitted."""
+    same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows and ``affine``, the ventricles' expansion and
+    pull shares and every other region's pull share (:func:`brainage.attribution.contraction.region_pulls`) with the
+    neighbour that pulls; unchanged when the atlas lacks the lateral ventricles or the slopes cannot be fitted."""
     ventricles = ventricle_rows(models.regions)
     if not ventricles or not slopes.usable:
         return models
     r = len(models.regions)
     mean, slope = slopes.maps()
     expansion, pull, puller = ventricle_pulls(mean, slope, regions, affine, r, ventricles)
+    region_pull, region_puller = region_pulls(mean, slope, regions, affine, r, ventricles, twin_rows(models.regions))
+    pull, puller = np.where(np.isnan(pull), region_pull, pull), np.where(puller < 0, region_puller, puller)
     return replace(models, ventricle_mm=ventricle_distances(regions, affine, r, ventricles),
                    contraction=contraction_shares(mean, slope, regions, affine, r, ventricles),
                    darkening=darkening(slope, regions, r), expansion=expansion, pull=pull, puller=puller)
@@ -316,7 +345,7 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
     capped = {"max_voxels": max_voxels, "draws": draws, "seed": seed, "screen": screen}
     if interior is None or all_voxels:
         errors, sizes = _region_errors(voxels, ages, rows, r, fold, **(capped if interior is None else {}))
-        whole = RegionalAgeModels(errors, baseline, sizes, index, folds)
+        whole = RegionalAgeModels(errors, baseline, sizes, index, folds, seed=seed)
         if interior is None:
             return whole
     else:
@@ -325,9 +354,49 @@ def fit_regional_models(voxels: np.ndarray, ages: Sequence[float], rows: np.ndar
     def narrowed(subset: np.ndarray) -> RegionalAgeModels:
         errors, inner = _region_errors(voxels, ages, np.asarray(subset), r, fold, **capped)
         errors[:, (sizes > 0) & (inner == 0)] = baseline[:, None]  # no voxel left: the median age, gain 0
-        return RegionalAgeModels(errors, baseline, inner, index, folds)
+        return RegionalAgeModels(errors, baseline, inner, index, folds, seed=seed)
 
     return replace(narrowed(interior), whole=whole, away=None if away is None else narrowed(away))
+
+
+def with_spill_checks(models: RegionalAgeModels, voxels: np.ndarray, ages: Sequence[float], interior: np.ndarray,
+                      regions: np.ndarray, affine: np.ndarray, draws: int = DRAWS) -> RegionalAgeModels:
+    """``models`` (with pullers: :func:`with_slope_checks`) with ``near`` and ``far``: each region's model on its
+    interior voxels within ``SPILL_MM`` of its puller and on those farther, both on m = min(near, far, ``MAX_VOXELS``)
+    of them drawn ``draws`` times (the folds and seed of ``models``); columns of regions with m under
+    ``SPILL_MIN_VOXELS``, the lateral ventricles (whose pull is read by itself) or no puller are NaN. ``models``
+    unchanged without pullers.
+
+    ``voxels``, ``ages``: as :func:`fit_regional_models`; ``interior``: (n,) its interior rows; ``regions``: (X, Y, Z)
+    rows of the grid whose labelled voxels are the n columns, ``affine`` its voxel -> mm matrix.
+    """
+    if models.puller is None:
+        return models
+    voxels, ages = np.asarray(voxels), np.asarray(ages, dtype=np.float64)
+    spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
+    r, labelled = len(models.regions), regions >= 0
+    fold = _folds(len(ages), models.folds, models.seed)
+    near_errors, far_errors = np.full_like(models.errors, np.nan), np.full_like(models.errors, np.nan)  # (s, r)
+    sizes = np.zeros(r, dtype=np.int64)
+    ventricles = ventricle_rows(models.regions)
+    for row in np.flatnonzero(models.puller >= 0):
+        if row in ventricles:
+            continue
+        distance = ndi.distance_transform_edt(regions != models.puller[row], sampling=spacing)[labelled]  # (n,) mm
+        mine = interior == row
+        near, far = mine & (distance <= SPILL_MM), mine & (distance > SPILL_MM)
+        m = min(int(near.sum()), int(far.sum()), MAX_VOXELS)
+        if m < SPILL_MIN_VOXELS:
+            continue
+        for errors, side in ((near_errors, near), (far_errors, far)):
+            errors[:, row] = _region_errors(voxels, ages, np.where(side, row, -1), r, fold, max_voxels=m, draws=draws,
+                                            seed=models.seed)[0][:, row]
+        sizes[row] = m
+
+    def side(errors: np.ndarray) -> RegionalAgeModels:
+        return RegionalAgeModels(errors, models.baseline_errors, sizes, models.regions, models.folds, seed=models.seed)
+
+    return replace(models, near=side(near_errors), far=side(far_errors))
 
 
 def bilateral_gains(gains: np.ndarray, structures: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -348,12 +417,14 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     ``models.ventricle_mm`` also ventricle_mm, near_ventricles (a gain of at least ``NEAR_MIN_GAIN`` and an interior
     within ``NEAR_MM``), contraction and darkening (NaN without them), above_ventricles (a gain above the larger of
     the lateral ventricles' gains), rivals_ventricles (a gain of at least ``BRIGHTENING_GAIN_SHARE`` of it),
-    expansion, pull and pulled_by (a lateral ventricle's expansion share, its neighbours' largest pull share and that
-    neighbour's name; NaN and "" elsewhere), enlarged_by_neighbour (a ventricle whose pull exceeds its expansion) and
-    demoted (marked, with a share below ``CONTRACTION_MIN`` and a darkening above ``DARKENING_MAX``, or none, unless
-    it is above growing ventricles (a gain of at least ``NEAR_MIN_GAIN``) or brightens throughout
-    (``BRIGHTENING_MIN``) and rivals them; or enlarged by a neighbour): the demoted regions rank after the others,
-    rank intervals counted within each group."""
+    expansion (a lateral ventricle's expansion share; NaN elsewhere), pull and pulled_by (a region's neighbours'
+    largest pull share and that neighbour's name; NaN and "" without), enlarged_by_neighbour (a ventricle whose pull
+    exceeds its expansion), gain_near and gain_far (with ``models.near``: the size-matched gains within and beyond
+    ``SPILL_MM`` of that neighbour; NaN without a test), spill_over (a pull above its contraction share and a far gain
+    under ``SPILL_RATIO`` of a positive near one) and demoted (marked, with a share below ``CONTRACTION_MIN`` and a
+    darkening above ``DARKENING_MAX``, or none, unless it is above growing ventricles (a gain of at least
+    ``NEAR_MIN_GAIN``) or brightens throughout (``BRIGHTENING_MIN``) and rivals them; or enlarged by a neighbour; or
+    a spill-over): the demoted regions rank after the others, rank intervals counted within each group."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:
@@ -399,11 +470,14 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
         expansion, pull = column(models.expansion), column(models.pull)
         puller = (np.full(len(models.regions), -1) if models.puller is None else models.puller)[keep]  # (r',)
         enlarged = pull > expansion  # (r',) a ventricle that follows a neighbour's pull more than its own growth
-        demoted = (near & ~own) | enlarged  # (r',) no change of its own shown
+        gain_near, gain_far = (column(None if m is None else m.gains.mean(axis=0)) for m in (models.near, models.far))
+        spill = (pull > share) & (gain_near > 0) & (gain_far < SPILL_RATIO * gain_near)  # (r',) NaN: False
+        demoted = (near & ~own) | enlarged | spill  # (r',) no change of its own shown
         frame = frame.assign(ventricle_mm=distance, near_ventricles=near, contraction=share, darkening=dark,
                              above_ventricles=above, rivals_ventricles=rivals, expansion=expansion, pull=pull,
                              pulled_by=[models.regions.names[i] if i >= 0 else "" for i in puller],
-                             enlarged_by_neighbour=enlarged, demoted=demoted)
+                             enlarged_by_neighbour=enlarged, gain_near=gain_near, gain_far=gain_far,
+                             spill_over=spill, demoted=demoted)
         gains = models.gains[:, keep]  # (s, r')
         for group, offset in ((~demoted, 0), (demoted, int((~demoted).sum()))):  # ranks counted within each group
             if group.any():

@@ -95,11 +95,12 @@ class RegionalResult:
     both hemispheres; gain_all, gain_all_low, gain_all_high, n_voxels_all: all its voxels; with the lateral
     ventricles in the atlas, gain_away, gain_away_low, gain_away_high, n_voxels_away: the interior less the voxels
     near them, and ventricle_mm, near_ventricles, contraction, darkening, above_ventricles, rivals_ventricles,
-    expansion, pull, pulled_by, enlarged_by_neighbour and demoted: the interior's distance to them, the mark, the
-    slope-map checks, a gain above theirs and one of at least BRIGHTENING_GAIN_SHARE of it, a ventricle's expansion
-    and pull shares with the neighbour that pulls it, and the marked rows without a change of their own and the
-    ventricles that a neighbour's pull enlarges, listed last) plus model_rank, the region's rank in the attribution
-    table (NaN without attribution).
+    expansion, pull, pulled_by, enlarged_by_neighbour, gain_near, gain_far, spill_over and demoted: the interior's
+    distance to them, the mark, the slope-map checks, a gain above theirs and one of at least BRIGHTENING_GAIN_SHARE
+    of it, a ventricle's expansion share, each region's pull share with the neighbour that pulls it, the gains near
+    and far from that neighbour, and the marked rows without a change of their own, the ventricles that a
+    neighbour's pull enlarges and the spill-over rows, listed last) plus model_rank, the region's rank in the
+    attribution table (NaN without attribution).
     """
 
     table: pd.DataFrame

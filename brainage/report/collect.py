@@ -41,7 +41,7 @@ from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.regional import (CAP_FROM_SUBJECTS, MARGIN_MM, MIN_SUBJECTS, VENTRICLE_MARGIN_MM,
                                            RegionalAgeModels, fit_regional_models, interior_rows, ventricle_rows,
-                                           voxel_cap, with_slope_checks)
+                                           voxel_cap, with_slope_checks, with_spill_checks)
 from brainage.attribution.validation import GroundTruth, find_ground_truth, load_ground_truth
 from brainage.contracts.routing import ScanRouting, load_routing, routing_filename
 from brainage.data.inputs import read_inputs, sex_code, skipped_lines
@@ -405,10 +405,12 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], slopes: Slope
     away = (interior_rows(regions, affine, growing=ventricles, growing_margin_mm=VENTRICLE_MARGIN_MM)[regions >= 0]
             if ventricles else None)  # (n,) the interiors less the voxels near the ventricles: shown, not ranked
     with progress.stage("regional age models", 1, "fit") as stage:
-        cap = voxel_cap(len(ages))
-        models = fit_regional_models(np.stack(voxels), ages, regions[regions >= 0], index, seed=settings.seed,
-                                     interior=interior_rows(regions, affine)[regions >= 0], max_voxels=cap, away=away)
-        models = with_slope_checks(models, slopes, regions, affine)
+        cap, stacked = voxel_cap(len(ages)), np.stack(voxels)  # (s, n)
+        interior = interior_rows(regions, affine)[regions >= 0]  # (n,)
+        models = fit_regional_models(stacked, ages, regions[regions >= 0], index, seed=settings.seed,
+                                     interior=interior, max_voxels=cap, away=away)
+        models = with_spill_checks(with_slope_checks(models, slopes, regions, affine), stacked, ages, interior, regions,
+                                   affine)
         stage.advance()
     return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
                     f"region's voxels farther than {MARGIN_MM:g} mm from other regions, "

@@ -19,7 +19,7 @@ import pandas as pd
 from brainage.attribution.contraction import PULL_REACH_MM
 from brainage.attribution.regional import (BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CAP_FROM_SUBJECTS,
                                            CONTRACTION_MIN, DARKENING_MAX, DRAWS, MARGIN_MM, MAX_VOXELS, NEAR_MIN_GAIN,
-                                           NEAR_MM, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
+                                           NEAR_MM, SPILL_MM, SPILL_RATIO, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -205,17 +205,34 @@ def _number(rows: pd.DataFrame, one: str, many: str) -> str:
     return one if len(rows) == 1 else many
 
 
+def _pulled_sentence(ageing: pd.DataFrame, column: str, what: Callable[[pd.DataFrame, str], str]) -> str:
+    """The main result's note on the rows flagged in ``column`` for following a neighbour's pull (listed after the
+    others): their names, ``what(rows, neighbours)`` they show (``neighbours``: their ``pulled_by``, joined) and where
+    to credit the change."""
+    rows = ageing[ageing[column]] if column in ageing else ageing.iloc[:0]
+    if not len(rows):
+        return ""
+    return (f" {', '.join(rows['region'])} {what(rows, ', '.join(dict.fromkeys(rows['pulled_by'])))}, so "
+            f"{_number(rows, 'it is', 'they are')} listed after the other regions; credit the neighbour's change.")
+
+
 def _enlarged_sentence(ageing: pd.DataFrame) -> str:
     """The main result's note on lateral ventricles that a neighbour's pull enlarges (listed after the others)."""
-    enlarged = ageing[ageing["enlarged_by_neighbour"]] if "enlarged_by_neighbour" in ageing else ageing.iloc[:0]
-    if not len(enlarged):
-        return ""
-    return (f" {', '.join(enlarged['region'])} {_number(enlarged, 'changes', 'change')} with age without growing on "
-            f"{_number(enlarged, 'its', 'their')} own: "
-            + _number(enlarged, "its age-slope map follows", "their age-slope maps follow")
-            + f" the pull of a neighbour ({', '.join(dict.fromkeys(enlarged['pulled_by']))}) more than "
-            f"{_number(enlarged, 'its', 'their')} own expansion, as when a neighbour contracts, so "
-            f"{_number(enlarged, 'it is', 'they are')} listed after the other regions; credit the neighbour's change.")
+    return _pulled_sentence(ageing, "enlarged_by_neighbour", lambda rows, neighbours: (
+        f"{_number(rows, 'changes', 'change')} with age without growing on {_number(rows, 'its', 'their')} own: "
+        + _number(rows, "its age-slope map follows", "their age-slope maps follow")
+        + f" the pull of a neighbour ({neighbours}) more than {_number(rows, 'its', 'their')} own expansion, as when "
+        "a neighbour contracts"))
+
+
+def _spill_sentence(ageing: pd.DataFrame) -> str:
+    """The main result's note on spill-over rows: regions whose gain lies beside the neighbour that pulls them."""
+    return _pulled_sentence(ageing, "spill_over", lambda rows, neighbours: (
+        f"{_number(rows, 'tells', 'tell')} age only beside a neighbour that pulls {_number(rows, 'it', 'them')} "
+        f"({neighbours}): "
+        f"{_number(rows, 'its', 'their')} voxels within {SPILL_MM:g} mm of it tell age, those farther away tell "
+        f"under {SPILL_RATIO:g} of that, as when the neighbour contracts and drags {_number(rows, 'it', 'them')} "
+        "along"))
 
 
 def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
@@ -223,8 +240,9 @@ def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
     (listed after the others) and those whose slope maps show a change of their own (kept in place); then the
     ventricles that a neighbour's pull enlarges."""
     if "demoted" not in ageing or not ageing["near_ventricles"].any():
-        return _enlarged_sentence(ageing)
-    marked = ageing[ageing["near_ventricles"]]
+        return _enlarged_sentence(ageing) + _spill_sentence(ageing)
+    marked = ageing[ageing["near_ventricles"] & ~ageing["spill_over"]] if "spill_over" in ageing else (
+        ageing[ageing["near_ventricles"]])  # spill-over rows: their own sentence
     demoted, kept = marked[marked["demoted"]], marked[~marked["demoted"]]
     return ((f" {', '.join(demoted['region'])} {_number(demoted, 'lies', 'lie')} within {NEAR_MM:g} mm of the "
              f"lateral ventricles without a change of {_number(demoted, 'its', 'their')} own in "
@@ -237,7 +255,7 @@ def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
                          "keep their place: their age-slope maps show a contraction or a darkening of their own, "
                          "or they tell more age than growing ventricles, or about as much while brightening")
                + " (see 'Where the scans age')."
-               if len(kept) else "") + _enlarged_sentence(ageing))
+               if len(kept) else "") + _enlarged_sentence(ageing) + _spill_sentence(ageing))
 
 
 def _gain_list(rows: pd.DataFrame, n: int = 4) -> str:
@@ -384,6 +402,14 @@ def _near_ventricles_paragraph() -> R.Markup:
         "own expansion explains, 'pull share' the largest part that tissue moving towards one neighbour explains "
         f"(neighbours within {PULL_REACH_MM:g} mm); a ventricle whose pull share is the larger ranks after the kept "
         "regions, its change credited to that neighbour (docs/report.md, 'Ventricles enlarged by a neighbour'). "
+        "Any region's own pull share is read the same way, beside its own contraction: a contraction drags the "
+        "tissue beside it along, so a neighbour of a weakly contracting region tells age from its voxels next to it "
+        "and can outrank it. Each region's interior splits at "
+        f"{SPILL_MM:g} mm from the neighbour with the largest pull (its twin in the other hemisphere left out), and "
+        "each part's model is fitted on as many voxels as the other ('gain near / far from the puller'). A region "
+        f"whose pull share exceeds its contraction share and whose far part tells under {SPILL_RATIO:g} of what its "
+        "near part tells is a spill-over: its change lies beside that neighbour, not throughout it, and it ranks "
+        "after the kept regions (docs/report.md, 'Spill-over beside a contraction'). "
         "'Gain, away from the ventricles' leaves out each "
         f"region's voxels within {VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
 
@@ -392,6 +418,30 @@ def _enlarged_labels(table: pd.DataFrame) -> list[str]:
     """Per row: the label of a lateral ventricle that follows a neighbour's pull (the others' entries unused)."""
     return [f"ventricle enlarged by the pull of a neighbour (largest: {name}), not by its own growth: listed last"
             for name in table["pulled_by"]]
+
+
+def _zone_columns(table: pd.DataFrame) -> dict[str, object]:
+    """The regional table's columns on change near the ventricles, pulls and spill-over (an atlas with the lateral
+    ventricles)."""
+    return {
+        "ventricles (mm)": table["ventricle_mm"].round(1),
+        "change near the ventricles": np.select(
+            [table["enlarged_by_neighbour"], ~table["near_ventricles"], table["spill_over"],
+             table["demoted"] & (table["darkening"] >= BRIGHTENING_MIN), table["demoted"],
+             table["contraction"] >= CONTRACTION_MIN, table["darkening"] <= DARKENING_MAX,
+             table["darkening"] >= BRIGHTENING_MIN],  # kept: it rivals the ventricles (or is above them)
+            [_enlarged_labels(table), "", "yes, and a spill-over: listed last",
+             "yes, brightens throughout, much less than the ventricles tell: listed "
+             "last (a brightening looks the same)", "yes: listed last", "yes, contracts: kept in place",
+             "yes, darkens: kept in place",
+             "yes, brightens throughout, about as much as the ventricles tell or more: kept in place"],
+            "yes, tells more than the growing ventricles: kept in place"),
+        "contraction share": table["contraction"].round(3), "darkening": table["darkening"].round(2),
+        "expansion share": table["expansion"].round(3), "pull share": table["pull"].round(3),
+        "pulled by": table["pulled_by"], "gain near the puller (y)": table["gain_near"].round(2),
+        "gain far from it (y)": table["gain_far"].round(2),
+        "spill-over": np.where(table["spill_over"], "yes: listed last", ""),
+    }
 
 
 def regional(result: ReportResult, canvas: Canvas) -> Section | None:
@@ -412,20 +462,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
         "95% interval, all voxels": [R.format_interval(lo, hi) for lo, hi in zip(table["gain_all_low"],
                                                                                   table["gain_all_high"])],
         **({"gain, away from the ventricles (y)": table["gain_away"].round(2)} if "gain_away" in table else {}),
-        **({"ventricles (mm)": table["ventricle_mm"].round(1),
-            "change near the ventricles": np.select(
-                [table["enlarged_by_neighbour"], ~table["near_ventricles"],
-                 table["demoted"] & (table["darkening"] >= BRIGHTENING_MIN), table["demoted"],
-                 table["contraction"] >= CONTRACTION_MIN, table["darkening"] <= DARKENING_MAX,
-                 table["darkening"] >= BRIGHTENING_MIN],  # kept: it rivals the ventricles (or is above them)
-                [_enlarged_labels(table), "", "yes, brightens throughout, much less than the ventricles tell: listed "
-                 "last (a brightening looks the same)", "yes: listed last", "yes, contracts: kept in place",
-                 "yes, darkens: kept in place",
-                 "yes, brightens throughout, about as much as the ventricles tell or more: kept in place"],
-                "yes, tells more than the growing ventricles: kept in place"),
-            "contraction share": table["contraction"].round(3), "darkening": table["darkening"].round(2),
-            "expansion share": table["expansion"].round(3), "pull share": table["pull"].round(3)}
-           if "near_ventricles" in table else {}),
+        **(_zone_columns(table) if "near_ventricles" in table else {}),
         "MAE (y)": table["mae"].round(2),
         "rank in the model's attribution": ["" if np.isnan(r) else str(int(r)) for r in table["model_rank"]],
     }).rename(columns={"voxels": "interior voxels"})
@@ -445,9 +482,10 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"region by adding up a weak change over more voxels, each model uses at most {MAX_VOXELS} of the "
             f"region's interior voxels ({DRAWS} random draws, errors averaged), from {CAP_FROM_SUBJECTS} scans on; "
             "with fewer, the capped models read a weak change too poorly, so every interior voxel is used "
-            "(docs/report.md, 'Size matching at fewer scans'). A weak contraction can still rank "
-            "below a neighbour it spills into (7 of 117 synthetic benchmark cohorts in some seed: docs/report.md, "
-            "'A finer grid for the regional models'). The cap has a cost too: a "
+            "(docs/report.md, 'Size matching at fewer scans'). A neighbour whose gain lies only beside a contracting "
+            "region ranks after the kept ones (a spill-over, below), but a weak contraction can still rank below other "
+            "neighbours (4 of 49 synthetic benchmark cohorts re-scored with that test, in some seed: docs/report.md, "
+            "'Spill-over beside a contraction'). The cap has a cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "

@@ -2,7 +2,8 @@
 full-grid implementation, a blob that contracts with age keeps a large share while one that growing ventricles push
 aside keeps a small one, the darkenings match a per-region reference and tell a blob that darkens throughout from a
 moving one, a ventricle's expansion and pull shares match a full-grid reference and tell a growing ventricle from one
-that a contracting neighbour pulls, and bad input is refused."""
+that a contracting neighbour pulls, every other region's pull share matches one too and names the contracting
+neighbour that drags it, and bad input is refused."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from brainage.attribution.contraction import (MIN_VOXELS, PULL_REACH_MM, SlopeMaps, contraction_shares, darkening,
-                                              ventricle_pulls)
+                                              region_pulls, ventricle_pulls)
 from brainage.attribution.regional import DARKENING_MAX
 
 SPACING = 2.0
@@ -204,3 +205,58 @@ def test_bad_input_is_refused():
     assert not acc.usable  # three scans, one age
     with pytest.raises(ValueError, match="different ages"):
         acc.maps()
+
+
+def _region_pull_reference(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, row: int,
+                           leave_out: tuple[int, ...]) -> tuple[float, int]:
+    """A region's largest pull share beside a uniform change, tissue moving off row 0 (the ventricle) and its own
+    contraction, and that neighbour, on the full grid (no crop)."""
+    grad = np.gradient(mean, SPACING, SPACING, SPACING)
+    inside = regions == row
+    y = slope[inside]
+
+    def along(field: np.ndarray) -> np.ndarray:
+        g = np.gradient(field, SPACING, SPACING, SPACING)
+        norm = np.sqrt(sum(c * c for c in g)) + 1e-9
+        return sum(m * c / norm for m, c in zip(grad, g))[inside]
+
+    def sse(*patterns: np.ndarray) -> float:
+        x = np.column_stack([np.ones_like(y), *patterns])
+        return ((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum()
+
+    away = -along(ndi.distance_transform_edt(regions != 0, sampling=SPACING))
+    own = along(ndi.distance_transform_edt(~inside, sampling=SPACING)
+                - ndi.distance_transform_edt(inside, sampling=SPACING))
+    near = ndi.distance_transform_edt(~inside, sampling=SPACING) <= PULL_REACH_MM
+    shares = {int(o): (sse(away, own) - sse(away, own, along(ndi.distance_transform_edt(regions != o,
+                                                                                         sampling=SPACING))))
+              / ((y - y.mean()) ** 2).sum()
+              for o in np.unique(regions[near & (regions >= 0)]) if o != row and o not in leave_out}
+    best = max(shares, key=shares.get)
+    return shares[best], best
+
+
+def test_region_pulls_match_a_full_grid_reference_and_find_the_contracting_neighbour():
+    """A ventricle (row 0), a ball that contracts with age (row 1), a ball beside it dragged towards it (row 2) and a
+    still ball beside row 2 (row 3): row 2's slope map follows row 1's pull more than twice its own contraction, row
+    1's own contraction explains its map more than any pull; both match the full-grid reference. Leaving row 1 out as
+    row 2's twin makes the pull fall to what is left; the ventricle's row is NaN."""
+    def draw(t: float, grid: np.ndarray) -> np.ndarray:
+        return (1.0 - 0.8 * _blob((21.5, 2, 12), 3, grid) - 0.4 * _blob((14, 12, 12), 8 - 1.5 * t, grid)
+                - 0.4 * _blob((21.5 - 0.5 * t, 12, 12), 5, grid) - 0.4 * _blob((22, 12, 6.5), 3, grid))
+
+    images, ages, regions = _scans(60, 5, draw, (((21.5, 2, 12), 3), ((14, 12, 12), 8), ((21.5, 12, 12), 5),
+                                                 ((22, 12, 6.5), 3)))
+    mean, slope = _maps(images, ages)
+    shares = contraction_shares(mean, slope, regions, AFFINE, 4, [0])
+    pull, by = region_pulls(mean, slope, regions, AFFINE, 4, [0], [-1, -1, -1, -1])
+    for row in (1, 2):
+        want = _region_pull_reference(mean, slope, regions, row, (0,))
+        np.testing.assert_allclose(pull[row], want[0], atol=1e-9)
+        assert by[row] == want[1]
+    assert np.isnan(pull[0]) and by[0] == -1
+    assert by[2] == 1 and pull[2] > 0.5 and shares[2] < pull[2] / 2, (pull, shares)
+    assert shares[1] > pull[1], (pull, shares)
+    twinned, twin_by = region_pulls(mean, slope, regions, AFFINE, 4, [0], [-1, 2, 1, -1])
+    want = _region_pull_reference(mean, slope, regions, 2, (0, 1))
+    assert twin_by[2] == want[1] != 1 and np.isclose(twinned[2], want[0], atol=1e-9) and twinned[2] < pull[2]

@@ -20,9 +20,10 @@ from sklearn.preprocessing import StandardScaler
 
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.regional import (ALPHAS, BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CONTRACTION_MIN,
-                                           DARKENING_MAX, NEAR_MIN_GAIN, NEAR_MM, RegionalAgeModels, _folds,
-                                           fit_regional_models, interior_rows, rank_regional, sort_regional,
-                                           ventricle_distances)
+                                           DARKENING_MAX, MAX_VOXELS, NEAR_MIN_GAIN, NEAR_MM, SPILL_RATIO,
+                                           RegionalAgeModels, _folds, fit_regional_models, interior_rows,
+                                           rank_regional, sort_regional, twin_rows, ventricle_distances,
+                                           with_spill_checks)
 
 INDEX = RegionIndex.from_names({1: "L-ageing", 2: "R-noise", 3: "L-weak", 4: "R-absent"})
 
@@ -383,3 +384,59 @@ def test_a_ventricle_that_a_neighbour_pulls_ranks_with_the_demoted_rows():
                                      else ["L-lateral-ventricle", "L-caudate", "L-far"])
         if enlarged:
             assert ventricle.rank_low == ventricle.rank_high == 3
+
+
+def _spill_models(pull: float = 0.4) -> tuple[RegionalAgeModels, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(models with slope checks and pullers, voxels (s, n), ages, interior rows (n,), region rows (X, Y, Z)) of three
+    slabs on a 3 mm grid: row 0 (x 0-5) ages throughout and pulls row 1 (x 6-19), whose voxels change strongly within
+    9 mm of it and not beyond (a spill-over); row 2 (x 20-39), pulled by row 1, ages weakly throughout."""
+    rng = np.random.default_rng(11)
+    s = 120
+    ages = rng.uniform(20, 80, s)
+    regions = np.full((40, 6, 6), -1)
+    regions[:6], regions[6:20], regions[20:] = 0, 1, 2
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    images = rng.normal(size=(s, 40, 6, 6)).astype(np.float32)
+    trend = ((ages - 50) / 10)[:, None, None, None]
+    images[:, :6] += 0.05 * trend
+    images[:, 6:9] += 0.15 * trend  # interior x 7-8: within 9 mm of row 0 (centre to centre)
+    images[:, 20:] += 0.04 * trend
+    labelled = regions >= 0
+    index = RegionIndex.from_names({1: "L-cuneus", 2: "L-pericalcarine", 3: "L-lingual"})
+    interior = interior_rows(regions, affine)[labelled]
+    models = fit_regional_models(images[:, labelled], ages, regions[labelled], index, seed=4, interior=interior)
+    models = replace(models, ventricle_mm=np.full(3, np.nan), contraction=np.array([0.5, 0.0, 0.0]),
+                     darkening=np.zeros(3), expansion=np.full(3, np.nan), pull=np.array([np.nan, pull, 0.3]),
+                     puller=np.array([-1, 0, 1]))
+    return models, images[:, labelled], ages, interior, regions
+
+
+def test_a_region_whose_gain_lies_beside_its_puller_ranks_with_the_demoted_rows():
+    """Row 1 gains most on its interior, all of it from the voxels beside row 0: its far half (beyond ``SPILL_MM``)
+    tells under ``SPILL_RATIO`` of what its near half tells on as many voxels, so it is a spill-over, listed last.
+    Row 2 ages throughout (near and far alike) and keeps its place; with row 1's pull below its contraction share, or
+    without the near/far models, nothing is demoted. The near gains equal a plain fit on the near voxels alone under
+    the same cap (m = min(near, far, ``MAX_VOXELS``)) and seed."""
+    models, voxels, ages, interior, regions = _spill_models()
+    checked = with_spill_checks(models, voxels, ages, interior, regions, np.diag([3.0, 3.0, 3.0, 1.0]))
+    assert list(checked.near.voxels) == [0, MAX_VOXELS, MAX_VOXELS]  # row 0 has no puller
+    assert np.isnan(checked.near.errors[:, 0]).all() and np.isnan(checked.far.errors[:, 0]).all()
+    near = (interior == 1) & (np.repeat(np.arange(40), 36)[regions.ravel() >= 0] <= 8)  # x 7-8
+    plain = fit_regional_models(voxels[:, near], ages, np.ones(int(near.sum()), dtype=int), models.regions, seed=4,
+                                max_voxels=MAX_VOXELS)
+    np.testing.assert_allclose(checked.near.errors[:, 1], plain.errors[:, 1])
+    table = rank_regional(checked, n_boot=300).set_index("region")
+    row, kept = table.loc["L-pericalcarine"], table.loc["L-lingual"]
+    assert row.gain > kept.gain and row.gain_near > 1.0 and row.gain_far < SPILL_RATIO * row.gain_near
+    assert kept.gain_near > 0 and kept.gain_far >= SPILL_RATIO * kept.gain_near
+    assert row.spill_over and row.demoted and not kept.spill_over and not kept.demoted
+    assert row.pulled_by == "L-cuneus" and kept.pulled_by == "L-pericalcarine"
+    assert list(table.index)[-1] == "L-pericalcarine" and row.rank_low == row.rank_high == 3
+    for unchecked in (replace(checked, pull=np.array([np.nan, 0.0, 0.3])), models):
+        table = rank_regional(unchecked, n_boot=300)
+        assert not table["demoted"].any() and table["region"].iloc[0] == "L-pericalcarine"
+
+
+def test_twin_rows_pair_the_hemispheres():
+    index = RegionIndex.from_names({1: "L-cuneus", 2: "R-cuneus", 3: "B-brainstem", 4: "L-insula"})
+    assert twin_rows(index) == [1, 0, -1, -1]

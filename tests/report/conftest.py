@@ -14,7 +14,7 @@ import pytest
 
 from brainage.attribution.aggregate import RoutingAggregator
 from brainage.attribution.regional import (BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CONTRACTION_MIN, DARKENING_MAX,
-                                           NEAR_MIN_GAIN)
+                                           NEAR_MIN_GAIN, SPILL_RATIO)
 from brainage.attribution.ranking import RegionContributions
 from brainage.attribution.validation import GroundTruth
 from brainage.contracts.routing import LayerRecord
@@ -122,7 +122,9 @@ def assert_zone_rule(table: pd.DataFrame) -> None:
     """A regional table's demotions re-derived from its own columns: a region near the ventricles is demoted unless it
     contracts (share), darkens throughout, gains more than growing ventricles, or brightens throughout with at least
     ``BRIGHTENING_GAIN_SHARE`` of their gain; a lateral ventricle is demoted when a neighbour's pull explains more of
-    its slope map than its own expansion (``brainage.attribution.regional.rank_regional``)."""
+    its slope map than its own expansion; any region is demoted when its map follows a neighbour's pull more than its
+    own contraction and its part far from that neighbour tells under ``SPILL_RATIO`` of what its near part tells
+    (``brainage.attribution.regional.rank_regional``)."""
     ventricle_gain = table.loc[table["region"].str.endswith("lateral-ventricle"), "gain"].max()
     above = table["gain"] > ventricle_gain  # tells more age than the ventricles
     rivals = table["gain"] >= BRIGHTENING_GAIN_SHARE * ventricle_gain  # nearly as much
@@ -131,4 +133,7 @@ def assert_zone_rule(table: pd.DataFrame) -> None:
            | ((table["darkening"] >= BRIGHTENING_MIN) & rivals) | (above & (ventricle_gain >= NEAR_MIN_GAIN)))
     enlarged = table["pull"] > table["expansion"]  # a lateral ventricle that a neighbour's pull enlarges
     assert (table["enlarged_by_neighbour"] == enlarged).all()
-    assert (table["demoted"] == ((table["near_ventricles"] & ~own) | enlarged)).all()
+    spill = (table["pull"] > table["contraction"]) & (table["gain_near"] > 0) & (
+        table["gain_far"] < SPILL_RATIO * table["gain_near"])  # its gain lies beside the neighbour that pulls it
+    assert (table["spill_over"] == spill).all()
+    assert (table["demoted"] == ((table["near_ventricles"] & ~own) | enlarged | spill)).all()

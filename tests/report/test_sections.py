@@ -279,6 +279,16 @@ def test_regional_section_ranks_the_ageing_region_beside_the_models_rank(collect
         in cells
     assert cells.count("not by its own growth") == 2 and "pull share" in cells  # top table and all regions
     assert "changes with age without growing" not in headline(table)
+    assert {"gain_near", "gain_far", "spill_over"} <= set(table) and not table["spill_over"].any()  # no near models
+    spill = table.assign(spill_over=front, pulled_by=np.where(front, "L-back", ""), demoted=front)
+    assert "L-front tells age only beside a neighbour that pulls it (L-back): its voxels within 9 mm of it tell " \
+           "age, those farther away tell under 0.3 of that" in headline(spill) and "within 10 mm" not in headline(spill)
+    marked = spill.assign(near_ventricles=front)  # in the zone too: one sentence, the spill-over's
+    assert "tells age only beside" in headline(marked) and "within 10 mm" not in headline(marked)
+    cells = _html(S.regional(dataclasses.replace(result, regional=dataclasses.replace(result.regional, table=marked)),
+                             canvas))
+    assert "yes, and a spill-over: listed last" in cells and "gain near the puller (y)" in cells
+    assert "Spill-over beside a contraction" in cells and "tells age only beside" not in headline(table)
 
 
 def test_regional_section_says_why_it_did_not_run(result, canvas):
