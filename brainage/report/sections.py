@@ -408,8 +408,8 @@ def _near_ventricles_paragraph() -> R.Markup:
         f"{SPILL_MM:g} mm from the neighbour with the largest pull (its twin in the other hemisphere left out), and "
         "each part's model is fitted on as many voxels as the other ('gain near the puller', 'gain far from it'). A "
         "region whose pull share exceeds its contraction share and whose far part tells under "
-        f"{SPILL_RATIO:g} of what its near part tells is a spill-over: its change lies beside that neighbour, not throughout it, and it ranks "
-        "after the kept regions (docs/report.md, 'Spill-over beside a contraction'). "
+        f"{SPILL_RATIO:g} of what its near part tells is a spill-over: its change lies beside that neighbour, not "
+        "throughout it, and it ranks after the kept regions (docs/report.md, 'Spill-over beside a contraction'). "
         "'Gain, away from the ventricles' leaves out each "
         f"region's voxels within {VENTRICLE_MARGIN_MM:g} mm of them: how much of its gain lies right beside them.")
 
