@@ -379,10 +379,14 @@ def with_spill_checks(models: RegionalAgeModels, voxels: np.ndarray, ages: Seque
     near_errors, far_errors = np.full_like(models.errors, np.nan), np.full_like(models.errors, np.nan)  # (s, r)
     sizes = np.zeros(r, dtype=np.int64)
     ventricles = ventricle_rows(models.regions)
+    distances: dict[int, np.ndarray] = {}  # puller row -> (n,) mm to it (a neighbour often pulls several regions)
     for row in np.flatnonzero(models.puller >= 0):
         if row in ventricles:
             continue
-        distance = ndi.distance_transform_edt(regions != models.puller[row], sampling=spacing)[labelled]  # (n,) mm
+        puller = int(models.puller[row])
+        if puller not in distances:
+            distances[puller] = ndi.distance_transform_edt(regions != puller, sampling=spacing)[labelled]
+        distance = distances[puller]  # (n,) mm
         mine = interior == row
         near, far = mine & (distance <= SPILL_MM), mine & (distance > SPILL_MM)
         m = min(int(near.sum()), int(far.sum()), MAX_VOXELS)

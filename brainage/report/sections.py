@@ -241,8 +241,7 @@ def _near_ventricles_sentence(ageing: pd.DataFrame) -> str:
     ventricles that a neighbour's pull enlarges."""
     if "demoted" not in ageing or not ageing["near_ventricles"].any():
         return _enlarged_sentence(ageing) + _spill_sentence(ageing)
-    marked = ageing[ageing["near_ventricles"] & ~ageing["spill_over"]] if "spill_over" in ageing else (
-        ageing[ageing["near_ventricles"]])  # spill-over rows: their own sentence
+    marked = ageing[ageing["near_ventricles"] & ~ageing["spill_over"]]  # spill-over rows: their own sentence
     demoted, kept = marked[marked["demoted"]], marked[~marked["demoted"]]
     return ((f" {', '.join(demoted['region'])} {_number(demoted, 'lies', 'lie')} within {NEAR_MM:g} mm of the "
              f"lateral ventricles without a change of {_number(demoted, 'its', 'their')} own in "
