@@ -13,7 +13,7 @@ Design:
   as in the fully connected heads of CNN brain-age models); ``pool="mean"`` averages the patch tokens; ``pool="cls"``
   prepends a CLS token. Brain-age signal is local (ventricles, hippocampi, cortex): on the 280-subject demo cohort
   mean, CLS and attention pooling all stayed at the predict-the-mean plateau for 10 epochs, while the grid read-out
-  reached a validation MAE of half the baseline within 5 (README, "Model"). ``grid`` fixes the input grid to
+  reached a validation MAE of half the baseline within 5 (docs/model.md). ``grid`` fixes the input grid to
   ``img_size``; ``mean``/``cls`` accept other shapes. With ``use_sex`` the sex covariate (0/1, NaN = unknown -> 0.5)
   is concatenated to the pooled features before the head.
 - MoE blocks (``moe_layers``): "all", "none", "every_N" (blocks N-1, 2N-1, ...: every N-th block counting from 1),
