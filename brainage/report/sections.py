@@ -277,7 +277,10 @@ HOW_TO_READ = [
     "(blue): the region pulls the prediction younger (replacing it raises the predicted age). Intervals are 95% "
     "bootstrap intervals over scans; a rank interval says how stable a region's place in the list is; regions are "
     "ranked by the null-corrected contribution (the contribution minus what a random voxel set of the same size "
-    "adds).",
+    "adds). These intervals resample scans, not training runs: retrained with another seed, the same model keeps "
+    "the regions it reads strongly at the top but can read a weak effect more or less, moving it by tens of ranks "
+    "(docs/report.md, 'Training seeds'). Before building on a mid-list rank, train a second model with another "
+    "seed_everything and compare.",
     "A low rank means the model does not use the region, not that the region does not change with age. When several "
     "regions carry the same age information the model may read only some of them: on synthetic cohorts with planted "
     "effects it left some atrophies and darkenings unread while others ranked first (docs/report.md). The ranking "
