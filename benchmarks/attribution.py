@@ -290,6 +290,17 @@ COHORTS = (
     Cohort("fresh20_mix_atrophy", 225, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh20_intensity", 226, random_effects="intensity=3"),
     Cohort("fresh20_demo", 227),
+    # twenty-first fresh set: declared 2026-12-07 (fifteenth session) before any run, to decide whether the report
+    # orders its regions by contraction evidence (docs/report.md, "Contraction evidence: a matched filter"): random
+    # draws of the sets where the remaining misses arose, at new seeds, and the demo's own effects on a new draw
+    Cohort("fresh21_atrophy", 231, random_effects="atrophy=3"),
+    Cohort("fresh21_atrophy_b", 232, random_effects="atrophy=3"),
+    Cohort("fresh21_atrophy_c", 233, random_effects="atrophy=4"),
+    Cohort("fresh21_mix", 234, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh21_mix_atrophy", 235, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh21_mix_wide", 236, random_effects="atrophy=3,intensity=3"),
+    Cohort("fresh21_intensity", 237, random_effects="intensity=3"),
+    Cohort("fresh21_demo", 238),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
