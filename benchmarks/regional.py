@@ -12,7 +12,8 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    age-slope maps show them contracting or darkening throughout, or they gain more than growing ventricles, or
    brighten throughout with at least 0.7 of their gain, ``brainage.attribution.contraction``; lateral ventricles
    whose slope maps follow a neighbour's pull more than their own expansion after them too, and regions whose gain
-   lies beside the neighbour that pulls them, ``brainage.attribution.regional.with_spill_checks``; with
+   lies beside the neighbour that pulls them, ``brainage.attribution.regional.with_spill_checks``; each group by
+   evidence, the gain's z plus the positive part of the contraction t, ``brainage.attribution.regional.evidence``; with
    ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
    chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
    it, the order by gain alone, and that of the
@@ -55,9 +56,10 @@ from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, M
 # the report's order: regions marked near the ventricles demoted unless they contract or darken throughout, or brighten
 # throughout with at least BRIGHTENING_GAIN_SHARE of the ventricles' gain, or gain more than growing ventricles, and
 # lateral ventricles that a neighbour's pull enlarges demoted too, and regions whose gain lies beside the neighbour that
-# pulls them (spill-over; an older order's results are refused on resume)
+# pulls them (spill-over), each group by evidence (gain z plus contraction t; an older order's results are refused on
+# resume)
 ORDER = ("report, 10 mm zone, above growing ventricles or brightening near their gain, pulled ventricles last, "
-         "spill-over rows last")
+         "spill-over rows last, by evidence")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +131,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
         slopes = SlopeMaps()
         for image, age in zip(images, ages):
             slopes.add(image, age)
-        models = with_spill_checks(with_slope_checks(models, slopes, regions, affine), images[:, regions >= 0], ages,
+        labelled = images[:, regions >= 0]  # (s, n)
+        models = with_spill_checks(with_slope_checks(models, slopes, regions, affine, labelled, ages), labelled, ages,
                                    interior, regions, affine)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
     truth = json.loads((cohort_root / "ground_truth.json").read_text())

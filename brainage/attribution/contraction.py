@@ -23,13 +23,22 @@ towards one neighbour explains beside it (u along minus the gradient of the dist
 that grow keep a large expansion share; ventricles enlarged by a neighbour's contraction a pull share above it
 (docs/report.md, "Ventricles enlarged by a neighbour").
 
+*Contraction evidence.* The share says how much of a region's slope map its contraction explains, not whether the
+contraction is there at all: a thin region whose change is too small to predict age from can still follow the pattern
+(docs/report.md, "Contraction evidence: a matched filter"). Each scan's *contraction score* projects the region's
+voxels on the contraction column of the same least-squares fit, so the slope of the scores on age is the contraction
+coefficient of the slope map, and the t of their correlation with age tests it with one known pattern (a matched
+filter: North 1963, Proc IEEE 51:1016; one regressor of a general linear model: Friston et al. 1995, Hum Brain Mapp
+2:189).
+
 *Spill-over.* A contraction drags the tissue beside it along, so any region's slope map can follow a neighbour's pull
 too: a region's *pull share* is the largest part of its map that tissue moving towards one neighbour explains beside
 a uniform change, the away pattern and its own contraction (its twin in the other hemisphere left out: a structure
 ageing in both hemispheres pulls its twin across the midline). ``brainage.attribution.regional.with_spill_checks``
 then asks whether the region tells age away from that neighbour (docs/report.md, "Spill-over beside a contraction").
 
-Letter legend: s subjects, r atlas regions, v voxels of one region, (X, Y, Z) model grid.
+Letter legend: s subjects, r atlas regions, v voxels of one region, n labelled voxels, B bootstrap resamples, (X, Y, Z)
+model grid.
 """
 
 from __future__ import annotations
@@ -40,8 +49,8 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "contraction_shares", "darkening", "region_pulls",
-           "ventricle_pulls"]
+__all__ = ["MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "age_t", "contraction_scores", "contraction_shares", "darkening",
+           "region_pulls", "ventricle_pulls"]
 
 MIN_VOXELS = 5  # fewer voxels in a region cannot fit three patterns: its share is NaN
 PAD = 2  # voxels around a region's box: its signed distance and gradient are exact inside the crop
@@ -185,6 +194,55 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
         if total > 0:
             out[row] = (_sse(x[:, :2], y) - _sse(x, y)) / total
     return out
+
+
+def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
+                       ventricles: Sequence[int]) -> np.ndarray:
+    """(s, r) each scan's contraction score per region (module docstring, *Contraction evidence*).
+
+    ``voxels``: (s, n) the scans' values at the n labelled voxels of ``regions`` (``regions >= 0``, C order);
+    ``mean``: (X, Y, Z) the same scans' mean image; other arguments as :func:`contraction_shares`. NaN columns where
+    the share is NaN (the ventricles, regions under ``MIN_VOXELS`` voxels, every region without the ventricles).
+    """
+    voxels = np.asarray(voxels)
+    out = np.full((len(voxels), r), np.nan)
+    fields = _displacement(mean, regions, affine, ventricles)
+    if fields is None:
+        return out
+    spacing, grad, away = fields
+    labelled = regions[regions >= 0]  # (n,) the columns' rows, in the grid's C order
+    for row in np.unique(labelled):
+        own = regions == row  # (X, Y, Z)
+        if row in ventricles or own.sum() < MIN_VOXELS:
+            continue
+        box = _box(own)
+        inside, x = _own_columns(grad, away, regions, row, box, spacing)  # the crop keeps the grid's C order
+        weights = np.linalg.pinv(x)[2]  # (v,) the contraction coefficient's least-squares weights
+        out[:, row] = voxels[:, labelled == row].astype(np.float64) @ weights
+    return out
+
+
+def age_t(scores: np.ndarray, ages: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """t of the Pearson correlation between each column of ``scores`` (s, r) and ``ages`` (s,): r sqrt(s - 2) /
+    sqrt(1 - r^2), positive when the scores grow with age; with bootstrap ``weights`` (B, s) (times each scan is drawn)
+    one row per resample -> (B, r). NaN columns stay NaN; a column that does not vary gives 0."""
+    scores, ages = np.asarray(scores, dtype=np.float64), np.asarray(ages, dtype=np.float64)
+    s = len(ages)
+    w = np.ones((1, s)) if weights is None else np.asarray(weights, dtype=np.float64)  # (B, s)
+    ages = ages - ages.mean()  # centred: the weighted moments below stay accurate
+    valid = ~np.isnan(scores).any(axis=0)  # (r,)
+    centred = np.where(valid, scores, 0.0)
+    centred = centred - centred.mean(axis=0)  # (s, r)
+    m_x, m_a = w @ centred / s, w @ ages / s  # (B, r), (B,)
+    cov = w @ (centred * ages[:, None]) / s - m_x * m_a[:, None]  # (B, r)
+    var_x = np.maximum(w @ centred**2 / s - m_x**2, 0.0)
+    var_a = np.maximum(w @ ages**2 / s - m_a**2, 0.0)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.clip(cov / np.sqrt(var_x * var_a), -1.0, 1.0)
+        t = rho * np.sqrt((s - 2) / np.maximum(1.0 - rho**2, 1e-12))
+    t = np.where((var_x == 0) | (var_a == 0), 0.0, t)
+    t[:, ~valid] = np.nan
+    return t[0] if weights is None else t
 
 
 def region_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,

@@ -29,8 +29,8 @@ import pandas as pd
 from brainage.attribution.mapping import RegionIndex
 
 __all__ = ["RANK_STATISTICS", "RankStatistic", "RegionContributions", "bootstrap_intervals", "bootstrap_means",
-           "hemisphere", "interval_table", "null_corrected", "null_rate", "rank_regions", "region_columns",
-           "t_statistic"]
+           "bootstrap_weights", "hemisphere", "interval_table", "null_corrected", "null_rate", "rank_intervals",
+           "rank_regions", "region_columns", "t_statistic"]
 
 RankStatistic = Literal["null_corrected", "t"]  # rank_regions(by=...)
 RANK_STATISTICS: tuple[str, ...] = get_args(RankStatistic)
@@ -91,7 +91,7 @@ def t_statistic(mean: np.ndarray, mean_of_squares: np.ndarray, s: int) -> np.nda
     return np.where(np.isnan(t), 0.0, t)
 
 
-def _bootstrap_weights(s: int, n_boot: int, seed: int) -> np.ndarray:
+def bootstrap_weights(s: int, n_boot: int, seed: int) -> np.ndarray:
     """(B, s) times each of ``s`` subjects is drawn in each of ``n_boot`` resamples with replacement."""
     if s < 2:
         raise ValueError(f"bootstrap needs subjects >= 2, got {s}")
@@ -108,7 +108,7 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"bootstrap needs values (subjects >= 2, r), got shape {values.shape}")
-    return _bootstrap_weights(len(values), n_boot, seed) @ values / len(values)  # (B, r)
+    return bootstrap_weights(len(values), n_boot, seed) @ values / len(values)  # (B, r)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -124,12 +124,19 @@ def bootstrap_intervals(values: np.ndarray, n_boot: int, level: float, seed: int
     s = len(values)
     if s < 2:
         return np.full((4, values.shape[1]), np.nan)
-    weights = _bootstrap_weights(s, n_boot, seed)  # (B, s)
+    weights = bootstrap_weights(s, n_boot, seed)  # (B, s)
     boot = weights @ values / s  # (B, r)
-    ranks = _ranks(boot if by == "null_corrected" else t_statistic(boot, weights @ values**2 / s, s))  # (B, r)
     tail = 100 * (1 - level) / 2
-    return np.stack([np.percentile(boot, tail, axis=0), np.percentile(boot, 100 - tail, axis=0),
-                     np.floor(np.percentile(ranks, tail, axis=0)), np.ceil(np.percentile(ranks, 100 - tail, axis=0))])
+    return np.concatenate([np.percentile(boot, [tail, 100 - tail], axis=0),
+                           rank_intervals(boot if by == "null_corrected"
+                                          else t_statistic(boot, weights @ values**2 / s, s), level)])
+
+
+def rank_intervals(boot: np.ndarray, level: float) -> np.ndarray:
+    """``level`` percentile intervals of the descending ranks of (B, r) bootstrap statistics -> (2, r): low, high."""
+    ranks = _ranks(boot)  # (B, r)
+    tail = 100 * (1 - level) / 2
+    return np.stack([np.floor(np.percentile(ranks, tail, axis=0)), np.ceil(np.percentile(ranks, 100 - tail, axis=0))])
 
 
 def hemisphere(name: str) -> tuple[str, str]:

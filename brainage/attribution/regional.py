@@ -43,6 +43,14 @@ interior splits at ``SPILL_MM`` from the puller into a near and a far part, each
 under ``SPILL_RATIO`` of the age its near part tells is a *spill-over*: its change lies beside the neighbour, not
 throughout it, and it ranks with the demoted regions (docs/report.md, "Spill-over beside a contraction").
 
+**Order: evidence.** A contraction too thin for a ridge model to learn from can still follow the one pattern that
+its own tissue moving inwards gives. Within each group (kept, demoted) the regions are ordered by :func:`evidence`:
+the gain over its standard error plus the positive part of the region's contraction t, the correlation with age of
+each scan's contraction score (a matched filter,
+:func:`brainage.attribution.contraction.contraction_scores`); a darkening's t is negative and adds nothing (chosen
+on 302 seen cohort-seeds and validated on eight fresh cohorts: docs/report.md, "Contraction evidence: a matched
+filter").
+
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
 therefore uses at most ``MAX_VOXELS`` of its interior voxels, drawn at random ``DRAWS`` times, its errors averaged over
@@ -73,17 +81,19 @@ import numpy as np
 import pandas as pd
 from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
+from scipy.special import ndtri
 
-from brainage.attribution.contraction import SlopeMaps, contraction_shares, darkening, region_pulls, ventricle_pulls
+from brainage.attribution.contraction import (SlopeMaps, age_t, contraction_scores, contraction_shares, darkening,
+                                              region_pulls, ventricle_pulls)
 from brainage.attribution.mapping import RegionIndex
-from brainage.attribution.ranking import bootstrap_intervals, region_columns
+from brainage.attribution.ranking import bootstrap_intervals, bootstrap_weights, rank_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
 
 __all__ = ["ALPHAS", "BRIGHTENING_GAIN_SHARE", "BRIGHTENING_MIN", "CAP_FROM_SUBJECTS", "CONTRACTION_MIN",
            "DARKENING_MAX", "DRAWS", "MARGIN_MM", "MAX_VOXELS", "MIN_SUBJECTS", "NEAR_MIN_GAIN", "NEAR_MM",
            "SPILL_MIN_VOXELS", "SPILL_MM", "SPILL_RATIO", "SURE_SUBJECTS", "VENTRICLE_MARGIN_MM", "RegionalAgeModels",
-           "bilateral_gains", "fit_regional_models", "interior_rows", "rank_regional", "sort_regional", "twin_rows",
-           "ventricle_distances", "ventricle_rows", "voxel_cap", "with_slope_checks", "with_spill_checks"]
+           "bilateral_gains", "evidence", "fit_regional_models", "interior_rows", "rank_regional", "sort_regional",
+           "twin_rows", "ventricle_distances", "ventricle_rows", "voxel_cap", "with_slope_checks", "with_spill_checks"]
 
 ALPHAS = np.logspace(-1, 5, 13)  # ridge penalties searched inside each training fold (standardised voxels)
 MIN_SUBJECTS = 20  # fewer scans with a known age cannot hold out a fold worth scoring
@@ -146,6 +156,8 @@ class RegionalAgeModels:
     puller: np.ndarray | None = None  # (r,) row of the neighbour with that pull (-1: none)
     near: RegionalAgeModels | None = None  # the same on the interior voxels within SPILL_MM of the puller (matched)
     far: RegionalAgeModels | None = None  # ... and on as many beyond it (NaN columns: no test)
+    contraction_scores: np.ndarray | None = None  # (s, r) each scan's contraction score per region (NaN: none)
+    ages: np.ndarray | None = None  # (s,) the scans' ages, with the contraction scores
     seed: int = 0  # the folds' and voxel draws' seed
 
     @property
@@ -188,12 +200,14 @@ def ventricle_distances(regions: np.ndarray, affine: np.ndarray, r: int, ventric
     return out
 
 
-def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.ndarray, affine: np.ndarray
-                      ) -> RegionalAgeModels:
+def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.ndarray, affine: np.ndarray,
+                      voxels: np.ndarray | None = None, ages: Sequence[float] | None = None) -> RegionalAgeModels:
     """``models`` with each region's distance to the lateral ventricles, the contraction shares and darkenings of the
     same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows and ``affine``, the ventricles' expansion and
     pull shares and every other region's pull share (:func:`brainage.attribution.contraction.region_pulls`) with the
-    neighbour that pulls; unchanged when the atlas lacks the lateral ventricles or the slopes cannot be fitted."""
+    neighbour that pulls, and, given the scans' (s, n) labelled ``voxels`` and ``ages``, each scan's contraction
+    scores (:func:`brainage.attribution.contraction.contraction_scores`); unchanged when the atlas lacks the lateral
+    ventricles or the slopes cannot be fitted."""
     ventricles = ventricle_rows(models.regions)
     if not ventricles or not slopes.usable:
         return models
@@ -202,6 +216,9 @@ def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.
     expansion, pull, puller = ventricle_pulls(mean, slope, regions, affine, r, ventricles)
     region_pull, region_puller = region_pulls(mean, slope, regions, affine, r, ventricles, twin_rows(models.regions))
     pull, puller = np.where(np.isnan(pull), region_pull, pull), np.where(puller < 0, region_puller, puller)
+    if voxels is not None and ages is not None:
+        models = replace(models, contraction_scores=contraction_scores(voxels, mean, regions, affine, r, ventricles),
+                         ages=np.asarray(ages, dtype=np.float64))
     return replace(models, ventricle_mm=ventricle_distances(regions, affine, r, ventricles),
                    contraction=contraction_shares(mean, slope, regions, affine, r, ventricles),
                    darkening=darkening(slope, regions, r), expansion=expansion, pull=pull, puller=puller)
@@ -483,20 +500,39 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
                              enlarged_by_neighbour=enlarged, gain_near=gain_near, gain_far=gain_far,
                              spill_over=spill, demoted=demoted)
         gains = models.gains[:, keep]  # (s, r')
+        boot = None  # (B, r') bootstrap evidence, with contraction scores
+        if models.contraction_scores is not None and models.ages is not None:
+            scores, t = models.contraction_scores[:, keep], age_t(models.contraction_scores[:, keep], models.ages)
+            se = (frame["ci_high"] - frame["ci_low"]).to_numpy() / (2 * ndtri(0.5 + level / 2))  # (r',) gain's SE
+            frame = frame.assign(contraction_t=t, evidence=evidence(frame["gain"].to_numpy(), se, t))
+            weights = bootstrap_weights(len(gains), n_boot, seed)  # (B, s)
+            boot = evidence(weights @ gains / len(gains), se, age_t(scores, models.ages, weights))
         for group, offset in ((~demoted, 0), (demoted, int((~demoted).sum()))):  # ranks counted within each group
             if group.any():
-                ranks = bootstrap_intervals(gains[:, group], n_boot, level, seed)[2:] + offset  # (2, group)
+                ranks = (bootstrap_intervals(gains[:, group], n_boot, level, seed)[2:] if boot is None
+                         else rank_intervals(boot[:, group], level)) + offset  # (2, group)
                 frame.loc[group, ["rank_low", "rank_high"]] = ranks.T
     frame = sort_regional(frame, "report").reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     return frame
 
 
+def evidence(gain: np.ndarray, se: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """A region's evidence of its own ageing: its gain over the gain's standard error ``se`` (0 where ``se`` is 0) plus
+    the positive part of its contraction t (0 where NaN); any matching shapes (docs/report.md, "Contraction evidence:
+    a matched filter")."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, gain / se, 0.0)
+    return z + np.where(np.isnan(t), 0.0, np.maximum(t, 0.0))
+
+
 def sort_regional(table: pd.DataFrame, order: Literal["report", "gain", "bilateral"]) -> pd.DataFrame:
-    """A regional table's rows in the report's order (``"report"``: by decreasing gain, the demoted regions after the
-    others when the table marks them), by decreasing gain alone (``"gain"``), or by decreasing bilateral gain with a
-    structure's rows together, each structure's by decreasing gain (``"bilateral"``: a candidate order that did not
-    beat the gain order on fresh cohorts; docs/report.md, "A bilateral order")."""
-    keys = {"report": ["demoted", "gain"] if "demoted" in table else ["gain"], "gain": ["gain"],
+    """A regional table's rows in the report's order (``"report"``: by decreasing evidence (:func:`evidence`), or
+    gain without contraction scores, the demoted regions after the others when the table marks them), by decreasing
+    gain alone (``"gain"``), or by decreasing bilateral gain with a structure's rows together, each structure's by
+    decreasing gain (``"bilateral"``: a candidate order that did not beat the gain order on fresh cohorts;
+    docs/report.md, "A bilateral order")."""
+    first = "evidence" if "evidence" in table else "gain"
+    keys = {"report": ["demoted", first] if "demoted" in table else [first], "gain": ["gain"],
             "bilateral": ["bilateral_gain", "structure", "gain"]}[order]
     return table.sort_values(keys, ascending=[k in ("demoted", "structure") for k in keys], kind="stable")

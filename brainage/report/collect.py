@@ -409,8 +409,8 @@ def _fit_regional(voxels: list[np.ndarray], ages: Sequence[float], slopes: Slope
         interior = interior_rows(regions, affine)[regions >= 0]  # (n,)
         models = fit_regional_models(stacked, ages, regions[regions >= 0], index, seed=settings.seed,
                                      interior=interior, max_voxels=cap, away=away)
-        models = with_spill_checks(with_slope_checks(models, slopes, regions, affine), stacked, ages, interior, regions,
-                                   affine)
+        models = with_spill_checks(with_slope_checks(models, slopes, regions, affine, stacked, ages), stacked, ages,
+                                   interior, regions, affine)
         stage.advance()
     return models, (f"{len(ages)} scans with a known age {source}, {models.folds}-fold cross-validation, each "
                     f"region's voxels farther than {MARGIN_MM:g} mm from other regions, "

@@ -455,6 +455,8 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
     table = result.regional.table
     shown = pd.DataFrame({
         **_ranked_columns(table, table["region"], "gain, interior (y)", table["gain"].round(2)),
+        **({"contraction t": table["contraction_t"].round(2), "evidence": table["evidence"].round(1)}
+           if "evidence" in table else {}),
         "gain, both hemispheres (y)": table["bilateral_gain"].round(2),
         "95% interval, both": [R.format_interval(lo, hi) for lo, hi in zip(table["bilateral_low"],
                                                                             table["bilateral_high"])],
@@ -485,11 +487,17 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             f"region's interior voxels ({DRAWS} random draws, errors averaged), from {CAP_FROM_SUBJECTS} scans on; "
             "with fewer, the capped models read a weak change too poorly, so every interior voxel is used "
             "(docs/report.md, 'Size matching at fewer scans'). A neighbour whose gain lies only beside a contracting "
-            "region ranks after the kept ones (a spill-over, below), but a weak contraction can still rank below other "
-            "neighbours (4 of 49 synthetic benchmark cohorts re-scored with that test, in some seed: docs/report.md, "
-            "'Spill-over beside a contraction'). The cap has a cost too: a "
+            "region ranks after the kept ones (a spill-over, below). The cap has a cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
+            *([R.strong("Order: evidence."), " A thin contraction can tell too little age for a model to learn it "
+               "and still be there. Each scan's contraction score projects the region's voxels on the pattern that "
+               "its own tissue moving inwards gives (beside a uniform change and tissue moving off the ventricles: "
+               "a matched filter), and the contraction t is that score's correlation with age over the scans, as a "
+               "t. The rows are ordered by evidence = the gain over its standard error plus the contraction t where "
+               "positive (a darkening adds nothing), the groups below kept (docs/report.md, 'Contraction evidence: "
+               "a matched filter'); the rank interval is the evidence's, over the same bootstrap. "]
+              if "evidence" in table else []),
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),

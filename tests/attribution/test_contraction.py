@@ -1,9 +1,11 @@
 """Contraction shares and darkenings: the slope maps match per-voxel least squares, the shares match a brute-force
 full-grid implementation, a blob that contracts with age keeps a large share while one that growing ventricles push
-aside keeps a small one, the darkenings match a per-region reference and tell a blob that darkens throughout from a
-moving one, a ventricle's expansion and pull shares match a full-grid reference and tell a growing ventricle from one
-that a contracting neighbour pulls, every other region's pull share matches one too and names the contracting
-neighbour that drags it, and bad input is refused."""
+aside keeps a small one, the contraction scores' slope on age is the same fit's contraction coefficient and their t
+tells the contracting blob from the pushed one, the correlation t matches a reference per column and per resample,
+the darkenings match a per-region reference and tell a blob that darkens throughout from a moving one, a ventricle's
+expansion and pull shares match a full-grid reference and tell a growing ventricle from one that a contracting
+neighbour pulls, every other region's pull share matches one too and names the contracting neighbour that drags it,
+and bad input is refused."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from brainage.attribution.contraction import (MIN_VOXELS, PULL_REACH_MM, SlopeMaps, contraction_shares, darkening,
-                                              region_pulls, ventricle_pulls)
+from brainage.attribution.contraction import (MIN_VOXELS, PULL_REACH_MM, SlopeMaps, age_t, contraction_scores,
+                                              contraction_shares, darkening, region_pulls, ventricle_pulls)
 from brainage.attribution.regional import DARKENING_MAX
 
 SPACING = 2.0
@@ -61,28 +63,35 @@ def _maps(images: np.ndarray, ages: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return acc.maps()
 
 
-def _reference(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, r: int, ventricles: list[int]) -> np.ndarray:
-    """The shares on the full grid, one region at a time, voxel by voxel (no crop)."""
+def _patterns(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, row: int, ventricles: list[int]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """A region's slope map (v,) and its (v, 3) patterns (uniform, away, contraction) on the full grid, voxel by
+    voxel (no crop), in the grid's C order."""
     grad = np.gradient(mean, SPACING, SPACING, SPACING)
     dist = ndi.distance_transform_edt(~np.isin(regions, ventricles), sampling=SPACING)
     dgrad = np.gradient(dist, SPACING, SPACING, SPACING)
+    inside = regions == row
+    signed = (ndi.distance_transform_edt(~inside, sampling=SPACING)
+              - ndi.distance_transform_edt(inside, sampling=SPACING))
+    sgrad = np.gradient(signed, SPACING, SPACING, SPACING)
+    rows = []
+    for p in np.argwhere(inside):
+        g = np.array([grad[a][tuple(p)] for a in range(3)])
+        n_away = np.array([dgrad[a][tuple(p)] for a in range(3)])
+        n_out = np.array([sgrad[a][tuple(p)] for a in range(3)])
+        rows.append((slope[tuple(p)], -g @ (n_away / (np.linalg.norm(n_away) + 1e-9)),
+                     g @ (n_out / (np.linalg.norm(n_out) + 1e-9))))
+    y, away, shrink = np.array(rows).T
+    return y, np.column_stack([np.ones_like(y), away, shrink])
+
+
+def _reference(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, r: int, ventricles: list[int]) -> np.ndarray:
+    """The shares on the full grid, one region at a time, voxel by voxel (no crop)."""
     out = np.full(r, np.nan)
     for row in range(r):
-        inside = regions == row
-        if row in ventricles or inside.sum() < 5:
+        if row in ventricles or (regions == row).sum() < 5:
             continue
-        signed = (ndi.distance_transform_edt(~inside, sampling=SPACING)
-                  - ndi.distance_transform_edt(inside, sampling=SPACING))
-        sgrad = np.gradient(signed, SPACING, SPACING, SPACING)
-        rows = []
-        for p in np.argwhere(inside):
-            g = np.array([grad[a][tuple(p)] for a in range(3)])
-            n_away = np.array([dgrad[a][tuple(p)] for a in range(3)])
-            n_out = np.array([sgrad[a][tuple(p)] for a in range(3)])
-            rows.append((slope[tuple(p)], -g @ (n_away / (np.linalg.norm(n_away) + 1e-9)),
-                         g @ (n_out / (np.linalg.norm(n_out) + 1e-9))))
-        y, away, shrink = np.array(rows).T
-        full = np.column_stack([np.ones_like(y), away, shrink])
+        y, full = _patterns(mean, slope, regions, row, ventricles)
         sse = [((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum() for x in (full, full[:, :2])]
         out[row] = (sse[1] - sse[0]) / ((y - y.mean()) ** 2).sum()
     return out
@@ -112,6 +121,46 @@ def test_a_contracting_region_keeps_a_large_share_a_pushed_one_a_small_one():
     assert shares[2] > 0.3, shares  # contracts: most of its slope map is its own contraction
     assert shares[1] < 0.1, shares  # pushed aside: the away pattern explains it
     assert shares[2] > 3 * shares[1]
+
+
+def test_contraction_scores_follow_the_slope_maps_fit_and_test_a_contraction_not_a_push():
+    """The slope of each region's contraction scores on age is the contraction coefficient of the full-grid
+    least-squares fit of its slope map (the fit behind the share); their t with age is large for the contracting
+    ball and small for the pushed one; the ventricle's column is NaN, and so is every column without ventricles."""
+    images, ages, regions, ventricles = _cohort()
+    mean, slope = _maps(images, ages)
+    scores = contraction_scores(images[:, regions >= 0], mean, regions, AFFINE, 4, ventricles)
+    assert scores.shape == (len(ages), 4) and np.isnan(scores[:, [0, 3]]).all()
+    for row in (1, 2):
+        y, full = _patterns(mean, slope, regions, row, ventricles)
+        want = np.linalg.lstsq(full, y, rcond=None)[0][2]
+        assert np.polyfit(ages, scores[:, row], 1)[0] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    half = contraction_scores(images[:, regions >= 0].astype(np.float16), mean, regions, AFFINE, 4, ventricles)
+    assert np.polyfit(ages, half[:, 2], 1)[0] == pytest.approx(np.polyfit(ages, scores[:, 2], 1)[0], rel=0.01)
+    t = age_t(scores, ages)
+    assert t[2] > 10 and abs(t[1]) < 3 and np.isnan(t[[0, 3]]).all(), t
+    none = contraction_scores(images[:, regions >= 0], mean, np.where(regions == 0, -1, regions), AFFINE, 4, [0])
+    assert np.isnan(none).all()
+
+
+def test_age_t_matches_the_correlation_t_of_each_column_and_of_each_bootstrap_resample():
+    rng = np.random.default_rng(3)
+    ages = rng.uniform(20, 80, 50)
+    scores = np.column_stack([ages * 0.1 + rng.normal(0, 2, 50), rng.normal(0, 1, 50), np.full(50, 2.0),
+                              np.full(50, np.nan)])
+    def reference(x: np.ndarray, a: np.ndarray) -> float:
+        r = np.corrcoef(x, a)[0, 1]
+        return r * np.sqrt((len(a) - 2) / (1 - r * r))
+
+    t = age_t(scores, ages)
+    np.testing.assert_allclose(t[:2], [reference(scores[:, c], ages) for c in range(2)], rtol=1e-10)
+    assert t[2] == 0.0 and np.isnan(t[3])  # a constant score; none
+    draws = rng.integers(0, 50, size=(4, 50))  # (B, s) resampled scans
+    weights = np.stack([np.bincount(d, minlength=50) for d in draws]).astype(float)
+    boot = age_t(scores, ages, weights)
+    assert boot.shape == (4, 4)
+    for b, d in enumerate(draws):
+        np.testing.assert_allclose(boot[b, :2], [reference(scores[d, c], ages[d]) for c in range(2)], rtol=1e-8)
 
 
 def test_darkenings_match_a_per_region_reference_and_tell_a_darkening_from_a_push():

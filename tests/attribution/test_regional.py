@@ -292,9 +292,10 @@ def test_ventricle_distances_match_a_brute_force_check(zooms):
     assert np.isnan(ventricle_distances(np.where(regions == 4, -1, regions), affine, 6, [4])).all()  # none on grid
 
 
-def _marked_models(ventricle_trend: float, row_trend: float = 1.0) -> tuple[RegionalAgeModels, np.ndarray]:
+def _marked_models(ventricle_trend: float, row_trend: float = 1.0
+                   ) -> tuple[RegionalAgeModels, np.ndarray, np.ndarray]:
     """Models of three rows (0 beside the ventricle, changing by ``row_trend`` within 6 mm of it; 1 far from it,
-    changing weakly; 2 the ventricle, changing by ``ventricle_trend``) and the rows' ventricle distances."""
+    changing weakly; 2 the ventricle, changing by ``ventricle_trend``), the rows' ventricle distances and the ages."""
     rng = np.random.default_rng(6)
     s = 80
     ages = rng.uniform(20, 80, s)
@@ -311,7 +312,7 @@ def _marked_models(ventricle_trend: float, row_trend: float = 1.0) -> tuple[Regi
     distances = ventricle_distances(regions, affine, 3, [2])
     models = replace(fit_regional_models(images[:, labelled], ages, regions[labelled], index,
                                          interior=interior_rows(regions, affine)[labelled]), ventricle_mm=distances)
-    return models, distances
+    return models, distances, ages
 
 
 def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_contract_or_darken():
@@ -320,7 +321,7 @@ def test_regions_marked_near_the_ventricles_rank_after_the_others_unless_they_co
     counted from there, without slope-map checks, with a contraction share below ``CONTRACTION_MIN`` or a darkening
     above ``DARKENING_MAX``; with a share at or above the one or a darkening at or below the other it keeps its place
     (a brightening: next test). The far row (interior beyond ``NEAR_MM``) and the ventricle are never marked."""
-    models, distances = _marked_models(1.0)
+    models, distances, _ = _marked_models(1.0)
     assert distances[0] <= NEAR_MM < distances[1] and np.isnan(distances[2])
     checks = [(None, None, True), (CONTRACTION_MIN - 0.01, DARKENING_MAX + 0.01, True), (CONTRACTION_MIN, None, False),
               (np.nan, DARKENING_MAX, False), (0.0, -1.0, False), (0.0, BRIGHTENING_MIN - 0.01, True)]
@@ -350,7 +351,7 @@ def test_a_marked_row_keeps_its_place_above_growing_ventricles_or_brightening_ne
                                                                (1.0, 0.1, True, True, True),
                                                                (1.0, 1.0, True, False, True),
                                                                (0.3, 1.0, True, False, False)):
-        models, _ = _marked_models(ventricle_trend, row_trend)
+        models, _, _ = _marked_models(ventricle_trend, row_trend)
         for dark in (BRIGHTENING_MIN, 1.0, BRIGHTENING_MIN - 0.01, 0.0):
             table = rank_regional(replace(models, contraction=np.array([0.0, 0.5, np.nan]),
                                           darkening=np.array([dark, 0.0, np.nan])), n_boot=300).set_index("region")
@@ -369,7 +370,7 @@ def test_a_ventricle_that_a_neighbour_pulls_ranks_with_the_demoted_rows():
     """The ventricle gains most; when a neighbour's pull explains more of its slope map than its own expansion does
     (enlarged_by_neighbour) it is listed after every kept row with that neighbour named (pulled_by), else it keeps
     its place; without the shares (NaN) nothing changes. The row beside it contracts, so it keeps its place."""
-    models, _ = _marked_models(1.0)
+    models, _, _ = _marked_models(1.0)
     for expansion, pull, enlarged in ((0.05, 0.3, True), (0.4, 0.1, False), (0.2, 0.2, False), (np.nan, np.nan, False)):
         table = rank_regional(replace(models, contraction=np.array([0.5, 0.0, np.nan]),
                                       darkening=np.array([0.0, 0.0, np.nan]),
@@ -384,6 +385,34 @@ def test_a_ventricle_that_a_neighbour_pulls_ranks_with_the_demoted_rows():
                                      else ["L-lateral-ventricle", "L-caudate", "L-far"])
         if enlarged:
             assert ventricle.rank_low == ventricle.rank_high == 3
+
+
+def test_contraction_evidence_orders_each_group_by_gain_z_plus_contraction_t():
+    """With contraction scores the report orders each group by evidence (gain over its standard error plus the
+    positive part of the contraction t): the far row, which gains less than the row beside the ventricle but whose
+    scores follow a contraction, ranks above it; a negative t (a darkening's) adds nothing; the rank intervals follow
+    the evidence within each group; without scores the order is by gain."""
+    models, _, ages = _marked_models(1.0, 0.6)
+    rng = np.random.default_rng(9)
+    scores = np.column_stack([-ages / 10 + rng.normal(0, 1, len(ages)), ages / 10 + rng.normal(0, 1, len(ages)),
+                              np.full(len(ages), np.nan)])  # (s, 3): row 0 a darkening's sign, row 1 a contraction's
+    checked = replace(models, contraction=np.array([0.5, 0.5, np.nan]), darkening=np.array([0.0, 0.0, np.nan]))
+    plain = rank_regional(checked, n_boot=300)
+    assert "evidence" not in plain and list(plain["region"]) == list(sort_regional(plain, "gain")["region"])
+    table = rank_regional(replace(checked, contraction_scores=scores, ages=ages), n_boot=300)
+    rows = table.set_index("region")
+    se = (rows.ci_high - rows.ci_low) / (2 * 1.959963984540054)
+    t = [np.corrcoef(scores[:, c], ages)[0, 1] for c in range(2)]
+    t = [r * np.sqrt((len(ages) - 2) / (1 - r * r)) for r in t]
+    np.testing.assert_allclose(rows.loc[["L-caudate", "L-far"], "contraction_t"], t, rtol=1e-9)
+    np.testing.assert_allclose(rows.evidence, rows.gain / se + np.maximum(rows.contraction_t.fillna(0), 0), rtol=1e-9)
+    assert rows.loc["L-far", "gain"] < rows.loc["L-caudate", "gain"] and rows.loc["L-caudate", "contraction_t"] < 0
+    assert list(table["region"]) == list(table.sort_values("evidence", ascending=False)["region"])
+    assert table["region"].iloc[0] == "L-far" and not table.demoted.any()
+    assert (table.rank_low <= table["rank"]).all() and (table["rank"] <= table.rank_high).all()
+    demoted = rank_regional(replace(checked, contraction=np.array([0.0, 0.5, np.nan]), contraction_scores=scores,
+                                    ages=ages), n_boot=300)
+    assert list(demoted["region"])[-1] == "L-caudate" and demoted.set_index("region").loc["L-caudate", "rank_low"] == 3
 
 
 def _spill_models(pull: float = 0.4) -> tuple[RegionalAgeModels, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -83,7 +83,7 @@ def test_regional_age_models_rank_every_region_with_intervals(trained):
     regional = pd.read_csv(report / "tables" / "regional_age_models.csv")
     assert regional["rank"].tolist() == list(range(1, len(regional) + 1)) and len(regional) >= 80
     assert regional["demoted"].is_monotonic_increasing  # marked near the ventricles, no change of their own: last
-    assert all(group["gain"].is_monotonic_decreasing for _, group in regional.groupby("demoted"))
+    assert all(group["evidence"].is_monotonic_decreasing for _, group in regional.groupby("demoted"))
     assert (regional["ci_low"] <= regional["ci_high"]).all()
     assert_zone_rule(regional)
     near = (regional["gain"] >= NEAR_MIN_GAIN) & (regional["ventricle_mm"] <= NEAR_MM)

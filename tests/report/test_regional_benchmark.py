@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -49,7 +50,11 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert_zone_rule(table)
     assert table["darkening"].notna().sum() >= 80
     assert len(table) == 85 and table["demoted"].is_monotonic_increasing  # regions demoted, if any: last
-    assert all(group["gain"].is_monotonic_decreasing for _, group in table.groupby("demoted"))
+    assert all(group["evidence"].is_monotonic_decreasing for _, group in table.groupby("demoted"))
+    se = (table["ci_high"] - table["ci_low"]) / (2 * 1.959963984540054)  # the gain's standard error
+    np.testing.assert_allclose(table["evidence"], np.where(se > 0, table["gain"] / se, 0.0)
+                               + table["contraction_t"].fillna(0.0).clip(lower=0.0), rtol=1e-9, atol=1e-9)
+    assert table["contraction_t"].notna().sum() >= 80  # every region with a share, the ventricles without
     assert (table["n_voxels"] <= table["n_voxels_all"]).all() and (table["n_voxels"] < table["n_voxels_all"]).any()
     assert json.loads((folder / "result.json").read_text()) == result
     assert not list(folder.glob(".*.tmp*"))  # atomic writes leave no temporary file

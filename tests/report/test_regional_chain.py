@@ -109,8 +109,9 @@ def test_report_fits_the_regional_models_on_registered_scans(tmp_path, capsys):
                  "--workers", "0"]) == 1  # report written, one input failed (the constant scan)
     table = pd.read_csv(out / "tables" / "regional_age_models.csv")
     assert len(table) >= 80 and table["demoted"].is_monotonic_increasing  # the 3 mm registered grid, not the model's
-    assert all(group["gain"].is_monotonic_decreasing for _, group in table.groupby("demoted"))  # demoted ones last
+    assert all(group["evidence"].is_monotonic_decreasing for _, group in table.groupby("demoted"))  # demoted ones last
     page = (out / "index.html").read_text()
+    assert "contraction t" in page and "Order: evidence." in page  # the order's columns and its explanation
     err = capsys.readouterr().err
     assert f"regional age models: skipped {bad}: " in err and "constant" in err  # named, with the reason
     assert "22 scans with a known age prepared by synthetic_registered.yaml, 1 skipped" in page
