@@ -301,6 +301,20 @@ COHORTS = (
     Cohort("fresh21_mix_wide", 236, random_effects="atrophy=3,intensity=3"),
     Cohort("fresh21_intensity", 237, random_effects="intensity=3"),
     Cohort("fresh21_demo", 238),
+    # twenty-second fresh set: declared 2026-12-07 (sixteenth session) before any run, to decide whether the report's
+    # contraction t partials out the push's falloff beside ventricles that grow of their own and counts a negative t
+    # where a region does not change uniformly (docs/report.md, "Contraction evidence beside a push"): growing
+    # ventricles beside thin cortical contractions, beside a planted contraction next to them, and random draws of the
+    # sets where the last misses arose, at new seeds, with the demo's own effects on a new draw
+    Cohort("fresh22_vent_a", 241, effects=_GROW + "atrophy:superiortemporal,atrophy:parsopercularis"),
+    Cohort("fresh22_vent_b", 242, effects=_GROW + "atrophy:hippocampus,atrophy:lateralorbitofrontal"),
+    Cohort("fresh22_vent_c", 243, effects=_GROW + "atrophy:posteriorcingulate,atrophy:fusiform,"
+                                                "intensity:supramarginal"),
+    Cohort("fresh22_atrophy", 244, random_effects="atrophy=3"),
+    Cohort("fresh22_atrophy_b", 245, random_effects="atrophy=4"),
+    Cohort("fresh22_mix", 246, random_effects="atrophy=2,intensity=2"),
+    Cohort("fresh22_mix_atrophy", 247, random_effects="atrophy=3,intensity=1"),
+    Cohort("fresh22_demo", 248),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
