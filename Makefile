@@ -22,7 +22,7 @@ demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash pipelines/demo.sh
 
 test: install browser
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --durations=15  # a file's module fixtures (trained models) built once
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15  # a file's module fixtures (trained models) built once; tests/conftest.py orders the files
 
 # the edit-test loop: everything not marked slow (no training, DDP, servers or end-to-end runs); ~2 min on 2 cores
 test-fast: install

@@ -45,9 +45,19 @@ def mni_affine(spacing: float = 4.0, shape=(40, 48, 40)) -> np.ndarray:
     return affine
 
 
+# the two longest files (each 11-12 min of one core in CI, 2026-12-07): first, one per worker from the start
+LONGEST = ("tests/report/test_ground_truth_validation.py", "tests/test_help_examples.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first (stable otherwise): with pytest-xdist the long ones start early instead of ending the run."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest files, then the other slow tests, then the rest (stable otherwise): with pytest-xdist (``--dist
+    loadfile --no-loadscope-reorder``, which keeps this order) the long ones start early instead of ending the run
+    on one worker while the other idles."""
+    def key(item: pytest.Item) -> tuple[int, int]:
+        path = Path(str(item.path)).relative_to(Path(__file__).parents[1]).as_posix()
+        return (LONGEST.index(path) if path in LONGEST else len(LONGEST), item.get_closest_marker("slow") is None)
+
+    items.sort(key=key)
 
 
 @pytest.fixture(name="brain_like")
