@@ -56,10 +56,10 @@ from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, M
 # the report's order: regions marked near the ventricles demoted unless they contract or darken throughout, or brighten
 # throughout with at least BRIGHTENING_GAIN_SHARE of the ventricles' gain, or gain more than growing ventricles, and
 # lateral ventricles that a neighbour's pull enlarges demoted too, and regions whose gain lies beside the neighbour that
-# pulls them (spill-over), each group by evidence (gain z plus contraction t; an older order's results are refused on
-# resume)
+# pulls them (spill-over), each group by evidence (gain z plus contraction t, beside the push's falloff when a ventricle
+# grows of its own, signed where a map does not change uniformly; an older order's results are refused on resume)
 ORDER = ("report, 10 mm zone, above growing ventricles or brightening near their gain, pulled ventricles last, "
-         "spill-over rows last, by evidence")
+         "spill-over rows last, by evidence beside the push, signed")
 
 ROOT = Path(__file__).resolve().parents[1]
 

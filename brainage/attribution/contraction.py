@@ -31,6 +31,12 @@ coefficient of the slope map, and the t of their correlation with age tests it w
 filter: North 1963, Proc IEEE 51:1016; one regressor of a general linear model: Friston et al. 1995, Hum Brain Mapp
 2:189).
 
+*Beside a push.* Growing ventricles push their neighbours less the farther they are, so a thin region beside them is
+compressed as it moves, and its voxels follow its own contraction pattern as well. A fourth pattern, the away pattern
+times the distance to the ventricles (centred within the region: the push's linear falloff), takes that compression
+up; the contraction score beside it keeps what only an inward motion of the region explains (docs/report.md,
+"Contraction evidence beside a push").
+
 *Spill-over.* A contraction drags the tissue beside it along, so any region's slope map can follow a neighbour's pull
 too: a region's *pull share* is the largest part of its map that tissue moving towards one neighbour explains beside
 a uniform change, the away pattern and its own contraction (its twin in the other hemisphere left out: a structure
@@ -126,15 +132,16 @@ def _sse(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _displacement(mean: np.ndarray, regions: np.ndarray, affine: np.ndarray, ventricles: Sequence[int]
-                  ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray] | None:
+                  ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray] | None:
     """(spacing (3,) mm, 3 x the mean image's gradient (X, Y, Z), the away pattern (X, Y, Z): tissue moving off the
-    lateral ventricles), or None without a ventricle voxel on the grid."""
+    lateral ventricles, the distance to them (X, Y, Z) mm), or None without a ventricle voxel on the grid."""
     spacing = voxel_sizes(np.asarray(affine, dtype=np.float64))  # (3,) mm per voxel
     grows = np.isin(regions, list(ventricles))
     if not grows.any():
         return None
     grad = np.gradient(np.asarray(mean, dtype=np.float64), *spacing)  # 3 x (X, Y, Z)
-    return spacing, grad, -_along(grad, ndi.distance_transform_edt(~grows, sampling=spacing), spacing)
+    distance = ndi.distance_transform_edt(~grows, sampling=spacing)  # (X, Y, Z) mm
+    return spacing, grad, -_along(grad, distance, spacing), distance
 
 
 def _own_columns(grad: list[np.ndarray], away: np.ndarray, regions: np.ndarray, row: int, box: tuple[slice, ...],
@@ -182,7 +189,7 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
     fields = _displacement(mean, regions, affine, ventricles)
     if fields is None:
         return out
-    spacing, grad, away = fields
+    spacing, grad, away, _ = fields
     for row in np.unique(regions[regions >= 0]):
         own = regions == row  # (X, Y, Z)
         if row in ventricles or own.sum() < MIN_VOXELS:
@@ -197,19 +204,20 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
 
 
 def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
-                       ventricles: Sequence[int]) -> np.ndarray:
+                       ventricles: Sequence[int], falloff: bool = False) -> np.ndarray:
     """(s, r) each scan's contraction score per region (module docstring, *Contraction evidence*).
 
     ``voxels``: (s, n) the scans' values at the n labelled voxels of ``regions`` (``regions >= 0``, C order);
-    ``mean``: (X, Y, Z) the same scans' mean image; other arguments as :func:`contraction_shares`. NaN columns where
-    the share is NaN (the ventricles, regions under ``MIN_VOXELS`` voxels, every region without the ventricles).
+    ``mean``: (X, Y, Z) the same scans' mean image; ``falloff``: fit the push's falloff too (module docstring, *Beside
+    a push*); other arguments as :func:`contraction_shares`. NaN columns where the share is NaN (the ventricles,
+    regions under ``MIN_VOXELS`` voxels, every region without the ventricles).
     """
     voxels = np.asarray(voxels)
     out = np.full((len(voxels), r), np.nan)
     fields = _displacement(mean, regions, affine, ventricles)
     if fields is None:
         return out
-    spacing, grad, away = fields
+    spacing, grad, away, distance = fields
     labelled = regions[regions >= 0]  # (n,) the columns' rows, in the grid's C order
     for row in np.unique(labelled):
         own = regions == row  # (X, Y, Z)
@@ -217,6 +225,9 @@ def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray
             continue
         box = _box(own)
         inside, x = _own_columns(grad, away, regions, row, box, spacing)  # the crop keeps the grid's C order
+        if falloff:  # (v, 4): the away pattern times the distance to the ventricles, centred within the region
+            mm = distance[box][inside]  # (v,)
+            x = np.column_stack([x, x[:, 1] * (mm - mm.mean())])
         weights = np.linalg.pinv(x)[2]  # (v,) the contraction coefficient's least-squares weights
         out[:, row] = voxels[:, labelled == row].astype(np.float64) @ weights
     return out
@@ -260,7 +271,7 @@ def region_pulls(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray, affin
     fields = _displacement(mean, regions, affine, ventricles)
     if fields is None:
         return pull, by
-    spacing, grad, away = fields
+    spacing, grad, away, _ = fields
     for row in np.unique(regions[regions >= 0]):
         own = regions == row  # (X, Y, Z)
         if row in ventricles or own.sum() < MIN_VOXELS:

@@ -45,11 +45,13 @@ throughout it, and it ranks with the demoted regions (docs/report.md, "Spill-ove
 
 **Order: evidence.** A contraction too thin for a ridge model to learn from can still follow the one pattern that
 its own tissue moving inwards gives. Within each group (kept, demoted) the regions are ordered by :func:`evidence`:
-the gain over its standard error plus the positive part of the region's contraction t, the correlation with age of
-each scan's contraction score (a matched filter,
-:func:`brainage.attribution.contraction.contraction_scores`); a darkening's t is negative and adds nothing (chosen
-on 302 seen cohort-seeds and validated on eight fresh cohorts: docs/report.md, "Contraction evidence: a matched
-filter").
+the gain over its standard error plus the region's contraction t, the correlation with age of each scan's contraction
+score (a matched filter, :func:`brainage.attribution.contraction.contraction_scores`). A negative t counts where the
+region's map does not change uniformly (its tissue is stretched towards a contracting neighbour), not where it darkens
+or brightens throughout (a darkening's t is negative too). When a lateral ventricle grows of its own (a gain of at
+least ``NEAR_MIN_GAIN``, not enlarged by a neighbour) the scores are taken beside the push's falloff, which compresses
+the thin regions it moves (chosen on 302 and then 329 seen cohort-seeds and validated on eight fresh cohorts each:
+docs/report.md, "Contraction evidence: a matched filter", "Contraction evidence beside a push").
 
 **Size-matched gains.** A ridge model's gain grows with the voxels it may add up, so a large region that a weak
 spill-over reaches at many voxels can outgain a thin region that changes more at each of a few. Each region's model
@@ -157,6 +159,7 @@ class RegionalAgeModels:
     near: RegionalAgeModels | None = None  # the same on the interior voxels within SPILL_MM of the puller (matched)
     far: RegionalAgeModels | None = None  # ... and on as many beyond it (NaN columns: no test)
     contraction_scores: np.ndarray | None = None  # (s, r) each scan's contraction score per region (NaN: none)
+    falloff_scores: np.ndarray | None = None  # (s, r) the same beside the push's falloff (NaN: none)
     ages: np.ndarray | None = None  # (s,) the scans' ages, with the contraction scores
     seed: int = 0  # the folds' and voxel draws' seed
 
@@ -206,8 +209,8 @@ def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.
     same scans' ``slopes`` on the grid of ``regions`` (X, Y, Z) rows and ``affine``, the ventricles' expansion and
     pull shares and every other region's pull share (:func:`brainage.attribution.contraction.region_pulls`) with the
     neighbour that pulls, and, given the scans' (s, n) labelled ``voxels`` and ``ages``, each scan's contraction
-    scores (:func:`brainage.attribution.contraction.contraction_scores`); unchanged when the atlas lacks the lateral
-    ventricles or the slopes cannot be fitted."""
+    scores without and with the push's falloff (:func:`brainage.attribution.contraction.contraction_scores`);
+    unchanged when the atlas lacks the lateral ventricles or the slopes cannot be fitted."""
     ventricles = ventricle_rows(models.regions)
     if not ventricles or not slopes.usable:
         return models
@@ -217,7 +220,9 @@ def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.
     region_pull, region_puller = region_pulls(mean, slope, regions, affine, r, ventricles, twin_rows(models.regions))
     pull, puller = np.where(np.isnan(pull), region_pull, pull), np.where(puller < 0, region_puller, puller)
     if voxels is not None and ages is not None:
-        models = replace(models, contraction_scores=contraction_scores(voxels, mean, regions, affine, r, ventricles),
+        plain, falloff = (contraction_scores(voxels, mean, regions, affine, r, ventricles, falloff=push)
+                          for push in (False, True))
+        models = replace(models, contraction_scores=plain, falloff_scores=falloff,
                          ages=np.asarray(ages, dtype=np.float64))
     return replace(models, ventricle_mm=ventricle_distances(regions, affine, r, ventricles),
                    contraction=contraction_shares(mean, slope, regions, affine, r, ventricles),
@@ -445,7 +450,11 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     under ``SPILL_RATIO`` of a positive near one) and demoted (marked, with a share below ``CONTRACTION_MIN`` and a
     darkening above ``DARKENING_MAX``, or none, unless it is above growing ventricles (a gain of at least
     ``NEAR_MIN_GAIN``) or brightens throughout (``BRIGHTENING_MIN``) and rivals them; or enlarged by a neighbour; or
-    a spill-over): the demoted regions rank after the others, rank intervals counted within each group."""
+    a spill-over); with ``models.contraction_scores`` and ``models.ages`` also contraction_t (the scores' t on age,
+    beside the push's falloff when a lateral ventricle grows of its own: a gain of at least ``NEAR_MIN_GAIN``, not
+    enlarged by a neighbour), push_falloff (whether it was) and evidence (:func:`evidence`, the t signed where
+    |darkening| is under |``DARKENING_MAX``|): the demoted regions rank after the others, each group by evidence (by
+    gain without scores), rank intervals counted within each group."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
 
     def summary(m: RegionalAgeModels) -> tuple[np.ndarray, ...]:
@@ -502,11 +511,15 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
         gains = models.gains[:, keep]  # (s, r')
         boot = None  # (B, r') bootstrap evidence, with contraction scores
         if models.contraction_scores is not None and models.ages is not None:
-            scores, t = models.contraction_scores[:, keep], age_t(models.contraction_scores[:, keep], models.ages)
+            push = bool((ventricles & (frame["gain"] >= NEAR_MIN_GAIN).to_numpy() & ~enlarged).any())  # own growth
+            scores = (models.falloff_scores if push and models.falloff_scores is not None
+                      else models.contraction_scores)[:, keep]  # (s, r')
+            t, signed = age_t(scores, models.ages), np.abs(dark) < -DARKENING_MAX  # (r',): NaN darkening unsigned
             se = (frame["ci_high"] - frame["ci_low"]).to_numpy() / (2 * ndtri(0.5 + level / 2))  # (r',) gain's SE
-            frame = frame.assign(contraction_t=t, evidence=evidence(frame["gain"].to_numpy(), se, t))
+            frame = frame.assign(contraction_t=t, push_falloff=push,
+                                 evidence=evidence(frame["gain"].to_numpy(), se, t, signed))
             weights = bootstrap_weights(len(gains), n_boot, seed)  # (B, s)
-            boot = evidence(weights @ gains / len(gains), se, age_t(scores, models.ages, weights))
+            boot = evidence(weights @ gains / len(gains), se, age_t(scores, models.ages, weights), signed)
         for group, offset in ((~demoted, 0), (demoted, int((~demoted).sum()))):  # ranks counted within each group
             if group.any():
                 ranks = (bootstrap_intervals(gains[:, group], n_boot, level, seed)[2:] if boot is None
@@ -517,13 +530,14 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     return frame
 
 
-def evidence(gain: np.ndarray, se: np.ndarray, t: np.ndarray) -> np.ndarray:
+def evidence(gain: np.ndarray, se: np.ndarray, t: np.ndarray, signed: np.ndarray | bool = False) -> np.ndarray:
     """A region's evidence of its own ageing: its gain over the gain's standard error ``se`` (0 where ``se`` is 0) plus
-    the positive part of its contraction t (0 where NaN); any matching shapes (docs/report.md, "Contraction evidence:
-    a matched filter")."""
+    its contraction t where ``signed`` (a map that does not change uniformly: a negative t says its tissue is stretched)
+    and the t's positive part elsewhere (a darkening's t is negative too), 0 where the t is NaN; any shapes that
+    broadcast (docs/report.md, "Contraction evidence: a matched filter", "Contraction evidence beside a push")."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, gain / se, 0.0)
-    return z + np.where(np.isnan(t), 0.0, np.maximum(t, 0.0))
+    return z + np.where(np.isnan(t), 0.0, np.where(signed, t, np.maximum(t, 0.0)))
 
 
 def sort_regional(table: pd.DataFrame, order: Literal["report", "gain", "bilateral"]) -> pd.DataFrame:

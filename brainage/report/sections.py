@@ -494,9 +494,16 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
                "and still be there. Each scan's contraction score projects the region's voxels on the pattern that "
                "its own tissue moving inwards gives (beside a uniform change and tissue moving off the ventricles: "
                "a matched filter), and the contraction t is that score's correlation with age over the scans, as a "
-               "t. The rows are ordered by evidence = the gain over its standard error plus the contraction t where "
-               "positive (a darkening adds nothing), the groups below kept (docs/report.md, 'Contraction evidence: "
-               "a matched filter'); the rank interval is the evidence's, over the same bootstrap. "]
+               "t. The rows are ordered by evidence = the gain over its standard error plus the contraction t, the "
+               "groups below kept (docs/report.md, 'Contraction evidence: a matched filter'); the rank interval is "
+               "the evidence's, over the same bootstrap. A negative t lowers the evidence where the region's map "
+               "does not change uniformly (its tissue is stretched towards a contracting neighbour) and adds nothing "
+               "where it darkens or brightens throughout (a darkening's t is negative too). ",
+               *(["Here a lateral ventricle grows of its own, so each score is also taken beside the push's falloff: "
+                  "the ventricles push a neighbour less the farther it lies, so a thin region beside them is "
+                  "compressed as it moves, and only what that does not explain counts as its own contraction "
+                  "(docs/report.md, 'Contraction evidence beside a push'). "]
+                 if table["push_falloff"].any() else [])]
               if "evidence" in table else []),
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "

@@ -2,10 +2,11 @@
 full-grid implementation, a blob that contracts with age keeps a large share while one that growing ventricles push
 aside keeps a small one, the contraction scores' slope on age is the same fit's contraction coefficient and their t
 tells the contracting blob from the pushed one, the correlation t matches a reference per column and per resample,
-the darkenings match a per-region reference and tell a blob that darkens throughout from a moving one, a ventricle's
-expansion and pull shares match a full-grid reference and tell a growing ventricle from one that a contracting
-neighbour pulls, every other region's pull share matches one too and names the contracting neighbour that drags it,
-and bad input is refused."""
+beside the push's falloff the scores follow the four-pattern fit and a ball that a fading push compresses no longer
+passes for a contraction, the darkenings match a per-region reference and tell a blob that darkens throughout from a
+moving one, a ventricle's expansion and pull shares match a full-grid reference and tell a growing ventricle from one
+that a contracting neighbour pulls, every other region's pull share matches one too and names the contracting
+neighbour that drags it, and bad input is refused."""
 
 from __future__ import annotations
 
@@ -141,6 +142,48 @@ def test_contraction_scores_follow_the_slope_maps_fit_and_test_a_contraction_not
     assert t[2] > 10 and abs(t[1]) < 3 and np.isnan(t[[0, 3]]).all(), t
     none = contraction_scores(images[:, regions >= 0], mean, np.where(regions == 0, -1, regions), AFFINE, 4, [0])
     assert np.isnan(none).all()
+
+
+def _ellipsoid(centre: tuple[float, float, float], radii: tuple[float, float, float], grid: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) smooth ellipsoid: centre in voxels, semi-axes in mm, a soft edge as :func:`_blob`'s."""
+    scaled = np.sqrt(sum(((g - c) * SPACING / a) ** 2 for g, c, a in zip(grid, centre, radii)))  # 1 on the surface
+    return 1.0 / (1.0 + np.exp((scaled - 1.0) * min(radii) / 2.0))
+
+
+def _push_cohort(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """As :func:`_cohort`, but the push fades: the ball beside the growing ventricle (row 1) moves 2 mm per 30 y on its
+    near side and 1 mm on its far side (moved and compressed along x), and the ball above the ventricle (row 2)
+    contracts in place."""
+    def draw(t: float, grid: np.ndarray) -> np.ndarray:
+        near, far = 12.5 * SPACING + 2 * t, 17.5 * SPACING + 1 * t  # mm: the pushed ball's edges along x
+        return (1.0 - 0.8 * _blob((8, 12, 12), 8 + 2 * t, grid)
+                - 0.4 * _ellipsoid(((near + far) / 2 / SPACING, 12, 12), ((far - near) / 2, 5, 5), grid)
+                - 0.4 * _blob((8, 20, 12), 5 - 1.0 * t, grid))
+
+    return *_scans(60, seed, draw, (((8, 12, 12), 8), ((15, 12, 12), 5), ((8, 20, 12), 5))), [0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_falloff_scores_follow_the_four_pattern_fit_and_tell_a_compressed_push_from_a_contraction(seed):
+    """With the push's falloff, the slope of the scores on age is the contraction coefficient of the full-grid fit on
+    four patterns (uniform, away, contraction, away times the centred distance to the ventricles). A ball that a
+    fading push moves and compresses follows a contraction by the plain t (measured 13-15) but not beside the
+    falloff (measured 0.9-2.2), while a ball beside the ventricle that contracts keeps a large t either way (35-44)."""
+    images, ages, regions, ventricles = _push_cohort(seed)
+    mean, slope = _maps(images, ages)
+    plain, falloff = (contraction_scores(images[:, regions >= 0], mean, regions, AFFINE, 3, ventricles, falloff=push)
+                      for push in (False, True))
+    distance = ndi.distance_transform_edt(~np.isin(regions, ventricles), sampling=SPACING)
+    for row in (1, 2):
+        y, full = _patterns(mean, slope, regions, row, ventricles)
+        mm = distance[regions == row]  # (v,) in the grid's C order, as _patterns
+        four = np.column_stack([full, full[:, 1] * (mm - mm.mean())])
+        want = np.linalg.lstsq(four, y, rcond=None)[0][2]
+        assert np.polyfit(ages, falloff[:, row], 1)[0] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    t, t_falloff = age_t(plain, ages), age_t(falloff, ages)
+    assert t[1] > 8 and abs(t_falloff[1]) < 4, (t, t_falloff)
+    assert t[2] > 20 and t_falloff[2] > 20, (t, t_falloff)
+    assert np.isnan(falloff[:, 0]).all()
 
 
 def test_age_t_matches_the_correlation_t_of_each_column_and_of_each_bootstrap_resample():

@@ -18,6 +18,7 @@ from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from brainage.attribution.contraction import age_t
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.regional import (ALPHAS, BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CONTRACTION_MIN,
                                            DARKENING_MAX, MAX_VOXELS, NEAR_MIN_GAIN, NEAR_MM, SPILL_RATIO,
@@ -389,14 +390,15 @@ def test_a_ventricle_that_a_neighbour_pulls_ranks_with_the_demoted_rows():
 
 def test_contraction_evidence_orders_each_group_by_gain_z_plus_contraction_t():
     """With contraction scores the report orders each group by evidence (gain over its standard error plus the
-    positive part of the contraction t): the far row, which gains less than the row beside the ventricle but whose
-    scores follow a contraction, ranks above it; a negative t (a darkening's) adds nothing; the rank intervals follow
-    the evidence within each group; without scores the order is by gain."""
+    contraction t): the far row, which gains less than the row beside the ventricle but whose scores follow a
+    contraction, ranks above it; a negative t adds nothing where the row darkens throughout and counts where its map
+    does not change uniformly; the rank intervals follow the evidence within each group; without scores the order is
+    by gain."""
     models, _, ages = _marked_models(1.0, 0.6)
     rng = np.random.default_rng(9)
     scores = np.column_stack([-ages / 10 + rng.normal(0, 1, len(ages)), ages / 10 + rng.normal(0, 1, len(ages)),
                               np.full(len(ages), np.nan)])  # (s, 3): row 0 a darkening's sign, row 1 a contraction's
-    checked = replace(models, contraction=np.array([0.5, 0.5, np.nan]), darkening=np.array([0.0, 0.0, np.nan]))
+    checked = replace(models, contraction=np.array([0.5, 0.5, np.nan]), darkening=np.array([-0.95, 0.0, np.nan]))
     plain = rank_regional(checked, n_boot=300)
     assert "evidence" not in plain and list(plain["region"]) == list(sort_regional(plain, "gain")["region"])
     table = rank_regional(replace(checked, contraction_scores=scores, ages=ages), n_boot=300)
@@ -410,9 +412,37 @@ def test_contraction_evidence_orders_each_group_by_gain_z_plus_contraction_t():
     assert list(table["region"]) == list(table.sort_values("evidence", ascending=False)["region"])
     assert table["region"].iloc[0] == "L-far" and not table.demoted.any()
     assert (table.rank_low <= table["rank"]).all() and (table["rank"] <= table.rank_high).all()
-    demoted = rank_regional(replace(checked, contraction=np.array([0.0, 0.5, np.nan]), contraction_scores=scores,
-                                    ages=ages), n_boot=300)
+    demoted = rank_regional(replace(checked, contraction=np.array([0.0, 0.5, np.nan]), darkening=None,
+                                    contraction_scores=scores, ages=ages), n_boot=300)
     assert list(demoted["region"])[-1] == "L-caudate" and demoted.set_index("region").loc["L-caudate", "rank_low"] == 3
+    moving = rank_regional(replace(checked, darkening=np.array([DARKENING_MAX + 0.01, 0.0, np.nan]),
+                                   contraction_scores=scores, ages=ages), n_boot=300).set_index("region")
+    np.testing.assert_allclose(moving.evidence, moving.gain / se + moving.contraction_t.fillna(0), rtol=1e-9)
+    caudate = rows.loc["L-caudate"]  # the same gains and t: the negative t now lowers its evidence
+    assert moving.loc["L-caudate", "evidence"] == pytest.approx(caudate.evidence + caudate.contraction_t, rel=1e-12)
+
+
+@pytest.mark.parametrize("ventricle_trend, expansion, pull, push", [(1.0, 0.4, 0.1, True), (1.0, 0.05, 0.3, False),
+                                                                    (0.0, 0.4, 0.1, False)])
+def test_the_t_beside_the_push_falloff_is_used_when_a_ventricle_grows_of_its_own(ventricle_trend, expansion, pull,
+                                                                                push):
+    """contraction_t is the t of the scores beside the push's falloff when a lateral ventricle gains at least
+    ``NEAR_MIN_GAIN`` and is not enlarged by a neighbour (push_falloff), else the plain scores' t."""
+    models, _, ages = _marked_models(ventricle_trend, 0.6)
+    rng = np.random.default_rng(10)
+    plain, falloff = (np.column_stack([rng.normal(0, 1, len(ages)) + k * ages / 10 for k in (0.5, 1.0)]
+                                      + [np.full(len(ages), np.nan)]) for _ in range(2))  # (s, 3) each
+    table = rank_regional(replace(models, contraction=np.array([0.5, 0.5, np.nan]),
+                                  darkening=np.array([0.0, 0.0, np.nan]),
+                                  expansion=np.array([np.nan, np.nan, expansion]),
+                                  pull=np.array([np.nan, np.nan, pull]), puller=np.array([-1, -1, 0]),
+                                  contraction_scores=plain, falloff_scores=falloff, ages=ages), n_boot=300)
+    rows = table.set_index("region")
+    ventricle = rows.loc["L-lateral-ventricle"]
+    assert (ventricle.gain >= NEAR_MIN_GAIN and not ventricle.enlarged_by_neighbour) == push
+    assert table["push_falloff"].eq(push).all()
+    np.testing.assert_allclose(rows.loc[["L-caudate", "L-far"], "contraction_t"],
+                               age_t(falloff if push else plain, ages)[:2], rtol=1e-12)
 
 
 def _spill_models(pull: float = 0.4) -> tuple[RegionalAgeModels, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

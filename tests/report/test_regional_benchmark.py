@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainage.attribution.regional import DARKENING_MAX, NEAR_MIN_GAIN
 from brainage.data.effects import parse_effects
 from brainage.data.synth import synthesize_cohort
 from brainage.reference.atlas import load_default_atlas
@@ -52,8 +53,13 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert len(table) == 85 and table["demoted"].is_monotonic_increasing  # regions demoted, if any: last
     assert all(group["evidence"].is_monotonic_decreasing for _, group in table.groupby("demoted"))
     se = (table["ci_high"] - table["ci_low"]) / (2 * 1.959963984540054)  # the gain's standard error
+    t = table["contraction_t"].fillna(0.0)
+    signed = table["darkening"].abs() < -DARKENING_MAX  # a map that does not change uniformly: a negative t counts
     np.testing.assert_allclose(table["evidence"], np.where(se > 0, table["gain"] / se, 0.0)
-                               + table["contraction_t"].fillna(0.0).clip(lower=0.0), rtol=1e-9, atol=1e-9)
+                               + np.where(signed, t, t.clip(lower=0.0)), rtol=1e-9, atol=1e-9)
+    ventricles = table[table["region"].str.endswith("lateral-ventricle")]
+    grows = ((ventricles["gain"] >= NEAR_MIN_GAIN) & ~ventricles["enlarged_by_neighbour"].astype(bool)).any()
+    assert table["push_falloff"].eq(grows).all()  # one choice per table: the t beside the push's falloff or not
     assert table["contraction_t"].notna().sum() >= 80  # every region with a share, the ventricles without
     assert (table["n_voxels"] <= table["n_voxels_all"]).all() and (table["n_voxels"] < table["n_voxels_all"]).any()
     assert json.loads((folder / "result.json").read_text()) == result
