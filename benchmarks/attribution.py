@@ -315,6 +315,16 @@ COHORTS = (
     Cohort("fresh22_mix", 246, random_effects="atrophy=2,intensity=2"),
     Cohort("fresh22_mix_atrophy", 247, random_effects="atrophy=3,intensity=1"),
     Cohort("fresh22_demo", 248),
+    # twenty-third fresh set: declared 2026-12-07 (sixteenth session) before any run, to decide whether "grows of its
+    # own" asks the ventricles' expansion share to be at least 1.5 times their pull share (docs/report.md, "Growth of
+    # its own, with a margin"): contractions beside ventricles that no growth of their own enlarges, growing ventricles
+    # beside a contraction in their push zone, and random draws
+    Cohort("fresh23_deep_a", 251, effects="atrophy:isthmuscingulate,atrophy:caudate"),
+    Cohort("fresh23_deep_b", 252, effects="atrophy:posteriorcingulate,atrophy:thalamusproper"),
+    Cohort("fresh23_deep_c", 253, effects="atrophy:hippocampus,atrophy:putamen,intensity:precuneus"),
+    Cohort("fresh23_vent_a", 254, effects=_GROW + "atrophy:caudalanteriorcingulate,atrophy:insula"),
+    Cohort("fresh23_atrophy", 255, random_effects="atrophy=3"),
+    Cohort("fresh23_mix", 256, random_effects="atrophy=2,intensity=2"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
