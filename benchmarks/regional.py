@@ -57,9 +57,10 @@ from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, M
 # throughout with at least BRIGHTENING_GAIN_SHARE of the ventricles' gain, or gain more than growing ventricles, and
 # lateral ventricles that a neighbour's pull enlarges demoted too, and regions whose gain lies beside the neighbour that
 # pulls them (spill-over), each group by evidence (gain z plus contraction t, beside the push's falloff when a ventricle
-# grows of its own, signed where a map does not change uniformly; an older order's results are refused on resume)
+# grows of its own by GROWTH_MARGIN, signed where a map does not change uniformly; an older order's results are
+# refused on resume)
 ORDER = ("report, 10 mm zone, above growing ventricles or brightening near their gain, pulled ventricles last, "
-         "spill-over rows last, by evidence beside the push, signed")
+         "spill-over rows last, by evidence beside the push, signed, growth margin")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -204,19 +204,19 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
 
 
 def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
-                       ventricles: Sequence[int], falloff: bool = False) -> np.ndarray:
-    """(s, r) each scan's contraction score per region (module docstring, *Contraction evidence*).
+                       ventricles: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(s, r) each scan's contraction score per region (module docstring, *Contraction evidence*) and (s, r) the same
+    beside the push's falloff (*Beside a push*), both from one pass over the regions.
 
     ``voxels``: (s, n) the scans' values at the n labelled voxels of ``regions`` (``regions >= 0``, C order);
-    ``mean``: (X, Y, Z) the same scans' mean image; ``falloff``: fit the push's falloff too (module docstring, *Beside
-    a push*); other arguments as :func:`contraction_shares`. NaN columns where the share is NaN (the ventricles,
-    regions under ``MIN_VOXELS`` voxels, every region without the ventricles).
+    ``mean``: (X, Y, Z) the same scans' mean image; other arguments as :func:`contraction_shares`. NaN columns where
+    the share is NaN (the ventricles, regions under ``MIN_VOXELS`` voxels, every region without the ventricles).
     """
     voxels = np.asarray(voxels)
-    out = np.full((len(voxels), r), np.nan)
+    plain, falloff = np.full((2, len(voxels), r), np.nan)
     fields = _displacement(mean, regions, affine, ventricles)
     if fields is None:
-        return out
+        return plain, falloff
     spacing, grad, away, distance = fields
     labelled = regions[regions >= 0]  # (n,) the columns' rows, in the grid's C order
     for row in np.unique(labelled):
@@ -225,12 +225,12 @@ def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray
             continue
         box = _box(own)
         inside, x = _own_columns(grad, away, regions, row, box, spacing)  # the crop keeps the grid's C order
-        if falloff:  # (v, 4): the away pattern times the distance to the ventricles, centred within the region
-            mm = distance[box][inside]  # (v,)
-            x = np.column_stack([x, x[:, 1] * (mm - mm.mean())])
-        weights = np.linalg.pinv(x)[2]  # (v,) the contraction coefficient's least-squares weights
-        out[:, row] = voxels[:, labelled == row].astype(np.float64) @ weights
-    return out
+        mm = distance[box][inside]  # (v,) mm to the ventricles
+        pushed = np.column_stack([x, x[:, 1] * (mm - mm.mean())])  # (v, 4): away times the centred distance
+        values = voxels[:, labelled == row].astype(np.float64)  # (s, v)
+        for out, patterns in ((plain, x), (falloff, pushed)):
+            out[:, row] = values @ np.linalg.pinv(patterns)[2]  # the contraction coefficient's least-squares weights
+    return plain, falloff
 
 
 def age_t(scores: np.ndarray, ages: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

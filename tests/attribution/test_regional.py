@@ -21,8 +21,8 @@ from sklearn.preprocessing import StandardScaler
 from brainage.attribution.contraction import age_t
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.regional import (ALPHAS, BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CONTRACTION_MIN,
-                                           DARKENING_MAX, MAX_VOXELS, NEAR_MIN_GAIN, NEAR_MM, SPILL_RATIO,
-                                           RegionalAgeModels, _folds, fit_regional_models, interior_rows,
+                                           DARKENING_MAX, GROWTH_MARGIN, MAX_VOXELS, NEAR_MIN_GAIN, NEAR_MM,
+                                           SPILL_RATIO, RegionalAgeModels, _folds, fit_regional_models, interior_rows,
                                            rank_regional, sort_regional, twin_rows, ventricle_distances,
                                            with_spill_checks)
 
@@ -423,11 +423,13 @@ def test_contraction_evidence_orders_each_group_by_gain_z_plus_contraction_t():
 
 
 @pytest.mark.parametrize("ventricle_trend, expansion, pull, push", [(1.0, 0.4, 0.1, True), (1.0, 0.05, 0.3, False),
-                                                                    (0.0, 0.4, 0.1, False)])
+                                                                    (0.0, 0.4, 0.1, False), (1.0, 0.3, 0.25, False),
+                                                                    (1.0, 0.3, 0.19, True), (1.0, 0.3, np.nan, True)])
 def test_the_t_beside_the_push_falloff_is_used_when_a_ventricle_grows_of_its_own(ventricle_trend, expansion, pull,
                                                                                 push):
     """contraction_t is the t of the scores beside the push's falloff when a lateral ventricle gains at least
-    ``NEAR_MIN_GAIN`` and is not enlarged by a neighbour (push_falloff), else the plain scores' t."""
+    ``NEAR_MIN_GAIN`` and its expansion share is at least ``GROWTH_MARGIN`` times its pull share (push_falloff), else
+    the plain scores' t: an expansion barely above the pull (0.3 against 0.25) is not growth of its own."""
     models, _, ages = _marked_models(ventricle_trend, 0.6)
     rng = np.random.default_rng(10)
     plain, falloff = (np.column_stack([rng.normal(0, 1, len(ages)) + k * ages / 10 for k in (0.5, 1.0)]
@@ -439,7 +441,7 @@ def test_the_t_beside_the_push_falloff_is_used_when_a_ventricle_grows_of_its_own
                                   contraction_scores=plain, falloff_scores=falloff, ages=ages), n_boot=300)
     rows = table.set_index("region")
     ventricle = rows.loc["L-lateral-ventricle"]
-    assert (ventricle.gain >= NEAR_MIN_GAIN and not ventricle.enlarged_by_neighbour) == push
+    assert (ventricle.gain >= NEAR_MIN_GAIN and not ventricle.pull * GROWTH_MARGIN > ventricle.expansion) == push
     assert table["push_falloff"].eq(push).all()
     np.testing.assert_allclose(rows.loc[["L-caudate", "L-far"], "contraction_t"],
                                age_t(falloff if push else plain, ages)[:2], rtol=1e-12)
