@@ -325,6 +325,18 @@ COHORTS = (
     Cohort("fresh23_vent_a", 254, effects=_GROW + "atrophy:caudalanteriorcingulate,atrophy:insula"),
     Cohort("fresh23_atrophy", 255, random_effects="atrophy=3"),
     Cohort("fresh23_mix", 256, random_effects="atrophy=2,intensity=2"),
+    # twenty-fourth fresh set: declared 2026-12-07 (seventeenth session) before any run, to test the growth margin
+    # where fresh23 did not reach it (docs/report.md, "Growth of its own, with a margin"): contractions that pull the
+    # ventricles beside no or weak growth of their own, so that an expansion share can land near the pull share
+    Cohort("fresh24_pull_a", 261, effects="atrophy:isthmuscingulate*1.5,intensity:putamen"),
+    Cohort("fresh24_pull_b", 262, effects="atrophy:isthmuscingulate,intensity:putamen"),
+    Cohort("fresh24_pull_c", 263, effects="atrophy:grow:lateral-ventricle*0.25,atrophy:isthmuscingulate,"
+                                          "atrophy:thalamusproper"),
+    Cohort("fresh24_pull_d", 264, effects="atrophy:grow:lateral-ventricle*0.25,atrophy:caudate*1.5,"
+                                          "intensity:precuneus"),
+    Cohort("fresh24_pull_e", 265, effects="atrophy:grow:lateral-ventricle*0.5,atrophy:isthmuscingulate*1.5,"
+                                          "atrophy:hippocampus"),
+    Cohort("fresh24_pull_f", 266, effects="atrophy:posteriorcingulate*1.5,atrophy:caudate,intensity:superiorfrontal"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").

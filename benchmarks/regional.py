@@ -16,7 +16,8 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    evidence, the gain's z plus the positive part of the contraction t, ``brainage.attribution.regional.evidence``; with
    ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
    chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
-   it, the order by gain alone, and that of the
+   it, the order by gain alone, that without the growth margin (F: a lateral ventricle grows of its own with an
+   expansion share at least its pull share, ``brainage.attribution.regional.GROWTH_MARGIN``), and that of the
    bilateral order (structures by the mean of their hemispheres' gains, a candidate that did not beat the per-region
    order on fresh cohorts: docs/report.md, "A bilateral order").
 
@@ -136,6 +137,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
         models = with_spill_checks(with_slope_checks(models, slopes, regions, affine, labelled, ages), labelled, ages,
                                    interior, regions, affine)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
+    # F, the order before the growth margin (its own growth: an expansion share at least the pull share)
+    unmargined = rank_regional(models, n_boot=n_boot, seed=seed, growth_margin=1.0) if away is not None else table
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
     planted, ranked = list(truth["signal_regions"]), list(table["region"])
     bilateral = list(sort_regional(table, "bilateral")["region"])
@@ -150,6 +153,10 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
               "planted_ranks": {r: i + 1 for r, i in at.items()},
               "order": ORDER if away is not None else "gain",
               "precision_gain_order": precision_at_k(by_gain, planted),
+              "precision_without_growth_margin": precision_at_k(list(unmargined["region"]), planted),
+              "push_falloff": "push_falloff" in table and bool(table["push_falloff"].any()),
+              "push_falloff_without_growth_margin": "push_falloff" in unmargined
+                                                    and bool(unmargined["push_falloff"].any()),
               "precision_bilateral": precision_at_k(bilateral, planted),
               "planted_ranks_bilateral": {r: bilateral.index(r) + 1 for r in planted if r in bilateral},
               "planted_rank_intervals": {r: [int(table.rank_low[i]), int(table.rank_high[i])] for r, i in at.items()},
@@ -209,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
               f"planted or displaced {r['precision_planted_or_displaced']:.2f}"
               + (f"; all voxels {r['precision_all_voxels']:.2f}" if "precision_all_voxels" in r else "")
               + (f"; by gain alone {r['precision_gain_order']:.2f}" if "precision_gain_order" in r else "")
+              + (f"; without the growth margin {r['precision_without_growth_margin']:.2f}"
+                 if "precision_without_growth_margin" in r else "")
               + (f"; bilateral order {r['precision_bilateral']:.2f}" if "precision_bilateral" in r else "")
               + f"), {r['subjects']} scans; planted "
               f"ranks {r['planted_ranks']}", flush=True)

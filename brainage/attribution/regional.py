@@ -440,7 +440,8 @@ def bilateral_gains(gains: np.ndarray, structures: Sequence[str]) -> tuple[np.nd
     return np.stack([gains[:, columns == n].mean(axis=1) for n in names], axis=1), names
 
 
-def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                  growth_margin: float = GROWTH_MARGIN) -> pd.DataFrame:
     """Regions on the grid by decreasing gain. Columns: rank, region, structure, hemisphere, gain, ci_low, ci_high, mae,
     rank_low, rank_high, n_voxels, bilateral_gain, bilateral_low, bilateral_high, bilateral_rank_low,
     bilateral_rank_high (the structure's per-subject mean over its hemispheres, ranked among structures;
@@ -459,7 +460,7 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
     brightens throughout (``BRIGHTENING_MIN``) and rivals them; or enlarged by a neighbour; or a spill-over); with
     ``models.contraction_scores`` and ``models.ages`` also contraction_t (the scores' t on age, beside the push's
     falloff when a lateral ventricle grows of its own: a gain of at least ``NEAR_MIN_GAIN`` and an expansion share at
-    least ``GROWTH_MARGIN`` times its pull share), push_falloff (whether it was) and evidence (:func:`evidence`, the t
+    least ``growth_margin`` times its pull share), push_falloff (whether it was) and evidence (:func:`evidence`, the t
     signed where |darkening| is under |``DARKENING_MAX``|): the demoted regions rank after the others, each group by
     evidence (by gain without scores), rank intervals counted within each group."""
     keep = ~np.isnan(models.errors).any(axis=0)  # (r,) regions on the grid (no interior voxel: errors = baseline)
@@ -518,7 +519,7 @@ def rank_regional(models: RegionalAgeModels, n_boot: int = 2000, level: float = 
         gains = models.gains[:, keep]  # (s, r')
         boot = None  # (B, r') bootstrap evidence, with contraction scores
         if models.contraction_scores is not None and models.ages is not None:
-            grows = (frame["gain"] >= NEAR_MIN_GAIN).to_numpy() & (expansion >= GROWTH_MARGIN * np.nan_to_num(pull))
+            grows = (frame["gain"] >= NEAR_MIN_GAIN).to_numpy() & (expansion >= growth_margin * np.nan_to_num(pull))
             push = bool((ventricles & grows).any())  # a lateral ventricle grows of its own (no neighbour: no pull)
             scores = (models.falloff_scores if push and models.falloff_scores is not None
                       else models.contraction_scores)[:, keep]  # (s, r')

@@ -429,22 +429,24 @@ def test_the_t_beside_the_push_falloff_is_used_when_a_ventricle_grows_of_its_own
                                                                                 push):
     """contraction_t is the t of the scores beside the push's falloff when a lateral ventricle gains at least
     ``NEAR_MIN_GAIN`` and its expansion share is at least ``GROWTH_MARGIN`` times its pull share (push_falloff), else
-    the plain scores' t: an expansion barely above the pull (0.3 against 0.25) is not growth of its own."""
+    the plain scores' t: an expansion barely above the pull (0.3 against 0.25) is not growth of its own, except
+    with ``growth_margin=1`` (F, the order before the margin)."""
     models, _, ages = _marked_models(ventricle_trend, 0.6)
     rng = np.random.default_rng(10)
     plain, falloff = (np.column_stack([rng.normal(0, 1, len(ages)) + k * ages / 10 for k in (0.5, 1.0)]
                                       + [np.full(len(ages), np.nan)]) for _ in range(2))  # (s, 3) each
-    table = rank_regional(replace(models, contraction=np.array([0.5, 0.5, np.nan]),
-                                  darkening=np.array([0.0, 0.0, np.nan]),
-                                  expansion=np.array([np.nan, np.nan, expansion]),
-                                  pull=np.array([np.nan, np.nan, pull]), puller=np.array([-1, -1, 0]),
-                                  contraction_scores=plain, falloff_scores=falloff, ages=ages), n_boot=300)
+    models = replace(models, contraction=np.array([0.5, 0.5, np.nan]), darkening=np.array([0.0, 0.0, np.nan]),
+                     expansion=np.array([np.nan, np.nan, expansion]), pull=np.array([np.nan, np.nan, pull]),
+                     puller=np.array([-1, -1, 0]), contraction_scores=plain, falloff_scores=falloff, ages=ages)
+    table = rank_regional(models, n_boot=300)
     rows = table.set_index("region")
     ventricle = rows.loc["L-lateral-ventricle"]
     assert (ventricle.gain >= NEAR_MIN_GAIN and not ventricle.pull * GROWTH_MARGIN > ventricle.expansion) == push
     assert table["push_falloff"].eq(push).all()
     np.testing.assert_allclose(rows.loc[["L-caudate", "L-far"], "contraction_t"],
                                age_t(falloff if push else plain, ages)[:2], rtol=1e-12)
+    unmargined = rank_regional(models, n_boot=300, growth_margin=1.0)
+    assert unmargined["push_falloff"].all() == (ventricle.gain >= NEAR_MIN_GAIN and not ventricle.pull > expansion)
 
 
 def _spill_models(pull: float = 0.4) -> tuple[RegionalAgeModels, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.attribution.regional import DARKENING_MAX, NEAR_MIN_GAIN
+from brainage.attribution.regional import DARKENING_MAX, GROWTH_MARGIN, NEAR_MIN_GAIN
 from brainage.data.effects import parse_effects
 from brainage.data.synth import synthesize_cohort
 from brainage.reference.atlas import load_default_atlas
@@ -58,8 +58,13 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     np.testing.assert_allclose(table["evidence"], np.where(se > 0, table["gain"] / se, 0.0)
                                + np.where(signed, t, t.clip(lower=0.0)), rtol=1e-9, atol=1e-9)
     ventricles = table[table["region"].str.endswith("lateral-ventricle")]
-    grows = ((ventricles["gain"] >= NEAR_MIN_GAIN) & ~ventricles["enlarged_by_neighbour"].astype(bool)).any()
+    gains, pull = ventricles["gain"] >= NEAR_MIN_GAIN, ventricles["pull"].fillna(0.0)
+    grows = (gains & (ventricles["expansion"] >= GROWTH_MARGIN * pull)).any()
     assert table["push_falloff"].eq(grows).all()  # one choice per table: the t beside the push's falloff or not
+    assert result["push_falloff"] == grows  # and F's, without the margin, beside it
+    assert result["push_falloff_without_growth_margin"] == (gains & (ventricles["expansion"] >= pull)).any()
+    if result["push_falloff_without_growth_margin"] == grows:  # the same t: the same order
+        assert result["precision_without_growth_margin"] == result["precision"]
     assert table["contraction_t"].notna().sum() >= 80  # every region with a share, the ventricles without
     assert (table["n_voxels"] <= table["n_voxels_all"]).all() and (table["n_voxels"] < table["n_voxels_all"]).any()
     assert json.loads((folder / "result.json").read_text()) == result
