@@ -31,7 +31,9 @@ of the lateral ventricles, whose growth displaces their neighbours (a candidate 
 "Scratch probes of displacement"); ``--skip-all-voxels`` skips the all-voxel models (the same ranking, less time).
 
 Each cohort writes ``--out/<cohort>/regional.csv`` and ``result.json`` atomically and is skipped when present, so the
-script resumes (a folder written with another chain, margin, folds, seed, voxel cap or screening is refused). Printed:
+script resumes (a folder written with another chain, margin, folds, seed, voxel cap or screening is refused);
+``result.json`` records the versions of the libraries that computed it (the scans depend on them: a fresh install
+gave one cohort different regional shares, docs/report.md "The margin where it matters"). Printed:
 precision@k per cohort with chance, the planted regions' ranks, and one JSON line. About 8 min per 400-subject cohort
 on 2 CPU cores, most of it registration. Research use only.
 
@@ -95,6 +97,8 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
                                                with_spill_checks)
     from brainage.attribution.validation import precision_at_k
     from brainage.contracts.atomic import atomic_path
+    from brainage.contracts.card import installed_versions
+    from brainage.data.cache import KEYED_PACKAGES
     from brainage.reference.atlas import load_default_atlas
 
     done = folder / "result.json"
@@ -164,6 +168,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
                                                                                kind="stable")["region"]), planted)}
                  if "gain_all" in table else {}),
               "baseline_mae": float(models.baseline_errors.mean()),
+              "versions": installed_versions(KEYED_PACKAGES),  # what computed the scans and the models
               "seconds_preprocess": loaded, "seconds_models": time.perf_counter() - start - loaded}
     with atomic_path(folder / "regional.csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
 import brainage
 from brainage.contracts.atomic import write_text_atomic
 
-__all__ = ["INTENDED_USE", "model_card", "now", "package_versions", "write_card_json"]
+__all__ = ["INTENDED_USE", "installed_versions", "model_card", "now", "package_versions", "write_card_json"]
 
 INTENDED_USE = ("Research use only, not for diagnosis. Predicts brain age in years from a skull-stripped T1w MRI "
                 "affinely aligned to MNI152; not validated for clinical decisions about individual patients.")
@@ -25,14 +26,21 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "brainage": brainage.__version__}
-    for name in ("torch", "monai", "lightning", "torchmetrics", "nibabel", "mlflow"):
+def installed_versions(names: Sequence[str]) -> dict[str, str]:
+    """Each distribution's installed version, "not installed" where it is not."""
+    versions = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def package_versions() -> dict[str, str]:
+    """Python, brainage and the training stack's versions, as the model card records them."""
+    return {"python": platform.python_version(), "brainage": brainage.__version__,
+            **installed_versions(("torch", "monai", "lightning", "torchmetrics", "nibabel", "mlflow"))}
 
 
 def model_card(contract: dict, cohort: dict, metrics: dict, bias_correction: dict | None) -> dict:

@@ -10,8 +10,11 @@ Layout: `<cache_dir>/<config key>/<ab>/<sha1>.pt`, a `torch.save` of {"image": (
 
 - Content key: SHA-1 of the whole input file's bytes (not its name or mtime), so renamed or copied files hit and an
   edited file misses. Hashing reads the file once (~1 GB/s), far cheaper than decoding it.
-- Config key: SHA-1 of `Preprocessing.cache_config()` plus `CACHE_VERSION` and the MONAI/nibabel versions; a
-  different spacing, grid or library version writes to another folder, so stale entries are never read.
+- Config key: SHA-1 of `Preprocessing.cache_config()` plus `CACHE_VERSION` and the versions of every library that
+  computes the cached values (`KEYED_PACKAGES`: MONAI, nibabel, NumPy, SciPy, torch, SimpleITK and nilearn, whose
+  ICBM152 template the registration aligns to); a different spacing, grid or library version writes to another
+  folder, so stale entries are never read. (Until 2026-12-07 only MONAI and nibabel were keyed, and a registered
+  cohort gave different regional shares after a fresh install: docs/report.md, "The margin where it matters".)
 - Integrity (our choice): every read checks that the entry loads, that its stored key is the key it is filed under
   (an entry of another scan copied or renamed into place is refused) and a CRC-32 over the image, affine and key
   bytes (ISA-L's CRC-32 where `isal` is installed, the same polynomial as zlib's, ~8 GB/s: under 2 ms for a 1 mm
@@ -39,7 +42,6 @@ import pickle
 import threading
 import zlib
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +49,21 @@ import torch
 from monai.data import MetaTensor
 
 from brainage.contracts.atomic import write_bytes_atomic
+from brainage.contracts.card import installed_versions
 
 try:  # ISA-L CRC-32: the same values as zlib.crc32, about 10x faster
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - exercised only where isal is not installed
     _crc32 = zlib.crc32
 
-__all__ = ["CACHE_VERSION", "CacheEntryError", "CacheWriteError", "VolumeCache", "failure_reason", "file_digest",
-           "load_volume"]
+__all__ = ["CACHE_VERSION", "KEYED_PACKAGES", "CacheEntryError", "CacheWriteError", "VolumeCache", "failure_reason",
+           "file_digest", "load_volume"]
 
 log = logging.getLogger(__name__)
+
+# the libraries whose versions can change a cached volume: decoding, reorientation and resampling (MONAI, nibabel,
+# NumPy, SciPy, torch), registration (SimpleITK, SciPy) and its template (nilearn's ICBM152)
+KEYED_PACKAGES = ("monai", "nibabel", "numpy", "scipy", "torch", "SimpleITK", "nilearn")
 
 CACHE_VERSION = 2
 _CHUNK = 1 << 20
@@ -99,8 +106,7 @@ class VolumeCache:
     """
 
     def __init__(self, folder: str | Path, config: dict) -> None:
-        versions = {name: metadata.version(name) for name in ("monai", "nibabel")}
-        self.config = {"cache_version": CACHE_VERSION, **config, "versions": versions}
+        self.config = {"cache_version": CACHE_VERSION, **config, "versions": installed_versions(KEYED_PACKAGES)}
         key = hashlib.sha1(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(folder)
         self.folder = self.root / key

@@ -18,8 +18,9 @@ import pandas as pd
 
 from brainage.attribution.contraction import PULL_REACH_MM
 from brainage.attribution.regional import (BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CAP_FROM_SUBJECTS,
-                                           CONTRACTION_MIN, DARKENING_MAX, DRAWS, MARGIN_MM, MAX_VOXELS, NEAR_MIN_GAIN,
-                                           NEAR_MM, SPILL_MM, SPILL_RATIO, SURE_SUBJECTS, VENTRICLE_MARGIN_MM)
+                                           CONTRACTION_MIN, DARKENING_MAX, DRAWS, GROWTH_MARGIN, MARGIN_MM, MAX_VOXELS,
+                                           NEAR_MIN_GAIN, NEAR_MM, SPILL_MM, SPILL_RATIO, SURE_SUBJECTS,
+                                           VENTRICLE_MARGIN_MM)
 from brainage.attribution.stats import top_regions
 from brainage.report import render as R
 from brainage.report.analysis import LayerResult, RegionResult, ReportResult
@@ -43,7 +44,8 @@ CONTROL_EFFECT = "null regions (control)"  # the effect row of the regions no ef
 SIGNIFICANT_P = 0.05
 TOP_REGIONS = 10  # rows per sign in the region tables
 MAP_THRESHOLD = 0.05  # regions within this fraction of the largest |contribution| stay uncoloured on the map
-EFFECT_COLUMNS = {"contribution": "contribution (y)", "share_positive": "share of scans predicted younger when occluded"}
+EFFECT_COLUMNS = {"contribution": "contribution (y)",
+                  "share_positive": "share of scans predicted younger when occluded"}
 
 
 class Canvas:
@@ -446,6 +448,27 @@ def _zone_columns(table: pd.DataFrame) -> dict[str, object]:
     }
 
 
+def _evidence_order(table: pd.DataFrame) -> list[str]:
+    """The regional section's paragraph on the order by evidence (none without contraction scores)."""
+    if "evidence" not in table:
+        return []
+    return [R.strong("Order: evidence."), " A thin contraction can tell too little age for a model to learn it "
+            "and still be there. Each scan's contraction score projects the region's voxels on the pattern that "
+            "its own tissue moving inwards gives (beside a uniform change and tissue moving off the ventricles: "
+            "a matched filter), and the contraction t is that score's correlation with age over the scans, as a "
+            "t. The rows are ordered by evidence = the gain over its standard error plus the contraction t, the "
+            "groups below kept (docs/report.md, 'Contraction evidence: a matched filter'); the rank interval is "
+            "the evidence's, over the same bootstrap. A negative t lowers the evidence where the region's map "
+            "does not change uniformly (its tissue is stretched towards a contracting neighbour) and adds nothing "
+            "where it darkens or brightens throughout (a darkening's t is negative too). ",
+            *([f"Here a lateral ventricle grows of its own (a gain of at least {NEAR_MIN_GAIN:g} y, its "
+               f"expansion share at least {GROWTH_MARGIN:g} times its neighbours' pull), so each score is also "
+               "taken beside the push's falloff: the ventricles push a neighbour less the farther it lies, so a thin "
+               "region beside them is compressed as it moves, and only what that does not explain counts as its own "
+               "contraction (docs/report.md, 'Contraction evidence beside a push'). "]
+              if table["push_falloff"].any() else [])]
+
+
 def regional(result: ReportResult, canvas: Canvas) -> Section | None:
     """Model-free regional age models: the gain map and table, beside the model's own ranking."""
     if result.regional is None:
@@ -490,21 +513,7 @@ def regional(result: ReportResult, canvas: Canvas) -> Section | None:
             "region ranks after the kept ones (a spill-over, below). The cap has a cost too: a "
             "large region whose own change is weak at each voxel but spread over many ranks lower than on all its "
             "interior voxels (the demo cohort: docs/report.md, 'Seeds of the shipped ranking'). ",
-            *([R.strong("Order: evidence."), " A thin contraction can tell too little age for a model to learn it "
-               "and still be there. Each scan's contraction score projects the region's voxels on the pattern that "
-               "its own tissue moving inwards gives (beside a uniform change and tissue moving off the ventricles: "
-               "a matched filter), and the contraction t is that score's correlation with age over the scans, as a "
-               "t. The rows are ordered by evidence = the gain over its standard error plus the contraction t, the "
-               "groups below kept (docs/report.md, 'Contraction evidence: a matched filter'); the rank interval is "
-               "the evidence's, over the same bootstrap. A negative t lowers the evidence where the region's map "
-               "does not change uniformly (its tissue is stretched towards a contracting neighbour) and adds nothing "
-               "where it darkens or brightens throughout (a darkening's t is negative too). ",
-               *(["Here a lateral ventricle grows of its own, so each score is also taken beside the push's falloff: "
-                  "the ventricles push a neighbour less the farther it lies, so a thin region beside them is "
-                  "compressed as it moves, and only what that does not explain counts as its own contraction "
-                  "(docs/report.md, 'Contraction evidence beside a push'). "]
-                 if table["push_falloff"].any() else [])]
-              if "evidence" in table else []),
+            *_evidence_order(table),
             "The 95% interval and the rank interval are bootstrap intervals over scans. This ranking does not use "
             "the brain-age model: it shows where the scans change with age, including changes the model leaves "
             "unread. The last column is the region's rank in 'Regions that drive the predicted age'."),

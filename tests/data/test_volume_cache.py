@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
+from importlib import metadata
 
 import numpy as np
 import pytest
 import torch
 
-from brainage.data.cache import VolumeCache, file_digest, load_volume
+from brainage.data.cache import KEYED_PACKAGES, VolumeCache, file_digest, load_volume
 from brainage.data.preprocessing import Preprocessing
 
 PRE = Preprocessing(spacing=8.0, shape=(16, 16, 16), augment=False)
@@ -66,6 +68,23 @@ def test_config_change_invalidates(tmp_path, write_nifti):
         {"class_path": "monai.transforms.RandBiasFieldd", "init_args": {"prob": 0.5}}])
     c = VolumeCache(tmp_path / "cache", augmented.cache_config())
     assert c.folder == a.folder
+
+
+@pytest.mark.parametrize("package", KEYED_PACKAGES)
+def test_a_new_version_of_a_library_that_computes_the_entries_invalidates(tmp_path, write_nifti, monkeypatch,
+                                                                          package):
+    """An upgrade of any keyed library (registration's SimpleITK and template included) writes a new folder, so an
+    entry computed by the old version is never read; the folder's config.json names every version."""
+    path = write_nifti("a.nii.gz")
+    before = VolumeCache(tmp_path / "cache", PRE.cache_config())
+    before.load(path, CountingTransform())
+    assert before.config["versions"] == {name: metadata.version(name) for name in KEYED_PACKAGES}
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "99.0" if name == package else real(name))  # an upgrade
+    after, counting = VolumeCache(tmp_path / "cache", PRE.cache_config()), CountingTransform()
+    after.load(path, counting)
+    assert after.folder != before.folder and counting.calls == 1 and (after.hits, after.misses) == (0, 1)
+    assert json.loads((after.folder / "config.json").read_text())["versions"][package] == "99.0"
 
 
 def test_missing_and_bad_files_are_reasons_and_not_cached(tmp_path):
