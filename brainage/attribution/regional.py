@@ -135,8 +135,9 @@ BRIGHTENING_GAIN_SHARE = 0.7
 # a lateral ventricle grows of its own (the contraction t is then taken beside the push's falloff) when it gains at
 # least NEAR_MIN_GAIN and its expansion share is at least this many times its pull share: planted growing ventricles
 # gaining 1 y or more 1.74 and up (402 rows of 140 cohorts, seeds 0-2), the one unplanted ventricle past the gain,
-# fresh18_deep_c's, 1.05. Declared before fresh23, which it passed without reaching the gap (docs/report.md, "Growth
-# of its own, with a margin")
+# fresh18_deep_c's, 1.05 (those tables' install; 1.88 on a later one, where the margin no longer separates it).
+# Declared before fresh23, which it passed without reaching the gap, as did fresh24 (docs/report.md, "Growth of its
+# own, with a margin", "One install's scans are not another's")
 GROWTH_MARGIN = 1.5
 # spill-over: a region's interior splits at SPILL_MM from its puller; each side's model fits m = min(near, far,
 # MAX_VOXELS) voxels (at least SPILL_MIN_VOXELS, else no test), and a far gain under SPILL_RATIO of the near one marks
