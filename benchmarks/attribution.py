@@ -337,6 +337,16 @@ COHORTS = (
     Cohort("fresh24_pull_e", 265, effects="atrophy:grow:lateral-ventricle*0.5,atrophy:isthmuscingulate*1.5,"
                                           "atrophy:hippocampus"),
     Cohort("fresh24_pull_f", 266, effects="atrophy:posteriorcingulate*1.5,atrophy:caudate,intensity:superiorfrontal"),
+    # twenty-fifth fresh set: declared 2026-12-07 (eighteenth session) before any run, to decide whether the contraction
+    # scores take the bleed of a uniformly changing neighbour up (docs/report.md, "Contraction evidence beside a
+    # neighbour's contrast change"): contractions away from a darkening whose neighbours it bleeds into, planted
+    # contractions beside a darkening or brightening (where the bleed pattern could cost), and a random draw
+    Cohort("fresh25_bleed_a", 271, effects="atrophy:isthmuscingulate,intensity:thalamusproper"),
+    Cohort("fresh25_bleed_b", 272, effects="atrophy:pallidum,intensity:putamen"),
+    Cohort("fresh25_bleed_c", 273, effects="atrophy:amygdala,intensity:hippocampus"),
+    Cohort("fresh25_bleed_d", 274, effects="atrophy:posteriorcingulate,intensity:caudate"),
+    Cohort("fresh25_bleed_e", 275, effects="atrophy:accumbensarea,intensity:brighten:putamen"),
+    Cohort("fresh25_mix", 276, random_effects="atrophy=2,intensity=2"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
