@@ -17,9 +17,11 @@ For each cohort of ``benchmarks/attribution.py`` (the same ``COHORTS``, seeds an
    ``--ventricle-margin`` above 0, by gain alone): precision@k with k = the number of planted regions,
    chance = k / regions, the same counting displaced neighbours as found, the all-voxel ranking's precision@k beside
    it, the order by gain alone, that without the growth margin (F: a lateral ventricle grows of its own with an
-   expansion share at least its pull share, ``brainage.attribution.regional.GROWTH_MARGIN``), and that of the
-   bilateral order (structures by the mean of their hemispheres' gains, a candidate that did not beat the per-region
-   order on fresh cohorts: docs/report.md, "A bilateral order").
+   expansion share at least its pull share, ``brainage.attribution.regional.GROWTH_MARGIN``), that without the bleed
+   pattern (G: contraction scores not beside the uniformly changing neighbours' blurred slope map,
+   ``brainage.attribution.contraction.BLEED_SIGMA_MM``), and that of the bilateral order (structures by the mean of
+   their hemispheres' gains, a candidate that did not beat the per-region order on fresh cohorts: docs/report.md, "A
+   bilateral order").
 
 ``--scans N`` fits on N of each cohort's scans drawn at random (seeded by ``--seed``): how the ranking depends on
 the sample size. ``--max-voxels N`` sets the size-matched gains: each region's model fits at most N of its voxels
@@ -46,6 +48,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +63,10 @@ from brainage.attribution.regional import CAP_FROM_SUBJECTS, DRAWS, MARGIN_MM, M
 # throughout with at least BRIGHTENING_GAIN_SHARE of the ventricles' gain, or gain more than growing ventricles, and
 # lateral ventricles that a neighbour's pull enlarges demoted too, and regions whose gain lies beside the neighbour that
 # pulls them (spill-over), each group by evidence (gain z plus contraction t, beside the push's falloff when a ventricle
-# grows of its own by GROWTH_MARGIN, signed where a map does not change uniformly; an older order's results are
-# refused on resume)
+# grows of its own by GROWTH_MARGIN and the uniformly changing neighbours' bleed, signed where a map does not change
+# uniformly; an older order's results are refused on resume)
 ORDER = ("report, 10 mm zone, above growing ventricles or brightening near their gain, pulled ventricles last, "
-         "spill-over rows last, by evidence beside the push, signed, growth margin")
+         "spill-over rows last, by evidence beside the push, signed, growth margin, bleed")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +94,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
     ventricles left out of the other regions (:func:`brainage.attribution.regional.interior_rows`); ``all_voxels``
     False: no all-voxel models (the same ranking, no ``precision_all_voxels``)."""
     from brainage.attribution.mapping import RegionIndex
-    from brainage.attribution.contraction import SlopeMaps
+    from brainage.attribution.contraction import SlopeMaps, contraction_scores
     from brainage.attribution.regional import (VENTRICLE_MARGIN_MM, fit_regional_models, interior_rows,
                                                rank_regional, sort_regional, ventricle_rows, with_slope_checks,
                                                with_spill_checks)
@@ -141,6 +144,12 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
         models = with_spill_checks(with_slope_checks(models, slopes, regions, affine, labelled, ages), labelled, ages,
                                    interior, regions, affine)
     table = rank_regional(models, n_boot=n_boot, seed=seed)
+    unbled = table  # G, the order before the bleed pattern: the same models' contraction scores without it
+    if models.contraction_scores is not None:
+        plain, falloff = contraction_scores(labelled, *slopes.maps(), regions, affine, len(index),
+                                            ventricle_rows(index), bleed_mm=None)
+        unbled = rank_regional(replace(models, contraction_scores=plain, falloff_scores=falloff), n_boot=n_boot,
+                               seed=seed)
     # F, the order before the growth margin (its own growth: an expansion share at least the pull share)
     unmargined = rank_regional(models, n_boot=n_boot, seed=seed, growth_margin=1.0) if away is not None else table
     truth = json.loads((cohort_root / "ground_truth.json").read_text())
@@ -158,6 +167,7 @@ def run_cohort(folder: Path, cohort_root: Path, chain: Path, cache_dir: Path | N
               "order": ORDER if away is not None else "gain",
               "precision_gain_order": precision_at_k(by_gain, planted),
               "precision_without_growth_margin": precision_at_k(list(unmargined["region"]), planted),
+              "precision_without_bleed": precision_at_k(list(unbled["region"]), planted),
               "push_falloff": "push_falloff" in table and bool(table["push_falloff"].any()),
               "push_falloff_without_growth_margin": "push_falloff" in unmargined
                                                     and bool(unmargined["push_falloff"].any()),
@@ -223,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; by gain alone {r['precision_gain_order']:.2f}" if "precision_gain_order" in r else "")
               + (f"; without the growth margin {r['precision_without_growth_margin']:.2f}"
                  if "precision_without_growth_margin" in r else "")
+              + (f"; without the bleed pattern {r['precision_without_bleed']:.2f}"
+                 if "precision_without_bleed" in r else "")
               + (f"; bilateral order {r['precision_bilateral']:.2f}" if "precision_bilateral" in r else "")
               + f"), {r['subjects']} scans; planted "
               f"ranks {r['planted_ranks']}", flush=True)

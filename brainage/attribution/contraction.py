@@ -37,6 +37,14 @@ times the distance to the ventricles (centred within the region: the push's line
 up; the contraction score beside it keeps what only an inward motion of the region explains (docs/report.md,
 "Contraction evidence beside a push").
 
+*Beside a uniform change.* A neighbour that darkens or brightens throughout (a T1 contrast change) changes the
+region's border voxels too: at the grid's resolution each border voxel holds part of the neighbour's tissue. Its
+change is then the neighbour's slope map seen through the voxel's blur, which follows a contraction's pattern at
+that border. A fifth pattern, the slope map of the uniformly changing neighbours (``|darkening|`` at least
+``UNIFORM``) smoothed by a Gaussian of ``BLEED_SIGMA_MM``, takes that bleed up; the scores keep what only the
+region's own inward motion explains (partial-volume effect: Hoffman et al. 1979, J Comput Assist Tomogr 3:299;
+docs/report.md, "Contraction evidence beside a neighbour's contrast change").
+
 *Spill-over.* A contraction drags the tissue beside it along, so any region's slope map can follow a neighbour's pull
 too: a region's *pull share* is the largest part of its map that tissue moving towards one neighbour explains beside
 a uniform change, the away pattern and its own contraction (its twin in the other hemisphere left out: a structure
@@ -55,12 +63,16 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 
-__all__ = ["MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "age_t", "contraction_scores", "contraction_shares", "darkening",
-           "region_pulls", "ventricle_pulls"]
+__all__ = ["BLEED_SIGMA_MM", "MIN_VOXELS", "PULL_REACH_MM", "SlopeMaps", "UNIFORM", "age_t", "contraction_scores",
+           "contraction_shares", "darkening", "region_pulls", "ventricle_pulls"]
 
 MIN_VOXELS = 5  # fewer voxels in a region cannot fit three patterns: its share is NaN
 PAD = 2  # voxels around a region's box: its signed distance and gradient are exact inside the crop
 PULL_REACH_MM = 6.0  # a ventricle's neighbours: the regions with a voxel within this of it (centre to centre)
+UNIFORM = 0.85  # a slope map changes uniformly (a contrast change) from this |darkening| on (regional.DARKENING_MAX)
+# the bleed pattern's Gaussian: one voxel of the 3 mm grid (chosen over 6 mm on 12 seen cohorts, seeds 0-2; declared
+# before fresh25: docs/report.md, "Contraction evidence beside a neighbour's contrast change")
+BLEED_SIGMA_MM = 3.0
 
 
 class SlopeMaps:
@@ -203,14 +215,17 @@ def contraction_shares(mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
     return out
 
 
-def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray, affine: np.ndarray, r: int,
-                       ventricles: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def contraction_scores(voxels: np.ndarray, mean: np.ndarray, slope: np.ndarray, regions: np.ndarray,
+                       affine: np.ndarray, r: int, ventricles: Sequence[int], bleed_mm: float | None = BLEED_SIGMA_MM
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """(s, r) each scan's contraction score per region (module docstring, *Contraction evidence*) and (s, r) the same
-    beside the push's falloff (*Beside a push*), both from one pass over the regions.
+    beside the push's falloff (*Beside a push*), both beside the uniformly changing neighbours' bleed (*Beside a
+    uniform change*, Gaussian sigma ``bleed_mm``; None: without it) and from one pass over the regions.
 
     ``voxels``: (s, n) the scans' values at the n labelled voxels of ``regions`` (``regions >= 0``, C order);
-    ``mean``: (X, Y, Z) the same scans' mean image; other arguments as :func:`contraction_shares`. NaN columns where
-    the share is NaN (the ventricles, regions under ``MIN_VOXELS`` voxels, every region without the ventricles).
+    ``mean``, ``slope``: (X, Y, Z) the same scans' :class:`SlopeMaps`; other arguments as :func:`contraction_shares`.
+    NaN columns where the share is NaN (the ventricles, regions under ``MIN_VOXELS`` voxels, every region without the
+    ventricles).
     """
     voxels = np.asarray(voxels)
     plain, falloff = np.full((2, len(voxels), r), np.nan)
@@ -219,6 +234,7 @@ def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray
         return plain, falloff
     spacing, grad, away, distance = fields
     labelled = regions[regions >= 0]  # (n,) the columns' rows, in the grid's C order
+    uniform = _uniform_slopes(slope, regions, r, ventricles)  # (X, Y, Z): 0 outside uniformly changing regions
     for row in np.unique(labelled):
         own = regions == row  # (X, Y, Z)
         if row in ventricles or own.sum() < MIN_VOXELS:
@@ -226,11 +242,22 @@ def contraction_scores(voxels: np.ndarray, mean: np.ndarray, regions: np.ndarray
         box = _box(own)
         inside, x = _own_columns(grad, away, regions, row, box, spacing)  # the crop keeps the grid's C order
         mm = distance[box][inside]  # (v,) mm to the ventricles
-        pushed = np.column_stack([x, x[:, 1] * (mm - mm.mean())])  # (v, 4): away times the centred distance
+        x = np.column_stack([x, x[:, 1] * (mm - mm.mean())])  # (v, 4): + away times the centred distance
+        if bleed_mm is not None:  # (v, 5): + the neighbours' blurred uniform change, where it reaches the region
+            seen = ndi.gaussian_filter(np.where(own, 0.0, uniform), bleed_mm / spacing)[own]  # (v,)
+            x = np.column_stack([x, seen]) if seen.any() else x
         values = voxels[:, labelled == row].astype(np.float64)  # (s, v)
-        for out, patterns in ((plain, x), (falloff, pushed)):
+        for out, patterns in ((plain, np.delete(x, 3, axis=1)), (falloff, x)):
             out[:, row] = values @ np.linalg.pinv(patterns)[2]  # the contraction coefficient's least-squares weights
     return plain, falloff
+
+
+def _uniform_slopes(slope: np.ndarray, regions: np.ndarray, r: int, ventricles: Sequence[int]) -> np.ndarray:
+    """(X, Y, Z) ``slope`` inside the regions whose slope map changes uniformly (``|darkening|`` at least ``UNIFORM``;
+    the lateral ventricles left out: the away pattern is theirs), 0 elsewhere."""
+    dark = darkening(slope, regions, r)  # (r,)
+    rows = [row for row in range(r) if abs(dark[row]) >= UNIFORM and row not in ventricles]  # NaN: not uniform
+    return np.where(np.isin(regions, rows), np.asarray(slope, dtype=np.float64), 0.0)
 
 
 def age_t(scores: np.ndarray, ages: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

@@ -86,8 +86,8 @@ from nibabel.affines import voxel_sizes
 from scipy import ndimage as ndi
 from scipy.special import ndtri
 
-from brainage.attribution.contraction import (SlopeMaps, age_t, contraction_scores, contraction_shares, darkening,
-                                              region_pulls, ventricle_pulls)
+from brainage.attribution.contraction import (UNIFORM, SlopeMaps, age_t, contraction_scores, contraction_shares,
+                                              darkening, region_pulls, ventricle_pulls)
 from brainage.attribution.mapping import RegionIndex
 from brainage.attribution.ranking import bootstrap_intervals, bootstrap_weights, rank_intervals, region_columns
 from brainage.reference.atlas import VENTRICLE_LABELS
@@ -124,7 +124,7 @@ NEAR_MM = 10.0
 CONTRACTION_MIN = 0.12
 # a marked region whose slope map darkens throughout (mean over root mean square at most this) keeps its place too:
 # the 53 planted darkenings inside the zone on the seen cohorts -0.89 to -0.97; chosen among -0.8 to -0.95 with NEAR_MM
-DARKENING_MAX = -0.85
+DARKENING_MAX = -UNIFORM  # 0.85: the same bound tells a uniform change beside a region (its bleed pattern)
 # a marked region that brightens throughout (at least BRIGHTENING_MIN) keeps its place when its gain reaches
 # BRIGHTENING_GAIN_SHARE of the larger of the lateral ventricles' gains: the displaced cingulate brightens up to +0.98
 # but gains at most 0.62 of the ventricles' gain on the seen cohorts, planted brightenings beside growing ventricles
@@ -229,7 +229,7 @@ def with_slope_checks(models: RegionalAgeModels, slopes: SlopeMaps, regions: np.
     region_pull, region_puller = region_pulls(mean, slope, regions, affine, r, ventricles, twin_rows(models.regions))
     pull, puller = np.where(np.isnan(pull), region_pull, pull), np.where(puller < 0, region_puller, puller)
     if voxels is not None and ages is not None:
-        plain, falloff = contraction_scores(voxels, mean, regions, affine, r, ventricles)
+        plain, falloff = contraction_scores(voxels, mean, slope, regions, affine, r, ventricles)
         models = replace(models, contraction_scores=plain, falloff_scores=falloff,
                          ages=np.asarray(ages, dtype=np.float64))
     return replace(models, ventricle_mm=ventricle_distances(regions, affine, r, ventricles),

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.attribution.contraction import PULL_REACH_MM
+from brainage.attribution.contraction import BLEED_SIGMA_MM, PULL_REACH_MM
 from brainage.attribution.regional import (BRIGHTENING_GAIN_SHARE, BRIGHTENING_MIN, CAP_FROM_SUBJECTS,
                                            CONTRACTION_MIN, DARKENING_MAX, DRAWS, GROWTH_MARGIN, MARGIN_MM, MAX_VOXELS,
                                            NEAR_MIN_GAIN, NEAR_MM, SPILL_MM, SPILL_RATIO, SURE_SUBJECTS,
@@ -454,13 +454,14 @@ def _evidence_order(table: pd.DataFrame) -> list[str]:
         return []
     return [R.strong("Order: evidence."), " A thin contraction can tell too little age for a model to learn it "
             "and still be there. Each scan's contraction score projects the region's voxels on the pattern that "
-            "its own tissue moving inwards gives (beside a uniform change and tissue moving off the ventricles: "
-            "a matched filter), and the contraction t is that score's correlation with age over the scans, as a "
-            "t. The rows are ordered by evidence = the gain over its standard error plus the contraction t, the "
-            "groups below kept (docs/report.md, 'Contraction evidence: a matched filter'); the rank interval is "
-            "the evidence's, over the same bootstrap. A negative t lowers the evidence where the region's map "
-            "does not change uniformly (its tissue is stretched towards a contracting neighbour) and adds nothing "
-            "where it darkens or brightens throughout (a darkening's t is negative too). ",
+            "its own tissue moving inwards gives (beside a uniform change, tissue moving off the ventricles and "
+            f"the blur, {BLEED_SIGMA_MM:g} mm, of any neighbour's darkening or brightening throughout, which a "
+            "border voxel holds in part: a matched filter), and the contraction t is that score's correlation with "
+            "age over the scans, as a t. The rows are ordered by evidence = the gain over its standard error plus "
+            "the contraction t, the groups below kept (docs/report.md, 'Contraction evidence: a matched filter'); "
+            "the rank interval is the evidence's, over the same bootstrap. A negative t lowers the evidence where "
+            "the region's map does not change uniformly (its tissue is stretched towards a contracting neighbour) "
+            "and adds nothing where it darkens or brightens throughout (a darkening's t is negative too). ",
             *([f"Here a lateral ventricle grows of its own (a gain of at least {NEAR_MIN_GAIN:g} y, its "
                f"expansion share at least {GROWTH_MARGIN:g} times its neighbours' pull), so each score is also "
                "taken beside the push's falloff: the ventricles push a neighbour less the farther it lies, so a thin "

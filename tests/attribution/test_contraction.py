@@ -3,10 +3,11 @@ full-grid implementation, a blob that contracts with age keeps a large share whi
 aside keeps a small one, the contraction scores' slope on age is the same fit's contraction coefficient and their t
 tells the contracting blob from the pushed one, the correlation t matches a reference per column and per resample,
 beside the push's falloff the scores follow the four-pattern fit and a ball that a fading push compresses no longer
-passes for a contraction, the darkenings match a per-region reference and tell a blob that darkens throughout from a
-moving one, a ventricle's expansion and pull shares match a full-grid reference and tell a growing ventricle from one
-that a contracting neighbour pulls, every other region's pull share matches one too and names the contracting
-neighbour that drags it, and bad input is refused."""
+passes for a contraction, beside the bleed pattern they follow the five-pattern fit and an unchanging ball beside one
+that darkens throughout no longer passes for a contraction while a contracting one does, the darkenings match a
+per-region reference and tell a blob that darkens throughout from a moving one, a ventricle's expansion and pull shares
+match a full-grid reference and tell a growing ventricle from one that a contracting neighbour pulls, every other
+region's pull share matches one too and names the contracting neighbour that drags it, and bad input is refused."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from brainage.attribution.contraction import (MIN_VOXELS, PULL_REACH_MM, SlopeMaps, age_t, contraction_scores,
-                                              contraction_shares, darkening, region_pulls, ventricle_pulls)
+from brainage.attribution.contraction import (BLEED_SIGMA_MM, MIN_VOXELS, PULL_REACH_MM, UNIFORM, SlopeMaps, age_t,
+                                              contraction_scores, contraction_shares, darkening, region_pulls,
+                                              ventricle_pulls)
 from brainage.attribution.regional import DARKENING_MAX
 
 SPACING = 2.0
@@ -130,17 +132,18 @@ def test_contraction_scores_follow_the_slope_maps_fit_and_test_a_contraction_not
     ball and small for the pushed one; the ventricle's column is NaN, and so is every column without ventricles."""
     images, ages, regions, ventricles = _cohort()
     mean, slope = _maps(images, ages)
-    scores = contraction_scores(images[:, regions >= 0], mean, regions, AFFINE, 4, ventricles)[0]
+    scores = contraction_scores(images[:, regions >= 0], mean, slope, regions, AFFINE, 4, ventricles, bleed_mm=None)[0]
     assert scores.shape == (len(ages), 4) and np.isnan(scores[:, [0, 3]]).all()
     for row in (1, 2):
         y, full = _patterns(mean, slope, regions, row, ventricles)
         want = np.linalg.lstsq(full, y, rcond=None)[0][2]
         assert np.polyfit(ages, scores[:, row], 1)[0] == pytest.approx(want, rel=1e-9, abs=1e-12)
-    half = contraction_scores(images[:, regions >= 0].astype(np.float16), mean, regions, AFFINE, 4, ventricles)[0]
+    half = contraction_scores(images[:, regions >= 0].astype(np.float16), mean, slope, regions, AFFINE, 4, ventricles,
+                              bleed_mm=None)[0]
     assert np.polyfit(ages, half[:, 2], 1)[0] == pytest.approx(np.polyfit(ages, scores[:, 2], 1)[0], rel=0.01)
     t = age_t(scores, ages)
     assert t[2] > 10 and abs(t[1]) < 3 and np.isnan(t[[0, 3]]).all(), t
-    none = contraction_scores(images[:, regions >= 0], mean, np.where(regions == 0, -1, regions), AFFINE, 4, [0])
+    none = contraction_scores(images[:, regions >= 0], mean, slope, np.where(regions == 0, -1, regions), AFFINE, 4, [0])
     assert np.isnan(none).all()  # both score sets
 
 
@@ -171,7 +174,8 @@ def test_falloff_scores_follow_the_four_pattern_fit_and_tell_a_compressed_push_f
     falloff (measured 0.9-2.2), while a ball beside the ventricle that contracts keeps a large t either way (35-44)."""
     images, ages, regions, ventricles = _push_cohort(seed)
     mean, slope = _maps(images, ages)
-    plain, falloff = contraction_scores(images[:, regions >= 0], mean, regions, AFFINE, 3, ventricles)
+    plain, falloff = contraction_scores(images[:, regions >= 0], mean, slope, regions, AFFINE, 3, ventricles,
+                                        bleed_mm=None)
     distance = ndi.distance_transform_edt(~np.isin(regions, ventricles), sampling=SPACING)
     for row in (1, 2):
         y, full = _patterns(mean, slope, regions, row, ventricles)
@@ -183,6 +187,47 @@ def test_falloff_scores_follow_the_four_pattern_fit_and_tell_a_compressed_push_f
     assert t[1] > 8 and abs(t_falloff[1]) < 4, (t, t_falloff)
     assert t[2] > 20 and t_falloff[2] > 20, (t, t_falloff)
     assert np.isnan(falloff[:, 0]).all()
+
+
+def _bleed_cohort(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(images, ages, region rows, ventricle rows): a static ventricle ball (row 0), a ball that darkens throughout
+    (row 1, a T1 contrast change), an unchanging ball touching it (row 2) and a ball touching it that contracts
+    (row 3); the model grid's blur (:func:`_blob`'s soft edge) carries row 1's darkening into their border voxels."""
+    def draw(t: float, grid: np.ndarray) -> np.ndarray:
+        return (1.0 - 0.8 * _blob((7, 12, 12), 8, grid) - (0.45 + 0.15 * t) * _blob((16, 12, 12), 6, grid)
+                - 0.3 * _blob((22.5, 12, 12), 6, grid) - 0.3 * _blob((16, 18.5, 12), 6 - 1.5 * t, grid))
+
+    return *_scans(60, seed, draw, (((7, 12, 12), 8), ((16, 12, 12), 6), ((22.5, 12, 12), 6),
+                                    ((16, 18.5, 12), 6))), [0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bleed_scores_follow_the_five_pattern_fit_and_tell_a_neighbours_contrast_change_from_a_contraction(seed):
+    """Beside the bleed pattern (the uniformly changing neighbours' slope map blurred by ``BLEED_SIGMA_MM``), the
+    slope of the scores on age is the contraction coefficient of the full-grid fit on five patterns. An unchanging
+    ball beside a darkening one follows a contraction by the t without it (measured 19-24) but not beside it (0.7-2.5),
+    while a ball beside the darkening one that contracts keeps a large t (33-41)."""
+    images, ages, regions, ventricles = _bleed_cohort(seed)
+    mean, slope = _maps(images, ages)
+    dark = darkening(slope, regions, 4)
+    assert dark[1] <= -UNIFORM and abs(dark[2]) < UNIFORM  # the darkening ball changes uniformly, its neighbour not
+    voxels = images[:, regions >= 0]
+    plain, falloff = contraction_scores(voxels, mean, slope, regions, AFFINE, 4, ventricles)
+    uniform = np.isin(regions, [row for row in (1, 2, 3) if abs(dark[row]) >= UNIFORM])
+    distance = ndi.distance_transform_edt(~np.isin(regions, ventricles), sampling=SPACING)
+    for row in (1, 2, 3):
+        y, full = _patterns(mean, slope, regions, row, ventricles)
+        own = regions == row
+        seen = ndi.gaussian_filter(np.where(uniform & ~own, slope, 0.0), BLEED_SIGMA_MM / SPACING)[own]
+        mm = distance[own]
+        for scores, x in ((plain, np.column_stack([full, seen])),
+                          (falloff, np.column_stack([full, full[:, 1] * (mm - mm.mean()), seen]))):
+            want = np.linalg.lstsq(x, y, rcond=None)[0][2]
+            assert np.polyfit(ages, scores[:, row], 1)[0] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    without = age_t(contraction_scores(voxels, mean, slope, regions, AFFINE, 4, ventricles, bleed_mm=None)[0], ages)
+    t = age_t(plain, ages)
+    assert without[2] > 10 and abs(t[2]) < 4, (without, t)
+    assert t[3] > 20, t
 
 
 def test_age_t_matches_the_correlation_t_of_each_column_and_of_each_bootstrap_resample():

@@ -46,6 +46,7 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert abs(both["L-precuneus"] - both["R-precuneus"]) == 1
     assert result["precision_bilateral"] == sum(r <= 2 for r in both.values()) / 2
     assert result["order"] == bench.ORDER and 0 <= result["precision_gain_order"] <= 1  # as the report orders them
+    assert 0 <= result["precision_without_bleed"] <= 1  # G, the contraction scores without the bleed pattern
     assert result["versions"]["SimpleITK"] != "not installed" and set(result["versions"]) >= {"numpy", "scipy"}
     table = pd.read_csv(folder / "regional.csv")
     assert table["contraction"].notna().sum() >= 80  # every region but the ventricles (and any too small)

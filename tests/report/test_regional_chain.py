@@ -112,6 +112,7 @@ def test_report_fits_the_regional_models_on_registered_scans(tmp_path, capsys):
     assert all(group["evidence"].is_monotonic_decreasing for _, group in table.groupby("demoted"))  # demoted ones last
     page = (out / "index.html").read_text()
     assert "contraction t" in page and "Order: evidence." in page  # the order's columns and its explanation
+    assert "border voxel holds in part" in page  # the bleed pattern, said beside the matched filter
     assert ("each score is also taken beside the push" in page) == table["push_falloff"].all()  # said when it is
     err = capsys.readouterr().err
     assert f"regional age models: skipped {bad}: " in err and "constant" in err  # named, with the reason
