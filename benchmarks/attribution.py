@@ -347,6 +347,13 @@ COHORTS = (
     Cohort("fresh25_bleed_d", 274, effects="atrophy:posteriorcingulate,intensity:caudate"),
     Cohort("fresh25_bleed_e", 275, effects="atrophy:accumbensarea,intensity:brighten:putamen"),
     Cohort("fresh25_mix", 276, random_effects="atrophy=2,intensity=2"),
+    # twenty-sixth fresh set: declared 2026-12-07 (eighteenth session) before any run, to measure H's price where the
+    # fresh25 set showed it (docs/report.md, "Contraction evidence beside a neighbour's contrast change"): weak planted
+    # contractions (strength 0.5, little age to tell) beside a neighbour that darkens throughout
+    Cohort("fresh26_cost_a", 281, effects="atrophy:pallidum*0.5,intensity:putamen"),
+    Cohort("fresh26_cost_b", 282, effects="atrophy:amygdala*0.5,intensity:hippocampus"),
+    Cohort("fresh26_cost_c", 283, effects="atrophy:accumbensarea*0.5,intensity:caudate"),
+    Cohort("fresh26_cost_d", 284, effects="atrophy:caudate*0.5,intensity:putamen"),
 )
 # The same effects, each with its own age (biological age + N(0, 10 y) per effect and subject): no effect is redundant
 # given the others, so a model gains from reading every one (docs/report.md, "Effects with their own ages").
