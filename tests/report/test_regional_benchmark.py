@@ -41,7 +41,10 @@ def test_regional_benchmark_finds_a_strong_darkening_and_resumes(tmp_path):
     assert result["margin_mm"] == 4.5 and result["seed"] == 0 and 0 <= result["precision_all_voxels"] <= 1
     assert result["subjects"] == 30 and result["k"] == 2 and result["chance"] == pytest.approx(2 / 85)
     assert set(result["planted_ranks"]) == {"L-precuneus", "R-precuneus"}
-    assert max(result["planted_ranks"].values()) <= 4, result["planted_ranks"]  # a darkening at strength 2
+    # a darkening at strength 2: one hemisphere first, the other in the top 5 of 85. At 30 scans its evidence sits among
+    # near ties (3.2-3.6): the bleed pattern (H) lowers its contraction t from 0.80 to 0.38 and moves it from 3 to 5
+    ranks = result["planted_ranks"]
+    assert min(ranks.values()) == 1 and max(ranks.values()) <= 5, ranks
     both = result["planted_ranks_bilateral"]  # the bilateral order lists a structure's two rows together
     assert abs(both["L-precuneus"] - both["R-precuneus"]) == 1
     assert result["precision_bilateral"] == sum(r <= 2 for r in both.values()) / 2
